@@ -1,0 +1,219 @@
+//! `kilowatt bench solver`: times the solver against uniform and proportional capping and a cold
+//! generic HiGHS MILP on the same generated fleets. Reads profile files and the clock; prints results.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kilowatt_solver::{MethodChoice, MilpLimits, Plan, SolveOptions};
+use serde::Serialize;
+
+use crate::generate::{FleetSpec, generate_fleet};
+use crate::profiles::{NamedCurve, load_example_profiles, load_measured_curves};
+use crate::solve::solve_timed;
+
+/// Where the benchmark's curves come from.
+#[derive(Debug, Clone)]
+pub enum CurveSource {
+    /// A directory of example profiles (`examples/profiles`).
+    Examples(PathBuf),
+    /// A directory of CSVs in the shared measurement schema.
+    Measured(PathBuf),
+}
+
+/// One benchmark run's settings.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub sizes: Vec<usize>,
+    pub curves: CurveSource,
+    pub cap_fraction: f64,
+    pub cross_rack_gangs: bool,
+    pub seed: u64,
+    /// Timed runs per method; the median is reported.
+    pub repeat: usize,
+    /// The generic MILP is skipped above this many GPUs (it does not finish there).
+    pub milp_max_gpus: usize,
+    pub milp_time_limit_seconds: f64,
+}
+
+/// How one method did on one instance.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MethodResult {
+    pub method: String,
+    /// `null` when the method produced no plan (with the reason in `error`).
+    pub seconds: Option<f64>,
+    pub objective: Option<f64>,
+    pub upper_bound: Option<f64>,
+    pub gap: Option<f64>,
+    pub status: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Results for one fleet size.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SizeResult {
+    pub gpus: usize,
+    pub workloads: usize,
+    pub budgets: usize,
+    pub methods: Vec<MethodResult>,
+    /// Kilowatt's objective over uniform capping's.
+    pub auto_vs_uniform: Option<f64>,
+    /// Generic MILP seconds over Kilowatt's seconds, when the MILP ran.
+    pub milp_seconds_over_auto: Option<f64>,
+    /// Kilowatt's objective over the generic MILP's.
+    pub auto_vs_milp_objective: Option<f64>,
+}
+
+fn load_curves(source: &CurveSource) -> anyhow::Result<Vec<NamedCurve>> {
+    Ok(match source {
+        CurveSource::Examples(dir) => load_example_profiles(dir)?,
+        CurveSource::Measured(dir) => load_measured_curves(dir)?,
+    })
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn run_method(
+    problem: &kilowatt_solver::Problem,
+    label: &str,
+    options: &SolveOptions,
+    repeat: usize,
+) -> (MethodResult, Option<Plan>) {
+    let (mut result, first) = solve_timed(problem, options);
+    let mut times = vec![first];
+    for _ in 1..repeat {
+        let (again, elapsed) = solve_timed(problem, options);
+        times.push(elapsed);
+        result = again;
+    }
+    let mut row = MethodResult {
+        method: label.to_owned(),
+        seconds: Some(median(times).as_secs_f64()),
+        objective: None,
+        upper_bound: None,
+        gap: None,
+        status: None,
+        error: None,
+    };
+    match result {
+        Ok(plan) => {
+            row.objective = Some(plan.objective);
+            row.upper_bound = Some(plan.upper_bound);
+            row.gap = Some(plan.gap());
+            row.status = Some(format!("{:?}", plan.status).to_lowercase());
+            (row, Some(plan))
+        }
+        Err(e) => {
+            row.error = Some(e.to_string());
+            (row, None)
+        }
+    }
+}
+
+/// Runs the solver benchmark for every size.
+pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>> {
+    let curves = load_curves(&settings.curves)?;
+    let mut results = Vec::with_capacity(settings.sizes.len());
+    for &gpus in &settings.sizes {
+        let spec = FleetSpec {
+            gpus,
+            cap_fraction: settings.cap_fraction,
+            cross_rack_gangs: settings.cross_rack_gangs,
+            seed: settings.seed,
+            ..FleetSpec::default()
+        };
+        let problem = generate_fleet(&curves, &spec)?;
+        let with = |method| SolveOptions {
+            method,
+            ..SolveOptions::default()
+        };
+        let (auto, auto_plan) =
+            run_method(&problem, "auto", &with(MethodChoice::Auto), settings.repeat);
+        let (uniform, uniform_plan) = run_method(
+            &problem,
+            "uniform",
+            &with(MethodChoice::Uniform),
+            settings.repeat,
+        );
+        let (proportional, _) = run_method(
+            &problem,
+            "proportional",
+            &with(MethodChoice::Proportional),
+            settings.repeat,
+        );
+        let mut methods = vec![auto, uniform, proportional];
+        let generic = if gpus <= settings.milp_max_gpus {
+            let options = SolveOptions {
+                method: MethodChoice::Milp,
+                milp: MilpLimits {
+                    time_limit_seconds: settings.milp_time_limit_seconds,
+                    max_nodes: u32::MAX / 2,
+                    ..MilpLimits::default()
+                },
+                milp_warm_start: false,
+                ..SolveOptions::default()
+            };
+            let (result, plan) = run_method(&problem, "generic-milp", &options, 1);
+            methods.push(result.clone());
+            plan.map(|p| (p, result))
+        } else {
+            None
+        };
+        let auto_seconds = methods[0].seconds;
+        results.push(SizeResult {
+            gpus: problem.nodes.iter().map(|n| n.gpus.len()).sum(),
+            workloads: problem.workloads.len(),
+            budgets: problem.budgets.len(),
+            auto_vs_uniform: auto_plan
+                .as_ref()
+                .zip(uniform_plan.as_ref())
+                .map(|(a, u)| a.objective / u.objective),
+            milp_seconds_over_auto: generic
+                .as_ref()
+                .and_then(|(_, r)| r.seconds.zip(auto_seconds).map(|(m, a)| m / a)),
+            auto_vs_milp_objective: generic
+                .as_ref()
+                .zip(auto_plan.as_ref())
+                .map(|((m, _), a)| a.objective / m.objective),
+            methods,
+        });
+    }
+    Ok(results)
+}
+
+/// Renders results as a Markdown table, one row per size and method.
+pub fn render_table(results: &[SizeResult]) -> String {
+    let mut out = String::from(
+        "| GPUs | workloads | method | seconds | objective | gap to bound | vs uniform |\n|---|---|---|---|---|---|---|\n",
+    );
+    for size in results {
+        let uniform = size
+            .methods
+            .iter()
+            .find(|m| m.method == "uniform")
+            .and_then(|m| m.objective);
+        for m in &size.methods {
+            let number = |v: Option<f64>, digits: usize| {
+                v.map_or("—".to_string(), |v| format!("{v:.digits$}"))
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                size.gpus,
+                size.workloads,
+                m.method,
+                number(m.seconds, 4),
+                m.objective.map_or_else(
+                    || m.error.clone().unwrap_or_default(),
+                    |o| format!("{o:.1}")
+                ),
+                m.gap.map_or("—".into(), |g| format!("{:.3} %", g * 100.0)),
+                number(m.objective.zip(uniform).map(|(o, u)| o / u), 4),
+            ));
+        }
+    }
+    out
+}

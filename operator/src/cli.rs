@@ -1,0 +1,139 @@
+//! Command-line definitions of `kilowatt` (clap); no IO.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kilowatt_solver::{MethodChoice, MilpLimits, SolveOptions};
+
+/// Kilowatt keeps a datacenter's GPUs inside its power budget while getting the most work out of
+/// every watt.
+#[derive(Debug, Parser)]
+#[command(name = "kilowatt", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Allocate GPU power limits (and locked clocks) for a problem file and print the plan as JSON.
+    ///
+    /// Exit codes: 0 plan found; 1 unreadable or malformed problem (stderr names the field);
+    /// 2 infeasible: some budget cannot hold its floors (stderr names each with its shortfall, stdout
+    /// carries the safe plan with every GPU at minWatts); 3 the solver failed.
+    Solve(SolveArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SolveArgs {
+    /// Problem file, JSON or YAML (see README.md, "Problem format"); `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub problem: PathBuf,
+    /// auto: exact or within --target-gap with a proof; greedy, milp: force one path; uniform,
+    /// proportional: the baselines (one limit for all; room split by maxWatts).
+    #[arg(long, default_value = "auto", value_parser = parse_method)]
+    pub method: MethodChoice,
+    /// Gap (relative to the proven upper bound) under which auto accepts the greedy plan.
+    #[arg(long, default_value_t = 0.005, value_name = "FRACTION")]
+    pub target_gap: f64,
+    /// Wall-clock limit for the MILP (HiGHS). A backstop: when it, rather than --max-nodes, stops the
+    /// search, the plan may differ between runs.
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    pub time_limit: f64,
+    /// Branch-and-bound node limit for the MILP (deterministic).
+    #[arg(long, default_value_t = 20_000, value_name = "NODES")]
+    pub max_nodes: u32,
+    /// Indent the JSON output.
+    #[arg(long)]
+    pub pretty: bool,
+}
+
+impl SolveArgs {
+    pub fn options(&self) -> SolveOptions {
+        SolveOptions {
+            method: self.method,
+            target_gap: self.target_gap,
+            milp: MilpLimits {
+                max_nodes: self.max_nodes,
+                time_limit_seconds: self.time_limit,
+                ..MilpLimits::default()
+            },
+            ..SolveOptions::default()
+        }
+    }
+}
+
+fn parse_method(s: &str) -> Result<MethodChoice, String> {
+    s.parse()
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+fn parse_positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a positive number of seconds"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time the solver on generated fleets (facility → rows → racks, 8-GPU nodes) against uniform and
+    /// proportional capping and a cold generic HiGHS MILP on the same instance.
+    Solver(BenchSolverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSolverArgs {
+    /// Fleet sizes in GPUs, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,10000,100000",
+        value_name = "N[,N...]"
+    )]
+    pub gpus: Vec<usize>,
+    /// Directory of example profiles (YAML) to build workloads from.
+    #[arg(
+        long,
+        default_value = "examples/profiles",
+        value_name = "DIR",
+        conflicts_with = "measured"
+    )]
+    pub profiles: PathBuf,
+    /// Directory of CSVs in the shared measurement schema to build workloads from instead.
+    #[arg(long, value_name = "DIR")]
+    pub measured: Option<PathBuf>,
+    /// Facility cap between the floors (0) and the ceilings (1); rows and racks get slightly more.
+    #[arg(long, default_value_t = 0.6, value_parser = parse_fraction)]
+    pub cap_fraction: f64,
+    /// Let multi-node training gangs span racks and rows.
+    #[arg(long)]
+    pub cross_rack_gangs: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Timed runs per method (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Skip the generic MILP above this many GPUs.
+    #[arg(long, default_value_t = 10_000)]
+    pub milp_max_gpus: usize,
+    /// Time limit of the generic MILP.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub milp_time_limit: f64,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,60 @@
+//! Entry point of the `kilowatt` binary: parses the command line and dispatches; exit codes are
+//! documented in `kilowatt solve --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
+use kilowatt_operator::cli::{BenchCommand, Cli, Command};
+use kilowatt_operator::solve;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Solve(args) => {
+            let code = solve::run(
+                &args.problem,
+                &args.options(),
+                args.pretty,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
+            ExitCode::from(code)
+        }
+        Command::Bench(BenchCommand::Solver(args)) => {
+            let settings = BenchSettings {
+                sizes: args.gpus,
+                curves: match args.measured {
+                    Some(dir) => CurveSource::Measured(dir),
+                    None => CurveSource::Examples(args.profiles),
+                },
+                cap_fraction: args.cap_fraction,
+                cross_rack_gangs: args.cross_rack_gangs,
+                seed: args.seed,
+                repeat: args.repeat,
+                milp_max_gpus: args.milp_max_gpus,
+                milp_time_limit_seconds: args.milp_time_limit,
+            };
+            match bench_solver(&settings) {
+                Ok(results) if args.json => match serde_json::to_string_pretty(&results) {
+                    Ok(json) => {
+                        println!("{json}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: cannot encode results: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(results) => {
+                    print!("{}", render_table(&results));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

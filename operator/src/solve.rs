@@ -1,0 +1,189 @@
+//! `kilowatt solve`: reads a problem file, solves it, and writes the plan as JSON to stdout. Does file
+//! IO and reads the clock (for `solveSeconds`); the solving itself is the pure solver crate.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kilowatt_solver::plan::{BudgetAllocation, GpuSetting, Shortfall, WorkloadSetting};
+use kilowatt_solver::{Method, Plan, Problem, SolveError, SolveOptions, Status, solve};
+use serde::Serialize;
+
+/// Process exit codes of `kilowatt solve`, part of its contract with scripts.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Unreadable or malformed problem file.
+    pub const INVALID: u8 = 1;
+    /// Some budget cannot hold its floors; stdout still carries the safe plan.
+    pub const INFEASIBLE: u8 = 2;
+    /// The solver could not produce a plan (e.g. HiGHS failed under `--method milp`).
+    pub const SOLVER_FAILED: u8 = 3;
+}
+
+/// Why a problem file could not be turned into a [`Problem`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadProblemError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+}
+
+/// Parses a problem from JSON (when the text starts with `{`) or YAML. JSON errors name the field path.
+pub fn parse_problem(text: &str) -> Result<Problem, String> {
+    if text.trim_start().starts_with('{') {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Reads and parses a problem file; `-` reads standard input.
+pub fn read_problem(path: &Path) -> Result<Problem, ReadProblemError> {
+    let shown = path.display().to_string();
+    let text = if shown == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| ReadProblemError::Io {
+                path: shown.clone(),
+                source,
+            })?;
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|source| ReadProblemError::Io {
+            path: shown.clone(),
+            source,
+        })?
+    };
+    parse_problem(&text).map_err(|message| ReadProblemError::Syntax {
+        path: shown,
+        message,
+    })
+}
+
+/// The JSON written to stdout: the plan plus how long solving took.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SolveOutput<'a> {
+    pub status: Status,
+    pub method: Method,
+    pub objective: f64,
+    pub upper_bound: f64,
+    pub solve_seconds: f64,
+    pub gpus: &'a [GpuSetting],
+    pub workloads: &'a [WorkloadSetting],
+    pub budgets: &'a [BudgetAllocation],
+    #[serde(skip_serializing_if = "<[Shortfall]>::is_empty")]
+    pub shortfalls: &'a [Shortfall],
+}
+
+impl<'a> SolveOutput<'a> {
+    pub fn new(plan: &'a Plan, elapsed: Duration) -> Self {
+        SolveOutput {
+            status: plan.status,
+            method: plan.method,
+            objective: plan.objective,
+            upper_bound: plan.upper_bound,
+            solve_seconds: elapsed.as_secs_f64(),
+            gpus: &plan.gpus,
+            workloads: &plan.workloads,
+            budgets: &plan.budgets,
+            shortfalls: &plan.shortfalls,
+        }
+    }
+}
+
+/// Solves and times one problem.
+pub fn solve_timed(
+    problem: &Problem,
+    options: &SolveOptions,
+) -> (Result<Plan, SolveError>, Duration) {
+    let started = Instant::now();
+    let result = solve(problem, options);
+    (result, started.elapsed())
+}
+
+/// Runs `kilowatt solve`, writing the plan to `stdout` and diagnostics to `stderr`; returns the exit code.
+pub fn run(
+    path: &Path,
+    options: &SolveOptions,
+    pretty: bool,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+) -> u8 {
+    let problem = match read_problem(path) {
+        Ok(problem) => problem,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let (result, elapsed) = solve_timed(&problem, options);
+    let plan = match result {
+        Ok(plan) => plan,
+        Err(SolveError::Invalid(e)) => {
+            let _ = writeln!(stderr, "error: {}: {e}", path.display());
+            return exit::INVALID;
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return exit::SOLVER_FAILED;
+        }
+    };
+    let output = SolveOutput::new(&plan, elapsed);
+    let json = if pretty {
+        serde_json::to_string_pretty(&output)
+    } else {
+        serde_json::to_string(&output)
+    };
+    match json {
+        Ok(json) => {
+            if writeln!(stdout, "{json}").is_err() {
+                return exit::SOLVER_FAILED;
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: cannot encode the plan as JSON: {e}");
+            return exit::SOLVER_FAILED;
+        }
+    }
+    if plan.status == Status::Infeasible {
+        for s in &plan.shortfalls {
+            let _ = writeln!(
+                stderr,
+                "infeasible: budget {:?} needs {} W (overheads plus every GPU at the lowest limit it can run at) \
+                 but its cap is {} W: short by {} W",
+                s.budget, s.required_watts, s.cap_watts, s.shortfall_watts
+            );
+        }
+        let _ = writeln!(
+            stderr,
+            "infeasible: the plan on stdout is the safe plan (every GPU at its minWatts)"
+        );
+        return exit::INFEASIBLE;
+    }
+    let _ = writeln!(
+        stderr,
+        "{:?} plan by {:?}: objective {:.6}, upper bound {:.6} (gap {:.4} %), {:.3} s",
+        plan.status,
+        plan.method,
+        plan.objective,
+        plan.upper_bound,
+        plan.gap() * 100.0,
+        elapsed.as_secs_f64()
+    );
+    exit::OK
+}

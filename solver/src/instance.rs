@@ -1,0 +1,483 @@
+//! Validation of a [`Problem`] into an indexed instance in integer milliwatts; pure, no IO.
+//!
+//! Every rule names the offending field by its path in the input file (`workloads[3].profile[0].powerWatts`),
+//! because the people who read these messages are fixing a file another tool generated.
+
+use std::collections::BTreeMap;
+
+use crate::curve::{Curve, CurveError, MeasuredPoint, Milliwatts};
+use crate::model::{Problem, WorkloadKind};
+
+/// A problem that breaks a rule of the input format.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InvalidProblem {
+    /// Path of the offending field, e.g. `nodes[2].gpus[0].maxWatts`.
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> InvalidProblem {
+    InvalidProblem {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct BudgetEntry {
+    pub name: String,
+    pub cap_mw: Milliwatts,
+    /// This budget and its ancestors, innermost first.
+    pub chain: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeEntry {
+    pub budget: usize,
+    pub overhead_mw: Milliwatts,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GpuEntry {
+    pub id: String,
+    pub node: usize,
+    pub min_mw: Milliwatts,
+    pub max_mw: Milliwatts,
+    pub workload: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WorkloadEntry {
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub gpus: Vec<usize>,
+    /// GPUs of this workload under each budget that holds any (ancestors included), by budget index.
+    pub load: Vec<(usize, i64)>,
+    /// GPUs of this workload per innermost budget of their nodes, by budget index.
+    pub groups: Vec<(usize, i64)>,
+    pub curve: Curve,
+    /// The limits every GPU of the gang accepts (before the profile and the SLO floor narrow them).
+    pub gpu_range_mw: (Milliwatts, Milliwatts),
+    /// Objective weight of one unit of throughput: weight × GPUs / best measured throughput.
+    pub value_per_throughput: f64,
+}
+
+impl WorkloadEntry {
+    pub fn gpu_count(&self) -> i64 {
+        self.gpus.len() as i64
+    }
+}
+
+/// A validated problem in solver units, with the indices every method needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    pub budgets: Vec<BudgetEntry>,
+    pub nodes: Vec<NodeEntry>,
+    pub gpus: Vec<GpuEntry>,
+    pub workloads: Vec<WorkloadEntry>,
+}
+
+/// Watts to milliwatts, rounded up: used for demands, so they are never under-counted.
+fn demand_mw(watts: f64) -> Milliwatts {
+    (watts * 1000.0).ceil() as Milliwatts
+}
+
+/// Watts to milliwatts, rounded down: used for caps and ceilings, so they are never over-stated.
+fn limit_mw(watts: f64) -> Milliwatts {
+    (watts * 1000.0).floor() as Milliwatts
+}
+
+/// Largest value, in watts, that the solver accepts; far above any real facility and small enough
+/// that sums in milliwatts cannot overflow.
+const MAX_WATTS: f64 = 1e12;
+
+fn check_watts(path: String, watts: f64, allow_zero: bool) -> Result<(), InvalidProblem> {
+    if !watts.is_finite() {
+        return Err(invalid(path, "must be a finite number"));
+    }
+    if allow_zero && watts < 0.0 {
+        return Err(invalid(path, format!("must be >= 0 (got {watts})")));
+    }
+    if !allow_zero && watts <= 0.0 {
+        return Err(invalid(path, format!("must be > 0 (got {watts})")));
+    }
+    if watts > MAX_WATTS {
+        return Err(invalid(
+            path,
+            format!("must be <= {MAX_WATTS} (got {watts})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(path: String, name: &str) -> Result<(), InvalidProblem> {
+    if name.trim().is_empty() {
+        return Err(invalid(path, "must not be empty"));
+    }
+    Ok(())
+}
+
+impl Instance {
+    /// Checks every rule of the input format and builds the indexed instance.
+    pub fn new(problem: &Problem) -> Result<Instance, InvalidProblem> {
+        let budgets = validate_budgets(problem)?;
+        let budget_index: BTreeMap<&str, usize> = problem
+            .budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
+
+        let mut nodes = Vec::with_capacity(problem.nodes.len());
+        let mut gpus = Vec::new();
+        let mut node_names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut gpu_index: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for (n, node) in problem.nodes.iter().enumerate() {
+            check_name(format!("nodes[{n}].name"), &node.name)?;
+            if let Some(first) = node_names.insert(&node.name, n) {
+                return Err(invalid(
+                    format!("nodes[{n}].name"),
+                    format!("duplicate node name {:?} (also nodes[{first}])", node.name),
+                ));
+            }
+            let budget = *budget_index.get(node.budget.as_str()).ok_or_else(|| {
+                invalid(
+                    format!("nodes[{n}].budget"),
+                    format!("unknown budget {:?}", node.budget),
+                )
+            })?;
+            check_watts(
+                format!("nodes[{n}].overheadWatts"),
+                node.overhead_watts,
+                true,
+            )?;
+            nodes.push(NodeEntry {
+                budget,
+                overhead_mw: demand_mw(node.overhead_watts),
+            });
+            for (g, gpu) in node.gpus.iter().enumerate() {
+                let path = format!("nodes[{n}].gpus[{g}]");
+                check_name(format!("{path}.id"), &gpu.id)?;
+                if let Some((fn_, fg)) = gpu_index.insert(&gpu.id, (n, g)) {
+                    return Err(invalid(
+                        format!("{path}.id"),
+                        format!(
+                            "duplicate GPU id {:?} (also nodes[{fn_}].gpus[{fg}])",
+                            gpu.id
+                        ),
+                    ));
+                }
+                check_watts(format!("{path}.minWatts"), gpu.min_watts, false)?;
+                check_watts(format!("{path}.maxWatts"), gpu.max_watts, false)?;
+                let (min_mw, max_mw) = (demand_mw(gpu.min_watts), limit_mw(gpu.max_watts));
+                if min_mw > max_mw {
+                    return Err(invalid(
+                        format!("{path}.minWatts"),
+                        format!(
+                            "must be <= maxWatts ({} > {})",
+                            gpu.min_watts, gpu.max_watts
+                        ),
+                    ));
+                }
+                gpus.push(GpuEntry {
+                    id: gpu.id.clone(),
+                    node: n,
+                    min_mw,
+                    max_mw,
+                    workload: None,
+                });
+            }
+        }
+        let gpu_position: BTreeMap<&str, usize> = problem
+            .nodes
+            .iter()
+            .flat_map(|n| n.gpus.iter().map(|g| g.id.as_str()))
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
+
+        let mut workloads = Vec::with_capacity(problem.workloads.len());
+        let mut workload_names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (w, workload) in problem.workloads.iter().enumerate() {
+            let path = format!("workloads[{w}]");
+            check_name(format!("{path}.name"), &workload.name)?;
+            if let Some(first) = workload_names.insert(&workload.name, w) {
+                return Err(invalid(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate workload name {:?} (also workloads[{first}])",
+                        workload.name
+                    ),
+                ));
+            }
+            if !workload.weight.is_finite() || workload.weight <= 0.0 {
+                return Err(invalid(
+                    format!("{path}.weight"),
+                    format!("must be > 0 (got {})", workload.weight),
+                ));
+            }
+            if workload.gpus.is_empty() {
+                return Err(invalid(
+                    format!("{path}.gpus"),
+                    "must name at least one GPU",
+                ));
+            }
+            let mut members = Vec::with_capacity(workload.gpus.len());
+            for (k, id) in workload.gpus.iter().enumerate() {
+                let &g = gpu_position.get(id.as_str()).ok_or_else(|| {
+                    invalid(format!("{path}.gpus[{k}]"), format!("unknown GPU {id:?}"))
+                })?;
+                if let Some(other) = gpus[g].workload {
+                    return Err(invalid(
+                        format!("{path}.gpus[{k}]"),
+                        format!(
+                            "GPU {id:?} is already in workload {:?}",
+                            problem.workloads[other].name
+                        ),
+                    ));
+                }
+                gpus[g].workload = Some(w);
+                members.push(g);
+            }
+            let (curve, gpu_range_mw) = build_curve(problem, w, &members, &gpus)?;
+            let mut groups: BTreeMap<usize, i64> = BTreeMap::new();
+            let mut load: BTreeMap<usize, i64> = BTreeMap::new();
+            for &g in &members {
+                let budget = nodes[gpus[g].node].budget;
+                *groups.entry(budget).or_default() += 1;
+                for &b in &budgets[budget].chain {
+                    *load.entry(b).or_default() += 1;
+                }
+            }
+            let value_per_throughput =
+                workload.weight * members.len() as f64 / curve.best_throughput();
+            workloads.push(WorkloadEntry {
+                name: workload.name.clone(),
+                kind: workload.kind,
+                gpus: members,
+                load: load.into_iter().collect(),
+                groups: groups.into_iter().collect(),
+                curve,
+                gpu_range_mw,
+                value_per_throughput,
+            });
+        }
+        Ok(Instance {
+            budgets,
+            nodes,
+            gpus,
+            workloads,
+        })
+    }
+
+    /// The limit each GPU needs at least: its minimum, or its workload's lowest feasible level.
+    pub fn floor_mw(&self, gpu: usize) -> Milliwatts {
+        let entry = &self.gpus[gpu];
+        entry
+            .workload
+            .map_or(entry.min_mw, |w| self.workloads[w].curve.lo_mw())
+    }
+
+    /// Watts each budget must carry when every GPU sits at `limit_mw(gpu)`, overheads included.
+    pub fn budget_usage(&self, limit_mw: impl Fn(usize) -> Milliwatts) -> Vec<Milliwatts> {
+        let mut usage = vec![0; self.budgets.len()];
+        for node in &self.nodes {
+            for &b in &self.budgets[node.budget].chain {
+                usage[b] += node.overhead_mw;
+            }
+        }
+        for (g, gpu) in self.gpus.iter().enumerate() {
+            let watts = limit_mw(g);
+            for &b in &self.budgets[self.nodes[gpu.node].budget].chain {
+                usage[b] += watts;
+            }
+        }
+        usage
+    }
+}
+
+fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry>, InvalidProblem> {
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, budget) in problem.budgets.iter().enumerate() {
+        check_name(format!("budgets[{i}].name"), &budget.name)?;
+        if let Some(first) = index.insert(&budget.name, i) {
+            return Err(invalid(
+                format!("budgets[{i}].name"),
+                format!(
+                    "duplicate budget name {:?} (also budgets[{first}])",
+                    budget.name
+                ),
+            ));
+        }
+        check_watts(format!("budgets[{i}].capWatts"), budget.cap_watts, true)?;
+    }
+    let mut parents = Vec::with_capacity(problem.budgets.len());
+    for (i, budget) in problem.budgets.iter().enumerate() {
+        let parent = match &budget.parent {
+            None => None,
+            Some(name) => Some(*index.get(name.as_str()).ok_or_else(|| {
+                invalid(
+                    format!("budgets[{i}].parent"),
+                    format!("unknown budget {name:?}"),
+                )
+            })?),
+        };
+        parents.push(parent);
+    }
+    let mut entries = Vec::with_capacity(parents.len());
+    for (i, budget) in problem.budgets.iter().enumerate() {
+        let mut chain = vec![i];
+        let mut at = i;
+        while let Some(parent) = parents[at] {
+            if chain.contains(&parent) {
+                let mut names: Vec<&str> = chain
+                    .iter()
+                    .map(|&b| problem.budgets[b].name.as_str())
+                    .collect();
+                names.push(&problem.budgets[parent].name);
+                return Err(invalid(
+                    format!("budgets[{i}].parent"),
+                    format!("budgets form a cycle: {}", names.join(" -> ")),
+                ));
+            }
+            chain.push(parent);
+            at = parent;
+        }
+        entries.push(BudgetEntry {
+            name: budget.name.clone(),
+            cap_mw: limit_mw(budget.cap_watts),
+            chain,
+        });
+    }
+    Ok(entries)
+}
+
+fn build_curve(
+    problem: &Problem,
+    w: usize,
+    members: &[usize],
+    gpus: &[GpuEntry],
+) -> Result<(Curve, (Milliwatts, Milliwatts)), InvalidProblem> {
+    let workload = &problem.workloads[w];
+    let path = format!("workloads[{w}]");
+    if workload.profile.is_empty() {
+        return Err(invalid(
+            format!("{path}.profile"),
+            "must have at least one point",
+        ));
+    }
+    let locked_clock = workload.profile[0].sm_clock_mhz.is_some();
+    let mut points = Vec::with_capacity(workload.profile.len());
+    let mut clocks: BTreeMap<u32, usize> = BTreeMap::new();
+    for (k, point) in workload.profile.iter().enumerate() {
+        let at = format!("{path}.profile[{k}]");
+        check_watts(format!("{at}.powerWatts"), point.power_watts, false)?;
+        if !point.throughput.is_finite() || point.throughput < 0.0 {
+            return Err(invalid(
+                format!("{at}.throughput"),
+                format!("must be >= 0 (got {})", point.throughput),
+            ));
+        }
+        if point.sm_clock_mhz.is_some() != locked_clock {
+            return Err(invalid(
+                format!("{at}.smClockMHz"),
+                "either every point of a profile has a clock or none has",
+            ));
+        }
+        if let Some(clock) = point.sm_clock_mhz {
+            if clock == 0 {
+                return Err(invalid(format!("{at}.smClockMHz"), "must be > 0"));
+            }
+            if let Some(first) = clocks.insert(clock, k) {
+                return Err(invalid(
+                    format!("{at}.smClockMHz"),
+                    format!("duplicate clock {clock} MHz (also profile[{first}])"),
+                ));
+            }
+        }
+        if k > 0 {
+            let previous = workload.profile[k - 1].power_watts;
+            let unsorted = if locked_clock {
+                point.power_watts < previous
+            } else {
+                point.power_watts <= previous
+            };
+            if unsorted {
+                let order = if locked_clock {
+                    "non-decreasing"
+                } else {
+                    "strictly increasing"
+                };
+                return Err(invalid(
+                    format!("{at}.powerWatts"),
+                    format!(
+                        "points must be sorted by powerWatts, {order} ({} after {previous})",
+                        point.power_watts
+                    ),
+                ));
+            }
+        }
+        points.push(MeasuredPoint {
+            power_mw: (point.power_watts * 1000.0).round() as Milliwatts,
+            throughput: point.throughput,
+            clock_mhz: point.sm_clock_mhz,
+        });
+    }
+    let best = points.iter().map(|p| p.throughput).fold(0.0, f64::max);
+    if best <= 0.0 {
+        return Err(invalid(
+            format!("{path}.profile"),
+            "at least one point must have throughput > 0",
+        ));
+    }
+    let fraction = workload.min_throughput_fraction.unwrap_or(0.0);
+    if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
+        return Err(invalid(
+            format!("{path}.minThroughputFraction"),
+            format!("must be between 0 and 1 (got {fraction})"),
+        ));
+    }
+    // The gang shares one limit, so it must suit the most demanding minimum and the lowest maximum.
+    let lo_gpu = members
+        .iter()
+        .copied()
+        .max_by_key(|&g| gpus[g].min_mw)
+        .unwrap_or(members[0]);
+    let hi_gpu = members
+        .iter()
+        .copied()
+        .min_by_key(|&g| gpus[g].max_mw)
+        .unwrap_or(members[0]);
+    let (lo_mw, hi_mw) = (gpus[lo_gpu].min_mw, gpus[hi_gpu].max_mw);
+    if lo_mw > hi_mw {
+        return Err(invalid(
+            format!("{path}.gpus"),
+            format!(
+                "the GPUs accept no common power limit: GPU {:?} needs at least {} W, GPU {:?} allows at most {} W",
+                gpus[lo_gpu].id,
+                lo_mw as f64 / 1000.0,
+                gpus[hi_gpu].id,
+                hi_mw as f64 / 1000.0
+            ),
+        ));
+    }
+    let curve = Curve::new(points, locked_clock, lo_mw, hi_mw, fraction * best).map_err(|e| match e {
+        CurveError::StartsAboveRange { lowest_mw, hi_mw } => invalid(
+            format!("{path}.profile[0].powerWatts"),
+            format!(
+                "the profile starts at {} W, above maxWatts {} W of GPU {:?}",
+                lowest_mw as f64 / 1000.0,
+                hi_mw as f64 / 1000.0,
+                gpus[hi_gpu].id
+            ),
+        ),
+        CurveError::FloorUnreachable { required, best_reachable } => invalid(
+            format!("{path}.minThroughputFraction"),
+            format!(
+                "throughput {required} is out of reach within the GPUs' power range (best reachable {best_reachable})"
+            ),
+        ),
+    })?;
+    Ok((curve, (lo_mw, hi_mw)))
+}

@@ -1,0 +1,252 @@
+//! The solver's answer: per-GPU limits and clocks, per-workload throughput, per-budget allocation, and
+//! the proof of quality (`upperBound`). Plain data built from workload limits; no IO.
+
+use serde::Serialize;
+
+use crate::curve::Milliwatts;
+use crate::instance::Instance;
+use crate::model::WorkloadKind;
+
+/// How good the plan is known to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Status {
+    /// Objective within 1e-6 (relative) of the proven upper bound.
+    Optimal,
+    /// Fits every budget; `upperBound` shows how far from optimal it may be.
+    Feasible,
+    /// Some budget cannot hold even the floors; the plan is the safe one (every GPU at minWatts).
+    Infeasible,
+}
+
+/// The method that produced the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Method {
+    Greedy,
+    Milp,
+    Uniform,
+    Proportional,
+    /// The safe plan of an infeasible problem.
+    Safe,
+}
+
+/// One GPU's enforced setting.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSetting {
+    pub id: String,
+    pub power_limit_watts: f64,
+    #[serde(rename = "smClockMHz", skip_serializing_if = "Option::is_none")]
+    pub sm_clock_mhz: Option<u32>,
+}
+
+/// One workload's setting and the throughput its profile predicts there.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSetting {
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub power_limit_watts: f64,
+    #[serde(rename = "smClockMHz", skip_serializing_if = "Option::is_none")]
+    pub sm_clock_mhz: Option<u32>,
+    pub throughput: f64,
+    /// Throughput over the best measured throughput of the profile.
+    pub normalized_throughput: f64,
+}
+
+/// Watts counted against one budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetAllocation {
+    pub name: String,
+    pub cap_watts: f64,
+    pub allocated_watts: f64,
+}
+
+/// A budget that cannot hold the floors under it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shortfall {
+    pub budget: String,
+    pub cap_watts: f64,
+    /// Overheads plus every GPU at the lowest limit its workload can run at.
+    pub required_watts: f64,
+    pub shortfall_watts: f64,
+}
+
+/// A complete plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub status: Status,
+    pub method: Method,
+    pub objective: f64,
+    /// Proven upper bound on the optimal objective.
+    pub upper_bound: f64,
+    pub gpus: Vec<GpuSetting>,
+    pub workloads: Vec<WorkloadSetting>,
+    pub budgets: Vec<BudgetAllocation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shortfalls: Vec<Shortfall>,
+}
+
+impl Plan {
+    /// Relative distance between objective and upper bound (0 when optimal).
+    pub fn gap(&self) -> f64 {
+        relative_gap(self.objective, self.upper_bound)
+    }
+}
+
+pub(crate) fn relative_gap(objective: f64, upper_bound: f64) -> f64 {
+    ((upper_bound - objective) / upper_bound.abs().max(1e-12)).max(0.0)
+}
+
+fn watts(mw: Milliwatts) -> f64 {
+    mw as f64 / 1000.0
+}
+
+/// How each workload's limit turns into a clock and a throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enforcement {
+    /// The optimiser chose the level: realise it on the curve (locked clock where the profile has one).
+    Chosen,
+    /// A baseline imposed the limit and left clocks alone.
+    Imposed,
+}
+
+/// Builds the plan from each workload's limit; idle GPUs sit at their minimum.
+pub(crate) fn assemble(
+    instance: &Instance,
+    limits_mw: &[Milliwatts],
+    enforcement: Enforcement,
+    method: Method,
+    upper_bound: f64,
+) -> Plan {
+    let settings: Vec<(Milliwatts, Option<u32>, f64)> = instance
+        .workloads
+        .iter()
+        .zip(limits_mw)
+        .map(|(w, &limit)| match enforcement {
+            Enforcement::Chosen => {
+                let r = w.curve.realise(limit);
+                (r.limit_mw, r.clock_mhz, r.throughput)
+            }
+            Enforcement::Imposed => (limit, None, w.curve.throughput_at_imposed_limit(limit)),
+        })
+        .collect();
+    let gpu_limit = |g: usize| {
+        let gpu = &instance.gpus[g];
+        gpu.workload
+            .map_or((gpu.min_mw, None), |w| (settings[w].0, settings[w].1))
+    };
+    let objective: f64 = instance
+        .workloads
+        .iter()
+        .zip(&settings)
+        .map(|(w, s)| w.value_per_throughput * s.2)
+        .sum();
+    let status = if relative_gap(objective, upper_bound) <= 1e-6 {
+        Status::Optimal
+    } else {
+        Status::Feasible
+    };
+    let usage = instance.budget_usage(|g| gpu_limit(g).0);
+    Plan {
+        status,
+        method,
+        objective,
+        upper_bound: upper_bound.max(objective),
+        gpus: (0..instance.gpus.len())
+            .map(|g| {
+                let (limit, clock) = gpu_limit(g);
+                GpuSetting {
+                    id: instance.gpus[g].id.clone(),
+                    power_limit_watts: watts(limit),
+                    sm_clock_mhz: clock,
+                }
+            })
+            .collect(),
+        workloads: instance
+            .workloads
+            .iter()
+            .zip(&settings)
+            .map(|(w, &(limit, clock, throughput))| WorkloadSetting {
+                name: w.name.clone(),
+                kind: w.kind,
+                power_limit_watts: watts(limit),
+                sm_clock_mhz: clock,
+                throughput,
+                normalized_throughput: throughput / w.curve.best_throughput(),
+            })
+            .collect(),
+        budgets: budget_allocations(instance, &usage),
+        shortfalls: Vec::new(),
+    }
+}
+
+fn budget_allocations(instance: &Instance, usage: &[Milliwatts]) -> Vec<BudgetAllocation> {
+    instance
+        .budgets
+        .iter()
+        .zip(usage)
+        .map(|(b, &used)| BudgetAllocation {
+            name: b.name.clone(),
+            cap_watts: watts(b.cap_mw),
+            allocated_watts: watts(used),
+        })
+        .collect()
+}
+
+/// Budgets that cannot hold their floors, with how many watts they lack.
+pub(crate) fn shortfalls(instance: &Instance) -> Vec<Shortfall> {
+    let required = instance.budget_usage(|g| instance.floor_mw(g));
+    instance
+        .budgets
+        .iter()
+        .zip(required)
+        .filter(|(b, required)| *required > b.cap_mw)
+        .map(|(b, required)| Shortfall {
+            budget: b.name.clone(),
+            cap_watts: watts(b.cap_mw),
+            required_watts: watts(required),
+            shortfall_watts: watts(required - b.cap_mw),
+        })
+        .collect()
+}
+
+/// The plan for an infeasible problem: every GPU at its own minimum, whatever the workloads want.
+/// No feasible plan exists, so `upperBound` is reported equal to the safe plan's objective.
+pub(crate) fn safe_plan(instance: &Instance, shortfalls: Vec<Shortfall>) -> Plan {
+    let gpu_limits: Vec<Milliwatts> = instance.gpus.iter().map(|g| g.min_mw).collect();
+    let mut plan = assemble(
+        instance,
+        &crate::baseline::gang_limits(instance, &gpu_limits),
+        Enforcement::Imposed,
+        Method::Safe,
+        0.0,
+    );
+    for (setting, &limit) in plan.gpus.iter_mut().zip(&gpu_limits) {
+        setting.power_limit_watts = watts(limit);
+        setting.sm_clock_mhz = None;
+    }
+    plan.budgets = budget_allocations(instance, &instance.budget_usage(|g| gpu_limits[g]));
+    plan.status = Status::Infeasible;
+    plan.shortfalls = shortfalls;
+    plan
+}
+
+/// Every budget's allocation fits its cap (milliwatt-exact); the last line of defence before a plan
+/// leaves the solver.
+pub(crate) fn fits(instance: &Instance, limits_mw: &[Milliwatts]) -> bool {
+    let usage = instance.budget_usage(|g| {
+        instance.gpus[g]
+            .workload
+            .map_or(instance.gpus[g].min_mw, |w| limits_mw[w])
+    });
+    instance
+        .budgets
+        .iter()
+        .zip(usage)
+        .all(|(b, used)| used <= b.cap_mw)
+}
