@@ -481,3 +481,221 @@ fn build_curve(
     })?;
     Ok((curve, (lo_mw, hi_mw)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Budget, Gpu, Node, ProfilePoint, Workload};
+
+    fn base() -> Problem {
+        Problem {
+            budgets: vec![
+                Budget {
+                    name: "facility".into(),
+                    cap_watts: 2000.0,
+                    parent: None,
+                },
+                Budget {
+                    name: "rack".into(),
+                    cap_watts: 1500.0,
+                    parent: Some("facility".into()),
+                },
+            ],
+            nodes: vec![Node {
+                name: "n1".into(),
+                budget: "rack".into(),
+                overhead_watts: 100.0,
+                gpus: vec![
+                    Gpu {
+                        id: "g1".into(),
+                        min_watts: 100.0,
+                        max_watts: 300.0,
+                    },
+                    Gpu {
+                        id: "g2".into(),
+                        min_watts: 100.0,
+                        max_watts: 300.0,
+                    },
+                ],
+            }],
+            workloads: vec![Workload {
+                name: "w".into(),
+                kind: WorkloadKind::Training,
+                weight: 1.0,
+                gpus: vec!["g1".into()],
+                min_throughput_fraction: None,
+                profile: vec![
+                    ProfilePoint {
+                        power_watts: 150.0,
+                        throughput: 1.0,
+                        sm_clock_mhz: None,
+                    },
+                    ProfilePoint {
+                        power_watts: 250.0,
+                        throughput: 2.0,
+                        sm_clock_mhz: None,
+                    },
+                ],
+            }],
+            objective: Default::default(),
+        }
+    }
+
+    fn rejected(mutate: impl FnOnce(&mut Problem)) -> String {
+        let mut problem = base();
+        mutate(&mut problem);
+        Instance::new(&problem)
+            .expect_err("the mutation breaks a rule")
+            .to_string()
+    }
+
+    #[test]
+    fn the_base_problem_is_valid() {
+        assert!(Instance::new(&base()).is_ok());
+    }
+
+    #[test]
+    fn each_broken_rule_names_its_field() {
+        let cases: Vec<(Box<dyn FnOnce(&mut Problem)>, &str)> = vec![
+            (
+                Box::new(|p| p.budgets[1].parent = Some("nowhere".into())),
+                "budgets[1].parent: unknown budget \"nowhere\"",
+            ),
+            (
+                Box::new(|p| p.budgets[0].parent = Some("rack".into())),
+                "budgets[0].parent: budgets form a cycle: facility -> rack -> facility",
+            ),
+            (
+                Box::new(|p| p.budgets[1].name = "facility".into()),
+                "budgets[1].name: duplicate budget name",
+            ),
+            (
+                Box::new(|p| p.budgets[0].cap_watts = f64::NAN),
+                "budgets[0].capWatts: must be a finite number",
+            ),
+            (
+                Box::new(|p| p.budgets[0].cap_watts = -1.0),
+                "budgets[0].capWatts: must be >= 0",
+            ),
+            (
+                Box::new(|p| p.nodes[0].budget = "row".into()),
+                "nodes[0].budget: unknown budget \"row\"",
+            ),
+            (
+                Box::new(|p| p.nodes[0].overhead_watts = -5.0),
+                "nodes[0].overheadWatts: must be >= 0",
+            ),
+            (
+                Box::new(|p| p.nodes[0].gpus[1].id = "g1".into()),
+                "nodes[0].gpus[1].id: duplicate GPU id \"g1\"",
+            ),
+            (
+                Box::new(|p| p.nodes[0].gpus[0].min_watts = 400.0),
+                "nodes[0].gpus[0].minWatts: must be <= maxWatts (400 > 300)",
+            ),
+            (
+                Box::new(|p| p.nodes[0].gpus[0].max_watts = f64::INFINITY),
+                "nodes[0].gpus[0].maxWatts: must be a finite number",
+            ),
+            (
+                Box::new(|p| p.workloads[0].gpus = vec!["g9".into()]),
+                "workloads[0].gpus[0]: unknown GPU \"g9\"",
+            ),
+            (
+                Box::new(|p| p.workloads[0].gpus = vec![]),
+                "workloads[0].gpus: must name at least one GPU",
+            ),
+            (
+                Box::new(|p| {
+                    let mut second = p.workloads[0].clone();
+                    second.name = "w2".into();
+                    p.workloads.push(second);
+                }),
+                "workloads[1].gpus[0]: GPU \"g1\" is already in workload \"w\"",
+            ),
+            (
+                Box::new(|p| p.workloads[0].weight = 0.0),
+                "workloads[0].weight: must be > 0",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile.clear()),
+                "workloads[0].profile: must have at least one point",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile[0].power_watts = 0.0),
+                "workloads[0].profile[0].powerWatts: must be > 0",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile[1].power_watts = 100.0),
+                "workloads[0].profile[1].powerWatts: points must be sorted",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile[1].throughput = f64::NAN),
+                "workloads[0].profile[1].throughput: must be >= 0",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile[1].sm_clock_mhz = Some(900)),
+                "workloads[0].profile[1].smClockMHz: either every point",
+            ),
+            (
+                Box::new(|p| {
+                    p.workloads[0].profile[0].power_watts = 350.0;
+                    p.workloads[0].profile[1].power_watts = 400.0;
+                }),
+                "workloads[0].profile[0].powerWatts: the profile starts at 350 W, above maxWatts 300 W of GPU \"g1\"",
+            ),
+            (
+                Box::new(|p| p.workloads[0].min_throughput_fraction = Some(1.5)),
+                "workloads[0].minThroughputFraction: must be between 0 and 1",
+            ),
+            (
+                // 0.9 × 2.0 needs 230 W; the GPU allows 200 W.
+                Box::new(|p| {
+                    p.nodes[0].gpus[0].max_watts = 200.0;
+                    p.workloads[0].min_throughput_fraction = Some(0.9);
+                }),
+                "workloads[0].minThroughputFraction: throughput 1.8 is out of reach",
+            ),
+            (
+                Box::new(|p| {
+                    p.workloads[0]
+                        .profile
+                        .iter_mut()
+                        .for_each(|q| q.throughput = 0.0)
+                }),
+                "workloads[0].profile: at least one point must have throughput > 0",
+            ),
+        ];
+        for (i, (mutate, expected)) in cases.into_iter().enumerate() {
+            let message = rejected(mutate);
+            assert!(
+                message.starts_with(expected),
+                "case {i}: {message:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gang_takes_the_common_range_of_its_gpus() {
+        let mut problem = base();
+        problem.nodes[0].gpus[1].min_watts = 160.0;
+        problem.nodes[0].gpus[0].max_watts = 280.0;
+        problem.workloads[0].gpus = vec!["g1".into(), "g2".into()];
+        let instance = Instance::new(&problem).expect("valid");
+        assert_eq!(instance.workloads[0].gpu_range_mw, (160_000, 280_000));
+        assert_eq!(instance.workloads[0].curve.lo_mw(), 160_000);
+    }
+
+    #[test]
+    fn disjoint_gpu_ranges_in_one_gang_are_rejected() {
+        let message = rejected(|p| {
+            p.nodes[0].gpus[1].min_watts = 290.0;
+            p.nodes[0].gpus[0].max_watts = 280.0;
+            p.workloads[0].gpus = vec!["g1".into(), "g2".into()];
+        });
+        assert!(
+            message.starts_with("workloads[0].gpus: the GPUs accept no common power limit"),
+            "{message}"
+        );
+    }
+}

@@ -11,6 +11,8 @@ mod instance;
 pub mod milp;
 pub mod model;
 pub mod plan;
+#[cfg(test)]
+mod proptests;
 
 use std::fmt;
 use std::str::FromStr;
@@ -168,14 +170,16 @@ pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveErr
         MethodChoice::Greedy | MethodChoice::Auto | MethodChoice::Milp => {
             let greedy = checked(greedy_limits(&instance, &headroom), "greedy")?;
             let greedy_objective = objective(&instance, &greedy);
-            let wants_milp = match options.method {
-                MethodChoice::Milp => true,
-                MethodChoice::Auto => {
-                    relative_gap(greedy_objective, bound) > options.target_gap
-                        && milp::binary_count(&instance) <= options.auto_milp_max_binaries
-                }
-                _ => false,
-            };
+            // With no workload there is nothing to choose: the greedy (empty) plan is the optimum.
+            let wants_milp = !instance.workloads.is_empty()
+                && match options.method {
+                    MethodChoice::Milp => true,
+                    MethodChoice::Auto => {
+                        relative_gap(greedy_objective, bound) > options.target_gap
+                            && milp::binary_count(&instance) <= options.auto_milp_max_binaries
+                    }
+                    _ => false,
+                };
             if !wants_milp {
                 return Ok(assemble(
                     &instance,
@@ -251,4 +255,149 @@ pub fn budget_ranges(problem: &Problem) -> Result<Vec<BudgetRange>, InvalidProbl
             ceiling_watts: ceiling as f64 / 1000.0,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Budget, Gpu, Node, ProfilePoint, Workload, WorkloadKind};
+
+    fn gpu(id: &str) -> Gpu {
+        Gpu {
+            id: id.into(),
+            min_watts: 100.0,
+            max_watts: 300.0,
+        }
+    }
+
+    fn workload(name: &str, gpus: &[&str], points: &[(f64, f64)]) -> Workload {
+        Workload {
+            name: name.into(),
+            kind: WorkloadKind::Training,
+            weight: 1.0,
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+            min_throughput_fraction: None,
+            profile: points
+                .iter()
+                .map(|&(power_watts, throughput)| ProfilePoint {
+                    power_watts,
+                    throughput,
+                    sm_clock_mhz: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Two racks under one facility, one GPU each: a steep workload and a flat one.
+    fn two_racks(facility_cap: f64) -> Problem {
+        Problem {
+            budgets: vec![
+                Budget {
+                    name: "facility".into(),
+                    cap_watts: facility_cap,
+                    parent: None,
+                },
+                Budget {
+                    name: "r1".into(),
+                    cap_watts: 400.0,
+                    parent: Some("facility".into()),
+                },
+                Budget {
+                    name: "r2".into(),
+                    cap_watts: 400.0,
+                    parent: Some("facility".into()),
+                },
+            ],
+            nodes: vec![
+                Node {
+                    name: "n1".into(),
+                    budget: "r1".into(),
+                    overhead_watts: 50.0,
+                    gpus: vec![gpu("g1")],
+                },
+                Node {
+                    name: "n2".into(),
+                    budget: "r2".into(),
+                    overhead_watts: 50.0,
+                    gpus: vec![gpu("g2")],
+                },
+            ],
+            workloads: vec![
+                workload(
+                    "steep",
+                    &["g1"],
+                    &[(100.0, 1.0), (200.0, 8.0), (300.0, 10.0)],
+                ),
+                workload(
+                    "flat",
+                    &["g2"],
+                    &[(100.0, 9.0), (200.0, 9.8), (300.0, 10.0)],
+                ),
+            ],
+            objective: Default::default(),
+        }
+    }
+
+    #[test]
+    fn watts_go_where_they_buy_the_most_throughput() {
+        let plan = solve(&two_racks(500.0), &SolveOptions::default()).expect("solves");
+        assert_eq!(plan.status, Status::Optimal);
+        assert_eq!(plan.method, Method::Greedy);
+        // 200 W of headroom above the floors: the steep curve gains 0.007 (normalised) per watt up to
+        // 200 W and 0.002 above, the flat one 0.0008 at best, so the steep one takes all of it.
+        assert_eq!(plan.workloads[0].power_limit_watts, 300.0);
+        assert_eq!(plan.workloads[1].power_limit_watts, 100.0);
+        assert!((plan.objective - 1.9).abs() < 1e-9);
+        let uniform = solve(
+            &two_racks(500.0),
+            &SolveOptions {
+                method: MethodChoice::Uniform,
+                ..Default::default()
+            },
+        )
+        .expect("solves");
+        assert_eq!(uniform.workloads[0].power_limit_watts, 200.0);
+        assert_eq!(uniform.workloads[1].power_limit_watts, 200.0);
+        assert!((uniform.objective - 1.78).abs() < 1e-9);
+        let tighter = solve(&two_racks(420.0), &SolveOptions::default()).expect("solves");
+        assert_eq!(tighter.workloads[0].power_limit_watts, 220.0);
+        assert_eq!(tighter.workloads[1].power_limit_watts, 100.0);
+    }
+
+    #[test]
+    fn an_infeasible_cap_gives_the_safe_plan_and_names_the_shortfall() {
+        let plan =
+            solve(&two_racks(250.0), &SolveOptions::default()).expect("infeasible is a result");
+        assert_eq!(plan.status, Status::Infeasible);
+        assert_eq!(plan.method, Method::Safe);
+        assert!(plan.gpus.iter().all(|g| g.power_limit_watts == 100.0));
+        assert_eq!(plan.shortfalls.len(), 1);
+        assert_eq!(plan.shortfalls[0].budget, "facility");
+        assert_eq!(plan.shortfalls[0].required_watts, 300.0);
+        assert_eq!(plan.shortfalls[0].shortfall_watts, 50.0);
+    }
+
+    #[test]
+    fn a_gang_across_racks_is_limited_by_its_tightest_rack() {
+        let mut problem = two_racks(10_000.0);
+        problem.budgets[1].cap_watts = 200.0;
+        problem.workloads = vec![workload(
+            "gang",
+            &["g1", "g2"],
+            &[(100.0, 1.0), (300.0, 3.0)],
+        )];
+        let plan = solve(&problem, &SolveOptions::default()).expect("solves");
+        assert_eq!(plan.workloads[0].power_limit_watts, 150.0);
+        assert!(plan.gpus.iter().all(|g| g.power_limit_watts == 150.0));
+        assert_eq!(plan.status, Status::Optimal);
+    }
+
+    #[test]
+    fn unknown_method_names_are_listed_in_the_error() {
+        let err = "fastest".parse::<MethodChoice>().expect_err("not a method");
+        assert_eq!(
+            err,
+            "unknown method \"fastest\" (expected one of: auto, greedy, milp, uniform, proportional)"
+        );
+    }
 }

@@ -168,7 +168,8 @@ pub(crate) fn solve_milp(
     set_option(&mut highs_model, "mip_rel_gap", limits.relative_gap)?;
     if let Some(plan) = warm_start_mw {
         let start = warm_start_columns(instance, &columns, plan, next_column);
-        highs_model.set_solution(Some(&start), None, None, None);
+        // A start HiGHS refuses only costs speed: it then searches from scratch.
+        let _ = highs_model.try_set_solution(Some(&start), None, None, None);
     }
 
     let solved = highs_model
