@@ -541,6 +541,9 @@ mod tests {
         }
     }
 
+    /// A change to the base problem and the start of the message it must produce.
+    type Case = (Box<dyn FnOnce(&mut Problem)>, &'static str);
+
     fn rejected(mutate: impl FnOnce(&mut Problem)) -> String {
         let mut problem = base();
         mutate(&mut problem);
@@ -556,7 +559,7 @@ mod tests {
 
     #[test]
     fn each_broken_rule_names_its_field() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Problem)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|p| p.budgets[1].parent = Some("nowhere".into())),
                 "budgets[1].parent: unknown budget \"nowhere\"",
