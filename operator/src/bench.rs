@@ -2,9 +2,9 @@
 //! generic HiGHS MILP on the same generated fleets. Reads profile files and the clock; prints results.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kilowatt_solver::{MethodChoice, MilpLimits, Plan, SolveOptions};
+use kilowatt_solver::{MethodChoice, MilpLimits, Plan, SolveOptions, generic_lp_objective};
 use serde::Serialize;
 
 use crate::generate::{FleetSpec, generate_fleet};
@@ -33,6 +33,9 @@ pub struct BenchSettings {
     /// The generic MILP is skipped above this many GPUs (it does not finish there).
     pub milp_max_gpus: usize,
     pub milp_time_limit_seconds: f64,
+    /// The generic LP is skipped above this many GPUs.
+    pub lp_max_gpus: usize,
+    pub lp_time_limit_seconds: f64,
 }
 
 /// How one method did on one instance.
@@ -63,6 +66,10 @@ pub struct SizeResult {
     pub milp_seconds_over_auto: Option<f64>,
     /// Kilowatt's objective over the generic MILP's.
     pub auto_vs_milp_objective: Option<f64>,
+    /// Generic LP seconds over Kilowatt's seconds, when the LP ran.
+    pub lp_seconds_over_auto: Option<f64>,
+    /// Kilowatt's objective over the LP optimum (an upper bound: 1.0 means Kilowatt reached it).
+    pub auto_vs_lp_objective: Option<f64>,
 }
 
 fn load_curves(source: &CurveSource) -> anyhow::Result<Vec<NamedCurve>> {
@@ -163,7 +170,26 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
         } else {
             None
         };
+        let lp = if gpus <= settings.lp_max_gpus {
+            let started = Instant::now();
+            let result = generic_lp_objective(&problem, settings.lp_time_limit_seconds);
+            let seconds = started.elapsed().as_secs_f64();
+            let row = MethodResult {
+                method: "generic-lp".into(),
+                seconds: Some(seconds),
+                objective: result.as_ref().ok().copied().flatten(),
+                upper_bound: None,
+                gap: None,
+                status: result.as_ref().ok().map(|_| "relaxation-optimum".into()),
+                error: result.err().map(|e| e.to_string()),
+            };
+            methods.push(row.clone());
+            Some(row)
+        } else {
+            None
+        };
         let auto_seconds = methods[0].seconds;
+        let auto_objective = auto_plan.as_ref().map(|p| p.objective);
         results.push(SizeResult {
             gpus: problem.nodes.iter().map(|n| n.gpus.len()).sum(),
             workloads: problem.workloads.len(),
@@ -179,6 +205,12 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
                 .as_ref()
                 .zip(auto_plan.as_ref())
                 .map(|((m, _), a)| a.objective / m.objective),
+            lp_seconds_over_auto: lp
+                .as_ref()
+                .and_then(|r| r.seconds.zip(auto_seconds).map(|(l, a)| l / a)),
+            auto_vs_lp_objective: lp
+                .as_ref()
+                .and_then(|r| r.objective.zip(auto_objective).map(|(l, a)| a / l)),
             methods,
         });
     }
@@ -210,7 +242,10 @@ pub fn render_table(results: &[SizeResult]) -> String {
                     || m.error.clone().unwrap_or_default(),
                     |o| format!("{o:.1}")
                 ),
-                m.gap.map_or("—".into(), |g| format!("{:.3} %", g * 100.0)),
+                m.gap.map_or_else(
+                    || m.status.clone().unwrap_or("—".into()),
+                    |g| format!("{:.3} %", g * 100.0)
+                ),
                 number(m.objective.zip(uniform).map(|(o, u)| o / u), 4),
             ));
         }

@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Allocate GPU power limits (and locked clocks) for a problem file and print the plan as JSON.
     ///
-    /// Exit codes: 0 plan found; 1 unreadable or malformed problem (stderr names the field);
+    /// Exit codes: 0 plan found; 1 unreadable or malformed problem (stderr names the field) or bad
+    /// command line;
     /// 2 infeasible: some budget cannot hold its floors (stderr names each with its shortfall, stdout
     /// carries the safe plan with every GPU at minWatts); 3 the solver failed.
     Solve(SolveArgs),
@@ -37,11 +38,11 @@ pub struct SolveArgs {
     #[arg(long, default_value = "auto", value_parser = parse_method)]
     pub method: MethodChoice,
     /// Gap (relative to the proven upper bound) under which auto accepts the greedy plan.
-    #[arg(long, default_value_t = 0.005, value_name = "FRACTION")]
+    #[arg(long, default_value_t = 0.005, value_name = "FRACTION", value_parser = parse_fraction)]
     pub target_gap: f64,
     /// Wall-clock limit for the MILP (HiGHS). A backstop: when it, rather than --max-nodes, stops the
     /// search, the plan may differ between runs.
-    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub time_limit: f64,
     /// Branch-and-bound node limit for the MILP (deterministic).
     #[arg(long, default_value_t = 20_000, value_name = "NODES")]
@@ -91,7 +92,7 @@ fn parse_positive_seconds(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Time the solver on generated fleets (facility → rows → racks, 8-GPU nodes) against uniform and
-    /// proportional capping and a cold generic HiGHS MILP on the same instance.
+    /// proportional capping, a cold generic HiGHS MILP and a generic HiGHS LP on the same instance.
     Solver(BenchSolverArgs),
 }
 
@@ -133,6 +134,12 @@ pub struct BenchSolverArgs {
     /// Time limit of the generic MILP.
     #[arg(long, default_value_t = 60.0, value_parser = parse_positive_seconds, value_name = "SECONDS")]
     pub milp_time_limit: f64,
+    /// Skip the generic LP (HiGHS interior point on the envelope relaxation) above this many GPUs.
+    #[arg(long, default_value_t = 100_000)]
+    pub lp_max_gpus: usize,
+    /// Time limit of the generic LP.
+    #[arg(long, default_value_t = 120.0, value_parser = parse_positive_seconds, value_name = "SECONDS")]
+    pub lp_time_limit: f64,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     pub json: bool,

@@ -9,7 +9,19 @@ use kilowatt_operator::cli::{BenchCommand, Cli, Command};
 use kilowatt_operator::solve;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // NB: clap exits 2 on usage errors, but 2 means "infeasible" for `kilowatt solve`; a bad command
+    // line is bad input, exit 1.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                solve::exit::INVALID
+            } else {
+                solve::exit::OK
+            });
+        }
+    };
     match cli.command {
         Command::Solve(args) => {
             let code = solve::run(
@@ -34,6 +46,8 @@ fn main() -> ExitCode {
                 repeat: args.repeat,
                 milp_max_gpus: args.milp_max_gpus,
                 milp_time_limit_seconds: args.milp_time_limit,
+                lp_max_gpus: args.lp_max_gpus,
+                lp_time_limit_seconds: args.lp_time_limit,
             };
             match bench_solver(&settings) {
                 Ok(results) if args.json => match serde_json::to_string_pretty(&results) {

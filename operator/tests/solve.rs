@@ -182,7 +182,11 @@ fn garbage_and_missing_files_fail_with_one_clear_line() {
         ],
         None,
     );
-    assert_eq!(output.status.code(), Some(2), "clap usage errors exit 2");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a bad command line is bad input"
+    );
     assert!(
         stderr(&output).contains("unknown method \"fastest\""),
         "{}",

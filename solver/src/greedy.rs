@@ -72,33 +72,27 @@ pub(crate) fn objective(instance: &Instance, limits_mw: &[Milliwatts]) -> f64 {
 /// Upper bound on the optimum: greedy on the envelopes with every gang split per innermost budget,
 /// in continuous watts. `headroom` must be non-negative.
 pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
+    /// One envelope segment of one gang's share of an innermost budget, with all the greedy needs.
     struct Part {
         value_per_gpu_mw: f64,
-        workload: u32,
-        group: u32,
-        segment: u32,
+        length_mw: f64,
+        budget: u32,
+        gpus: u32,
     }
+    // Built in (workload, group, segment) order, so a stable sort on value alone breaks ties by index.
     let mut parts: Vec<Part> = Vec::new();
-    for (w, workload) in instance.workloads.iter().enumerate() {
+    for workload in &instance.workloads {
         let per_gpu = workload.value_per_throughput / workload.gpu_count() as f64;
-        for g in 0..workload.groups.len() {
-            for (s, segment) in workload.curve.envelope().iter().enumerate() {
-                parts.push(Part {
-                    value_per_gpu_mw: per_gpu * segment.slope(),
-                    workload: w as u32,
-                    group: g as u32,
-                    segment: s as u32,
-                });
-            }
+        for &(budget, gpus) in &workload.groups {
+            parts.extend(workload.curve.envelope().iter().map(|segment| Part {
+                value_per_gpu_mw: per_gpu * segment.slope(),
+                length_mw: segment.length_mw as f64,
+                budget: budget as u32,
+                gpus: gpus as u32,
+            }));
         }
     }
-    parts.sort_unstable_by(|a, b| {
-        b.value_per_gpu_mw
-            .total_cmp(&a.value_per_gpu_mw)
-            .then(a.workload.cmp(&b.workload))
-            .then(a.group.cmp(&b.group))
-            .then(a.segment.cmp(&b.segment))
-    });
+    parts.sort_by(|a, b| b.value_per_gpu_mw.total_cmp(&a.value_per_gpu_mw));
     let mut room: Vec<f64> = headroom.iter().map(|&h| h as f64).collect();
     let mut bound: f64 = instance
         .workloads
@@ -106,16 +100,14 @@ pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
         .map(|w| w.value_per_throughput * w.curve.candidates()[0].value)
         .sum();
     for part in parts {
-        let workload = &instance.workloads[part.workload as usize];
-        let (budget, count) = workload.groups[part.group as usize];
-        let count = count as f64;
-        let chain = &instance.budgets[budget].chain;
+        let count = part.gpus as f64;
+        let chain = &instance.budgets[part.budget as usize].chain;
         let fits = chain
             .iter()
             .map(|&b| room[b] / count)
             .fold(f64::INFINITY, f64::min)
             .max(0.0);
-        let take = fits.min(workload.curve.envelope()[part.segment as usize].length_mw as f64);
+        let take = fits.min(part.length_mw);
         if take <= 0.0 {
             continue;
         }

@@ -5,6 +5,10 @@
 
 use std::collections::BTreeMap;
 
+// NB: hash maps only for lookups by name; nothing is ever iterated from one, so plans never depend on
+// hashing order.
+use rustc_hash::FxHashMap;
+
 use crate::curve::{Curve, CurveError, MeasuredPoint, Milliwatts};
 use crate::model::{Problem, WorkloadKind};
 
@@ -88,32 +92,39 @@ fn limit_mw(watts: f64) -> Milliwatts {
     (watts * 1000.0).floor() as Milliwatts
 }
 
-/// Largest value, in watts, that the solver accepts; far above any real facility and small enough
-/// that sums in milliwatts cannot overflow.
-const MAX_WATTS: f64 = 1e12;
+/// Largest cap, in watts, that the solver accepts (10 GW): above any campus, and small enough that
+/// sums in milliwatts cannot overflow.
+const MAX_CAP_WATTS: f64 = 1e10;
+/// Largest per-node or per-GPU figure, in watts (10 MW), for the same reason.
+const MAX_DEVICE_WATTS: f64 = 1e7;
+/// Largest weight or throughput accepted, so that objective sums stay finite.
+const MAX_MAGNITUDE: f64 = 1e15;
 
-fn check_watts(path: String, watts: f64, allow_zero: bool) -> Result<(), InvalidProblem> {
+/// `path` is only formatted when the check fails: valid input allocates no messages.
+fn check_watts(
+    path: impl FnOnce() -> String,
+    watts: f64,
+    allow_zero: bool,
+    max: f64,
+) -> Result<(), InvalidProblem> {
     if !watts.is_finite() {
-        return Err(invalid(path, "must be a finite number"));
+        return Err(invalid(path(), "must be a finite number"));
     }
     if allow_zero && watts < 0.0 {
-        return Err(invalid(path, format!("must be >= 0 (got {watts})")));
+        return Err(invalid(path(), format!("must be >= 0 (got {watts})")));
     }
     if !allow_zero && watts <= 0.0 {
-        return Err(invalid(path, format!("must be > 0 (got {watts})")));
+        return Err(invalid(path(), format!("must be > 0 (got {watts})")));
     }
-    if watts > MAX_WATTS {
-        return Err(invalid(
-            path,
-            format!("must be <= {MAX_WATTS} (got {watts})"),
-        ));
+    if watts > max {
+        return Err(invalid(path(), format!("must be <= {max} (got {watts})")));
     }
     Ok(())
 }
 
-fn check_name(path: String, name: &str) -> Result<(), InvalidProblem> {
+fn check_name(path: impl FnOnce() -> String, name: &str) -> Result<(), InvalidProblem> {
     if name.trim().is_empty() {
-        return Err(invalid(path, "must not be empty"));
+        return Err(invalid(path(), "must not be empty"));
     }
     Ok(())
 }
@@ -122,7 +133,7 @@ impl Instance {
     /// Checks every rule of the input format and builds the indexed instance.
     pub fn new(problem: &Problem) -> Result<Instance, InvalidProblem> {
         let budgets = validate_budgets(problem)?;
-        let budget_index: BTreeMap<&str, usize> = problem
+        let budget_index: FxHashMap<&str, usize> = problem
             .budgets
             .iter()
             .enumerate()
@@ -131,10 +142,14 @@ impl Instance {
 
         let mut nodes = Vec::with_capacity(problem.nodes.len());
         let mut gpus = Vec::new();
-        let mut node_names: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut gpu_index: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        let gpu_count: usize = problem.nodes.iter().map(|n| n.gpus.len()).sum();
+        let mut node_names: FxHashMap<&str, usize> =
+            FxHashMap::with_capacity_and_hasher(problem.nodes.len(), Default::default());
+        let mut gpu_position: FxHashMap<&str, usize> =
+            FxHashMap::with_capacity_and_hasher(gpu_count, Default::default());
+        let mut gpu_paths: Vec<(usize, usize)> = Vec::new();
         for (n, node) in problem.nodes.iter().enumerate() {
-            check_name(format!("nodes[{n}].name"), &node.name)?;
+            check_name(|| format!("nodes[{n}].name"), &node.name)?;
             if let Some(first) = node_names.insert(&node.name, n) {
                 return Err(invalid(
                     format!("nodes[{n}].name"),
@@ -148,38 +163,51 @@ impl Instance {
                 )
             })?;
             check_watts(
-                format!("nodes[{n}].overheadWatts"),
+                || format!("nodes[{n}].overheadWatts"),
                 node.overhead_watts,
                 true,
+                MAX_DEVICE_WATTS,
             )?;
             nodes.push(NodeEntry {
                 budget,
                 overhead_mw: demand_mw(node.overhead_watts),
             });
             for (g, gpu) in node.gpus.iter().enumerate() {
-                let path = format!("nodes[{n}].gpus[{g}]");
-                check_name(format!("{path}.id"), &gpu.id)?;
-                if let Some((fn_, fg)) = gpu_index.insert(&gpu.id, (n, g)) {
+                let path = || format!("nodes[{n}].gpus[{g}]");
+                check_name(|| format!("{}.id", path()), &gpu.id)?;
+                if let Some(first) = gpu_position.insert(&gpu.id, gpus.len()) {
+                    let (fn_, fg) = gpu_paths[first];
                     return Err(invalid(
-                        format!("{path}.id"),
+                        format!("{}.id", path()),
                         format!(
                             "duplicate GPU id {:?} (also nodes[{fn_}].gpus[{fg}])",
                             gpu.id
                         ),
                     ));
                 }
-                check_watts(format!("{path}.minWatts"), gpu.min_watts, false)?;
-                check_watts(format!("{path}.maxWatts"), gpu.max_watts, false)?;
+                check_watts(
+                    || format!("{}.minWatts", path()),
+                    gpu.min_watts,
+                    false,
+                    MAX_DEVICE_WATTS,
+                )?;
+                check_watts(
+                    || format!("{}.maxWatts", path()),
+                    gpu.max_watts,
+                    false,
+                    MAX_DEVICE_WATTS,
+                )?;
                 let (min_mw, max_mw) = (demand_mw(gpu.min_watts), limit_mw(gpu.max_watts));
                 if min_mw > max_mw {
                     return Err(invalid(
-                        format!("{path}.minWatts"),
+                        format!("{}.minWatts", path()),
                         format!(
                             "must be <= maxWatts ({} > {})",
                             gpu.min_watts, gpu.max_watts
                         ),
                     ));
                 }
+                gpu_paths.push((n, g));
                 gpus.push(GpuEntry {
                     id: gpu.id.clone(),
                     node: n,
@@ -189,48 +217,48 @@ impl Instance {
                 });
             }
         }
-        let gpu_position: BTreeMap<&str, usize> = problem
-            .nodes
-            .iter()
-            .flat_map(|n| n.gpus.iter().map(|g| g.id.as_str()))
-            .enumerate()
-            .map(|(i, id)| (id, i))
-            .collect();
 
         let mut workloads = Vec::with_capacity(problem.workloads.len());
-        let mut workload_names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut workload_names: FxHashMap<&str, usize> =
+            FxHashMap::with_capacity_and_hasher(problem.workloads.len(), Default::default());
         for (w, workload) in problem.workloads.iter().enumerate() {
-            let path = format!("workloads[{w}]");
-            check_name(format!("{path}.name"), &workload.name)?;
+            let path = || format!("workloads[{w}]");
+            check_name(|| format!("{}.name", path()), &workload.name)?;
             if let Some(first) = workload_names.insert(&workload.name, w) {
                 return Err(invalid(
-                    format!("{path}.name"),
+                    format!("{}.name", path()),
                     format!(
                         "duplicate workload name {:?} (also workloads[{first}])",
                         workload.name
                     ),
                 ));
             }
-            if !workload.weight.is_finite() || workload.weight <= 0.0 {
+            if !workload.weight.is_finite()
+                || workload.weight <= 0.0
+                || workload.weight > MAX_MAGNITUDE
+            {
                 return Err(invalid(
-                    format!("{path}.weight"),
+                    format!("{}.weight", path()),
                     format!("must be > 0 (got {})", workload.weight),
                 ));
             }
             if workload.gpus.is_empty() {
                 return Err(invalid(
-                    format!("{path}.gpus"),
+                    format!("{}.gpus", path()),
                     "must name at least one GPU",
                 ));
             }
             let mut members = Vec::with_capacity(workload.gpus.len());
             for (k, id) in workload.gpus.iter().enumerate() {
                 let &g = gpu_position.get(id.as_str()).ok_or_else(|| {
-                    invalid(format!("{path}.gpus[{k}]"), format!("unknown GPU {id:?}"))
+                    invalid(
+                        format!("{}.gpus[{k}]", path()),
+                        format!("unknown GPU {id:?}"),
+                    )
                 })?;
                 if let Some(other) = gpus[g].workload {
                     return Err(invalid(
-                        format!("{path}.gpus[{k}]"),
+                        format!("{}.gpus[{k}]", path()),
                         format!(
                             "GPU {id:?} is already in workload {:?}",
                             problem.workloads[other].name
@@ -241,23 +269,18 @@ impl Instance {
                 members.push(g);
             }
             let (curve, gpu_range_mw) = build_curve(problem, w, &members, &gpus)?;
-            let mut groups: BTreeMap<usize, i64> = BTreeMap::new();
-            let mut load: BTreeMap<usize, i64> = BTreeMap::new();
-            for &g in &members {
-                let budget = nodes[gpus[g].node].budget;
-                *groups.entry(budget).or_default() += 1;
-                for &b in &budgets[budget].chain {
-                    *load.entry(b).or_default() += 1;
-                }
-            }
+            let groups = count_by_budget(members.iter().map(|&g| (nodes[gpus[g].node].budget, 1)));
+            let load = count_by_budget(groups.iter().flat_map(|&(budget, count)| {
+                budgets[budget].chain.iter().map(move |&b| (b, count))
+            }));
             let value_per_throughput =
                 workload.weight * members.len() as f64 / curve.best_throughput();
             workloads.push(WorkloadEntry {
                 name: workload.name.clone(),
                 kind: workload.kind,
                 gpus: members,
-                load: load.into_iter().collect(),
-                groups: groups.into_iter().collect(),
+                load,
+                groups,
                 curve,
                 gpu_range_mw,
                 value_per_throughput,
@@ -297,10 +320,24 @@ impl Instance {
     }
 }
 
+/// Sums counts per budget index, sorted by index (a gang touches a handful of budgets, so a sorted
+/// vector beats a map).
+fn count_by_budget(items: impl IntoIterator<Item = (usize, i64)>) -> Vec<(usize, i64)> {
+    let mut counts: Vec<(usize, i64)> = Vec::new();
+    for (budget, count) in items {
+        match counts.iter_mut().find(|(b, _)| *b == budget) {
+            Some((_, total)) => *total += count,
+            None => counts.push((budget, count)),
+        }
+    }
+    counts.sort_unstable();
+    counts
+}
+
 fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry>, InvalidProblem> {
-    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, budget) in problem.budgets.iter().enumerate() {
-        check_name(format!("budgets[{i}].name"), &budget.name)?;
+        check_name(|| format!("budgets[{i}].name"), &budget.name)?;
         if let Some(first) = index.insert(&budget.name, i) {
             return Err(invalid(
                 format!("budgets[{i}].name"),
@@ -310,7 +347,12 @@ fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry>, InvalidProble
                 ),
             ));
         }
-        check_watts(format!("budgets[{i}].capWatts"), budget.cap_watts, true)?;
+        check_watts(
+            || format!("budgets[{i}].capWatts"),
+            budget.cap_watts,
+            true,
+            MAX_CAP_WATTS,
+        )?;
     }
     let mut parents = Vec::with_capacity(problem.budgets.len());
     for (i, budget) in problem.budgets.iter().enumerate() {
@@ -360,10 +402,10 @@ fn build_curve(
     gpus: &[GpuEntry],
 ) -> Result<(Curve, (Milliwatts, Milliwatts)), InvalidProblem> {
     let workload = &problem.workloads[w];
-    let path = format!("workloads[{w}]");
+    let path = || format!("workloads[{w}]");
     if workload.profile.is_empty() {
         return Err(invalid(
-            format!("{path}.profile"),
+            format!("{}.profile", path()),
             "must have at least one point",
         ));
     }
@@ -371,27 +413,35 @@ fn build_curve(
     let mut points = Vec::with_capacity(workload.profile.len());
     let mut clocks: BTreeMap<u32, usize> = BTreeMap::new();
     for (k, point) in workload.profile.iter().enumerate() {
-        let at = format!("{path}.profile[{k}]");
-        check_watts(format!("{at}.powerWatts"), point.power_watts, false)?;
-        if !point.throughput.is_finite() || point.throughput < 0.0 {
+        let at = || format!("{}.profile[{k}]", path());
+        check_watts(
+            || format!("{}.powerWatts", at()),
+            point.power_watts,
+            false,
+            MAX_DEVICE_WATTS,
+        )?;
+        if !point.throughput.is_finite()
+            || point.throughput < 0.0
+            || point.throughput > MAX_MAGNITUDE
+        {
             return Err(invalid(
-                format!("{at}.throughput"),
+                format!("{}.throughput", at()),
                 format!("must be >= 0 (got {})", point.throughput),
             ));
         }
         if point.sm_clock_mhz.is_some() != locked_clock {
             return Err(invalid(
-                format!("{at}.smClockMHz"),
+                format!("{}.smClockMHz", at()),
                 "either every point of a profile has a clock or none has",
             ));
         }
         if let Some(clock) = point.sm_clock_mhz {
             if clock == 0 {
-                return Err(invalid(format!("{at}.smClockMHz"), "must be > 0"));
+                return Err(invalid(format!("{}.smClockMHz", at()), "must be > 0"));
             }
             if let Some(first) = clocks.insert(clock, k) {
                 return Err(invalid(
-                    format!("{at}.smClockMHz"),
+                    format!("{}.smClockMHz", at()),
                     format!("duplicate clock {clock} MHz (also profile[{first}])"),
                 ));
             }
@@ -410,7 +460,7 @@ fn build_curve(
                     "strictly increasing"
                 };
                 return Err(invalid(
-                    format!("{at}.powerWatts"),
+                    format!("{}.powerWatts", at()),
                     format!(
                         "points must be sorted by powerWatts, {order} ({} after {previous})",
                         point.power_watts
@@ -427,14 +477,14 @@ fn build_curve(
     let best = points.iter().map(|p| p.throughput).fold(0.0, f64::max);
     if best <= 0.0 {
         return Err(invalid(
-            format!("{path}.profile"),
+            format!("{}.profile", path()),
             "at least one point must have throughput > 0",
         ));
     }
     let fraction = workload.min_throughput_fraction.unwrap_or(0.0);
     if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
         return Err(invalid(
-            format!("{path}.minThroughputFraction"),
+            format!("{}.minThroughputFraction", path()),
             format!("must be between 0 and 1 (got {fraction})"),
         ));
     }
@@ -452,7 +502,7 @@ fn build_curve(
     let (lo_mw, hi_mw) = (gpus[lo_gpu].min_mw, gpus[hi_gpu].max_mw);
     if lo_mw > hi_mw {
         return Err(invalid(
-            format!("{path}.gpus"),
+            format!("{}.gpus", path()),
             format!(
                 "the GPUs accept no common power limit: GPU {:?} needs at least {} W, GPU {:?} allows at most {} W",
                 gpus[lo_gpu].id,
@@ -464,7 +514,7 @@ fn build_curve(
     }
     let curve = Curve::new(points, locked_clock, lo_mw, hi_mw, fraction * best).map_err(|e| match e {
         CurveError::StartsAboveRange { lowest_mw, hi_mw } => invalid(
-            format!("{path}.profile[0].powerWatts"),
+            format!("{}.profile[0].powerWatts", path()),
             format!(
                 "the profile starts at {} W, above maxWatts {} W of GPU {:?}",
                 lowest_mw as f64 / 1000.0,
@@ -473,7 +523,7 @@ fn build_curve(
             ),
         ),
         CurveError::FloorUnreachable { required, best_reachable } => invalid(
-            format!("{path}.minThroughputFraction"),
+            format!("{}.minThroughputFraction", path()),
             format!(
                 "throughput {required} is out of reach within the GPUs' power range (best reachable {best_reachable})"
             ),

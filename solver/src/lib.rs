@@ -227,6 +227,24 @@ pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveErr
     }
 }
 
+/// Optimum of the envelope relaxation computed by a generic LP solver (HiGHS, interior point), for
+/// comparison with the greedy; `None` objective for an infeasible problem.
+pub fn generic_lp_objective(
+    problem: &Problem,
+    time_limit_seconds: f64,
+) -> Result<Option<f64>, SolveError> {
+    let instance = Instance::new(problem)?;
+    if !plan::shortfalls(&instance).is_empty() {
+        return Ok(None);
+    }
+    let headroom = headroom_at_floors(&instance);
+    Ok(Some(milp::solve_envelope_lp(
+        &instance,
+        &headroom,
+        time_limit_seconds,
+    )?))
+}
+
 /// The watts a budget must carry at least (overheads, every GPU at the lowest limit it can run at)
 /// and at most (every GPU at the highest limit its gang accepts).
 #[derive(Debug, Clone, PartialEq)]

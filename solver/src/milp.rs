@@ -255,3 +255,57 @@ fn warm_start_columns(
     }
     start
 }
+
+/// The generic LP a user would write for this problem: every workload's concave envelope as bounded
+/// segment columns, one row per budget, solved by HiGHS's interior-point method. Its optimum is the
+/// envelope relaxation's (an upper bound on the true optimum; equal to it for concave curves). Used to
+/// compare the greedy against a general-purpose solver on the same instance.
+pub(crate) fn solve_envelope_lp(
+    instance: &Instance,
+    headroom: &[Milliwatts],
+    time_limit_seconds: f64,
+) -> Result<f64, MilpError> {
+    let mut vars = ProblemVariables::new();
+    let mut objective = Expression::default();
+    let mut per_budget: Vec<Expression> = vec![Expression::default(); instance.budgets.len()];
+    let mut used = vec![false; instance.budgets.len()];
+    let mut base = 0.0;
+    for workload in &instance.workloads {
+        base += workload.value_per_throughput * workload.curve.candidates()[0].value;
+        for segment in workload.curve.envelope() {
+            let length_w = segment.length_mw as f64 / 1000.0;
+            let x = vars.add(variable().min(0.0).max(length_w));
+            objective.add_mul(workload.value_per_throughput * segment.gain / length_w, x);
+            for &(b, count) in &workload.load {
+                per_budget[b].add_mul(count as f64, x);
+                used[b] = true;
+            }
+        }
+    }
+    if vars.is_empty() {
+        return Ok(base);
+    }
+    let mut model = vars.maximise(objective).using(highs);
+    for (b, expression) in per_budget.into_iter().enumerate() {
+        if used[b] {
+            good_lp::SolverModel::add_constraint(
+                &mut model,
+                expression.leq(headroom[b] as f64 / 1000.0),
+            );
+        }
+    }
+    let mut highs_model = model
+        .try_into_inner()
+        .map_err(|e| MilpError::Build(e.to_string()))?;
+    set_option(&mut highs_model, "threads", 1)?;
+    set_option(&mut highs_model, "output_flag", false)?;
+    set_option(&mut highs_model, "solver", "ipm")?;
+    set_option(&mut highs_model, "time_limit", time_limit_seconds)?;
+    let solved = highs_model
+        .try_solve()
+        .map_err(|e| MilpError::Solve(format!("{e:?}")))?;
+    match solved.status() {
+        HighsModelStatus::Optimal => Ok(base + solved.objective_value()),
+        status => Err(MilpError::NoSolution(format!("{status:?}"))),
+    }
+}
