@@ -8,6 +8,11 @@ use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_
 use kilowatt_operator::cli::{BenchCommand, Cli, Command};
 use kilowatt_operator::solve;
 
+// NB: a 100,000-GPU solve makes and frees hundreds of thousands of small vectors; glibc's allocator
+// spent about a third of the solve time on them (perf, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // NB: clap exits 2 on usage errors, but 2 means "infeasible" for `kilowatt solve`; a bad command
     // line is bad input, exit 1.

@@ -29,8 +29,8 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> InvalidProble
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct BudgetEntry {
-    pub name: String,
+pub(crate) struct BudgetEntry<'a> {
+    pub name: &'a str,
     pub cap_mw: Milliwatts,
     /// This budget and its ancestors, innermost first.
     pub chain: Vec<usize>,
@@ -43,8 +43,8 @@ pub(crate) struct NodeEntry {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct GpuEntry {
-    pub id: String,
+pub(crate) struct GpuEntry<'a> {
+    pub id: &'a str,
     pub node: usize,
     pub min_mw: Milliwatts,
     pub max_mw: Milliwatts,
@@ -52,8 +52,8 @@ pub(crate) struct GpuEntry {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct WorkloadEntry {
-    pub name: String,
+pub(crate) struct WorkloadEntry<'a> {
+    pub name: &'a str,
     pub kind: WorkloadKind,
     pub gpus: Vec<usize>,
     /// GPUs of this workload under each budget that holds any (ancestors included), by budget index.
@@ -67,19 +67,20 @@ pub(crate) struct WorkloadEntry {
     pub value_per_throughput: f64,
 }
 
-impl WorkloadEntry {
+impl WorkloadEntry<'_> {
     pub fn gpu_count(&self) -> i64 {
         self.gpus.len() as i64
     }
 }
 
-/// A validated problem in solver units, with the indices every method needs.
+/// A validated problem in solver units, with the indices every method needs. Names borrow from the
+/// problem: a 100,000-GPU fleet need not copy 100,000 ids to be solved.
 #[derive(Debug, Clone)]
-pub(crate) struct Instance {
-    pub budgets: Vec<BudgetEntry>,
+pub(crate) struct Instance<'a> {
+    pub budgets: Vec<BudgetEntry<'a>>,
     pub nodes: Vec<NodeEntry>,
-    pub gpus: Vec<GpuEntry>,
-    pub workloads: Vec<WorkloadEntry>,
+    pub gpus: Vec<GpuEntry<'a>>,
+    pub workloads: Vec<WorkloadEntry<'a>>,
 }
 
 /// Watts to milliwatts, rounded up: used for demands, so they are never under-counted.
@@ -129,9 +130,9 @@ fn check_name(path: impl FnOnce() -> String, name: &str) -> Result<(), InvalidPr
     Ok(())
 }
 
-impl Instance {
+impl<'a> Instance<'a> {
     /// Checks every rule of the input format and builds the indexed instance.
-    pub fn new(problem: &Problem) -> Result<Instance, InvalidProblem> {
+    pub fn new(problem: &'a Problem) -> Result<Instance<'a>, InvalidProblem> {
         let budgets = validate_budgets(problem)?;
         let budget_index: FxHashMap<&str, usize> = problem
             .budgets
@@ -209,7 +210,7 @@ impl Instance {
                 }
                 gpu_paths.push((n, g));
                 gpus.push(GpuEntry {
-                    id: gpu.id.clone(),
+                    id: &gpu.id,
                     node: n,
                     min_mw,
                     max_mw,
@@ -276,7 +277,7 @@ impl Instance {
             let value_per_throughput =
                 workload.weight * members.len() as f64 / curve.best_throughput();
             workloads.push(WorkloadEntry {
-                name: workload.name.clone(),
+                name: &workload.name,
                 kind: workload.kind,
                 gpus: members,
                 load,
@@ -334,7 +335,7 @@ fn count_by_budget(items: impl IntoIterator<Item = (usize, i64)>) -> Vec<(usize,
     counts
 }
 
-fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry>, InvalidProblem> {
+fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry<'_>>, InvalidProblem> {
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
     for (i, budget) in problem.budgets.iter().enumerate() {
         check_name(|| format!("budgets[{i}].name"), &budget.name)?;
@@ -387,7 +388,7 @@ fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry>, InvalidProble
             at = parent;
         }
         entries.push(BudgetEntry {
-            name: budget.name.clone(),
+            name: &budget.name,
             cap_mw: limit_mw(budget.cap_watts),
             chain,
         });

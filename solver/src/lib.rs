@@ -268,7 +268,7 @@ pub fn budget_ranges(problem: &Problem) -> Result<Vec<BudgetRange>, InvalidProbl
         .iter()
         .zip(floors.into_iter().zip(ceilings))
         .map(|(b, (floor, ceiling))| BudgetRange {
-            name: b.name.clone(),
+            name: b.name.to_owned(),
             floor_watts: floor as f64 / 1000.0,
             ceiling_watts: ceiling as f64 / 1000.0,
         })

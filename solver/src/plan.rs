@@ -161,7 +161,7 @@ pub(crate) fn assemble(
             .map(|g| {
                 let (limit, clock) = gpu_limit(g);
                 GpuSetting {
-                    id: instance.gpus[g].id.clone(),
+                    id: instance.gpus[g].id.to_owned(),
                     power_limit_watts: watts(limit),
                     sm_clock_mhz: clock,
                 }
@@ -172,7 +172,7 @@ pub(crate) fn assemble(
             .iter()
             .zip(&settings)
             .map(|(w, &(limit, clock, throughput))| WorkloadSetting {
-                name: w.name.clone(),
+                name: w.name.to_owned(),
                 kind: w.kind,
                 power_limit_watts: watts(limit),
                 sm_clock_mhz: clock,
@@ -191,7 +191,7 @@ fn budget_allocations(instance: &Instance, usage: &[Milliwatts]) -> Vec<BudgetAl
         .iter()
         .zip(usage)
         .map(|(b, &used)| BudgetAllocation {
-            name: b.name.clone(),
+            name: b.name.to_owned(),
             cap_watts: watts(b.cap_mw),
             allocated_watts: watts(used),
         })
@@ -207,7 +207,7 @@ pub(crate) fn shortfalls(instance: &Instance) -> Vec<Shortfall> {
         .zip(required)
         .filter(|(b, required)| *required > b.cap_mw)
         .map(|(b, required)| Shortfall {
-            budget: b.name.clone(),
+            budget: b.name.to_owned(),
             cap_watts: watts(b.cap_mw),
             required_watts: watts(required),
             shortfall_watts: watts(required - b.cap_mw),
