@@ -129,10 +129,6 @@ impl Curve {
         &self.envelope
     }
 
-    pub fn locked_clock(&self) -> bool {
-        self.locked_clock
-    }
-
     /// Best measured throughput over the whole profile (the normalisation of the objective).
     pub fn best_throughput(&self) -> f64 {
         self.points.iter().map(|p| p.throughput).fold(0.0, f64::max)
@@ -179,21 +175,6 @@ impl Curve {
         self.interpolate(limit_mw)
     }
 
-    /// Value of the upper concave envelope at `level_mw` (an upper bound on what any plan gets there).
-    pub fn envelope_value(&self, level_mw: f64) -> f64 {
-        let mut value = self.candidates[0].value;
-        let mut at = self.lo_mw() as f64;
-        for segment in &self.envelope {
-            if level_mw <= at {
-                break;
-            }
-            let step = (level_mw - at).min(segment.length_mw as f64);
-            value += segment.slope() * step;
-            at += segment.length_mw as f64;
-        }
-        value
-    }
-
     fn lowest_point_mw(&self) -> Milliwatts {
         self.points.iter().map(|p| p.power_mw).min().unwrap_or(0)
     }
@@ -216,6 +197,21 @@ impl Curve {
         let (a, b) = (self.points[after - 1], self.points[after]);
         let t = (level_mw - a.power_mw) as f64 / (b.power_mw - a.power_mw) as f64;
         a.throughput + t * (b.throughput - a.throughput)
+    }
+
+    /// `lo_mw`, the measured powers strictly inside the range, and `hi_mw`: where `f` may bend.
+    fn levels_between(&self, lo_mw: Milliwatts, hi_mw: Milliwatts) -> Vec<Milliwatts> {
+        let mut levels = vec![lo_mw];
+        levels.extend(
+            self.points
+                .iter()
+                .map(|p| p.power_mw)
+                .filter(|&w| w > lo_mw && w < hi_mw),
+        );
+        if hi_mw > lo_mw {
+            levels.push(hi_mw);
+        }
+        levels
     }
 
     /// The lowest level in `[lo_mw, hi_mw]` whose best reachable throughput meets the floor.
@@ -244,14 +240,7 @@ impl Curve {
         }
         // f is linear between measured points, so the first crossing is on the first piece that
         // ends at or above the floor.
-        let mut levels: Vec<Milliwatts> = vec![lo_mw];
-        levels.extend(
-            self.points
-                .iter()
-                .map(|p| p.power_mw)
-                .filter(|&w| w > lo_mw && w < hi_mw),
-        );
-        levels.push(hi_mw);
+        let levels = self.levels_between(lo_mw, hi_mw);
         if self.interpolate(lo_mw) >= floor_throughput {
             return Ok(lo_mw);
         }
@@ -274,16 +263,7 @@ impl Curve {
     /// Candidates of a power-limit profile: the range ends, measured points inside, and the levels
     /// where a rise after a dip climbs back to the running best.
     fn power_limit_candidates(&self, lo_mw: Milliwatts, hi_mw: Milliwatts) -> Vec<Candidate> {
-        let mut levels: Vec<Milliwatts> = vec![lo_mw];
-        levels.extend(
-            self.points
-                .iter()
-                .map(|p| p.power_mw)
-                .filter(|&w| w > lo_mw && w < hi_mw),
-        );
-        if hi_mw > lo_mw {
-            levels.push(hi_mw);
-        }
+        let levels = self.levels_between(lo_mw, hi_mw);
         let mut candidates: Vec<Candidate> = Vec::with_capacity(levels.len() + 2);
         let mut best = Candidate {
             power_mw: lo_mw,
@@ -430,16 +410,14 @@ mod tests {
             .collect()
     }
 
+    /// A power-limit curve over `[lo_w, hi_w]` with no SLO floor.
+    fn curve(points: &[(i64, f64)], lo_w: i64, hi_w: i64) -> Curve {
+        Curve::new(pl(points), false, lo_w * 1000, hi_w * 1000, 0.0).expect("valid curve")
+    }
+
     #[test]
     fn a_dip_is_skipped_by_realising_the_lower_limit() {
-        let curve = Curve::new(
-            pl(&[(100, 10.0), (150, 8.0), (200, 12.0)]),
-            false,
-            100_000,
-            200_000,
-            0.0,
-        )
-        .expect("valid curve");
+        let curve = curve(&[(100, 10.0), (150, 8.0), (200, 12.0)], 100, 200);
         let at_150 = curve.realise(150_000);
         assert_eq!(
             at_150.limit_mw, 100_000,
@@ -454,29 +432,18 @@ mod tests {
 
     #[test]
     fn envelope_of_a_convex_curve_is_one_inexact_chord() {
-        let curve = Curve::new(
-            pl(&[(100, 1.0), (200, 2.0), (300, 10.0)]),
-            false,
-            100_000,
-            300_000,
-            0.0,
-        )
-        .expect("valid curve");
+        let curve = curve(&[(100, 1.0), (200, 2.0), (300, 10.0)], 100, 300);
         assert_eq!(curve.envelope().len(), 1);
         assert!(!curve.envelope()[0].exact);
-        assert!((curve.envelope_value(200_000.0) - 5.5).abs() < 1e-9);
+        // The chord from (100 W, 1) to (300 W, 10) passes 5.5 at 200 W, where the curve gives only 2.
+        let chord = &curve.envelope()[0];
+        assert_eq!((chord.length_mw, chord.gain), (200_000, 9.0));
+        assert_eq!(curve.realise(200_000).throughput, 2.0);
     }
 
     #[test]
     fn envelope_of_a_concave_curve_is_exact() {
-        let curve = Curve::new(
-            pl(&[(100, 5.0), (200, 9.0), (300, 10.0)]),
-            false,
-            100_000,
-            300_000,
-            0.0,
-        )
-        .expect("valid curve");
+        let curve = curve(&[(100, 5.0), (200, 9.0), (300, 10.0)], 100, 300);
         assert_eq!(curve.envelope().len(), 2);
         assert!(curve.envelope().iter().all(|s| s.exact));
     }

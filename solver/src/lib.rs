@@ -5,10 +5,10 @@
 //! Entry point: [`solve`]. The problem format is [`model::Problem`]; the answer is [`plan::Plan`].
 
 mod baseline;
-pub mod curve;
+mod curve;
 mod greedy;
 mod instance;
-pub mod milp;
+mod milp;
 pub mod model;
 pub mod plan;
 #[cfg(test)]
@@ -118,17 +118,6 @@ pub enum SolveError {
     PlanOverCap { method: &'static str },
 }
 
-impl SolveError {
-    /// Fixed label for metrics and events.
-    pub fn category(&self) -> &'static str {
-        match self {
-            SolveError::Invalid(_) => "invalid",
-            SolveError::Milp(_) => "milp",
-            SolveError::PlanOverCap { .. } => "over_cap",
-        }
-    }
-}
-
 /// Solves `problem`. An infeasible problem is a result (status `infeasible`, the safe plan), not an error.
 pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveError> {
     let instance = Instance::new(problem)?;
@@ -180,48 +169,26 @@ pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveErr
                     }
                     _ => false,
                 };
+            let chosen = |limits: &[i64], method, bound| {
+                assemble(&instance, limits, Enforcement::Chosen, method, bound)
+            };
             if !wants_milp {
-                return Ok(assemble(
-                    &instance,
-                    &greedy,
-                    Enforcement::Chosen,
-                    Method::Greedy,
-                    bound,
-                ));
+                return Ok(chosen(&greedy, Method::Greedy, bound));
             }
             let warm_start = options.milp_warm_start.then_some(greedy.as_slice());
             let outcome = match milp::solve_milp(&instance, &headroom, warm_start, options.milp) {
                 Ok(outcome) => outcome,
                 Err(e) if options.method == MethodChoice::Milp => return Err(e.into()),
                 // Auto keeps the greedy plan, whose quality is still proven by its bound.
-                Err(_) => {
-                    return Ok(assemble(
-                        &instance,
-                        &greedy,
-                        Enforcement::Chosen,
-                        Method::Greedy,
-                        bound,
-                    ));
-                }
+                Err(_) => return Ok(chosen(&greedy, Method::Greedy, bound)),
             };
             let bound = bound.min(outcome.upper_bound);
             let exact = checked(outcome.limits_mw, "milp")?;
+            // A cold MILP (benchmarks) reports its own plan even when the greedy one is better.
             if objective(&instance, &exact) >= greedy_objective || !options.milp_warm_start {
-                Ok(assemble(
-                    &instance,
-                    &exact,
-                    Enforcement::Chosen,
-                    Method::Milp,
-                    bound,
-                ))
+                Ok(chosen(&exact, Method::Milp, bound))
             } else {
-                Ok(assemble(
-                    &instance,
-                    &greedy,
-                    Enforcement::Chosen,
-                    Method::Greedy,
-                    bound,
-                ))
+                Ok(chosen(&greedy, Method::Greedy, bound))
             }
         }
     }
