@@ -26,6 +26,16 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the CustomResourceDefinitions (PowerBudget, WorkloadProfile) as YAML, or write them to a
+    /// directory (`crds/` in the repository holds the committed copies).
+    Crdgen(CrdgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdgenArgs {
+    /// Write `powerbudgets.yaml` and `workloadprofiles.yaml` here instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,12 +6,32 @@ use std::process::ExitCode;
 use clap::Parser;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
 use kilowatt_operator::cli::{BenchCommand, Cli, Command};
+
 use kilowatt_operator::solve;
 
 // NB: a 100,000-GPU solve makes and frees hundreds of thousands of small vectors; glibc's allocator
 // spent about a third of the solve time on them (perf, see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Prints the CRD manifests, or writes each to its file under `out_dir`.
+fn crdgen(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let manifests = kilowatt_crds::crd_manifests()?;
+    match out_dir {
+        Some(dir) => {
+            for (file, yaml) in manifests {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let documents: Vec<String> = manifests.into_iter().map(|(_, yaml)| yaml).collect();
+            print!("{}", documents.join("---\n"));
+        }
+    }
+    Ok(())
+}
 
 fn main() -> ExitCode {
     // NB: clap exits 2 on usage errors, but 2 means "infeasible" for `kilowatt solve`; a bad command
@@ -38,6 +58,13 @@ fn main() -> ExitCode {
             );
             ExitCode::from(code)
         }
+        Command::Crdgen(args) => match crdgen(args.out_dir.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(BenchCommand::Solver(args)) => {
             let settings = BenchSettings {
                 sizes: args.gpus,

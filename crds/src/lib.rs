@@ -1,0 +1,209 @@
+//! Kilowatt's custom resources, group `kilowatt.dev`, version `v1alpha1`: `PowerBudget` (a cluster-scoped
+//! power cap in the facility → row → rack tree) and `WorkloadProfile` (a namespaced throughput curve).
+//! Types and manifest generation only; no IO.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A power cap over the nodes it selects and every budget below it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kilowatt.dev",
+    version = "v1alpha1",
+    kind = "PowerBudget",
+    plural = "powerbudgets",
+    shortname = "pb",
+    status = "PowerBudgetStatus",
+    printcolumn = r#"{"name":"Cap","type":"number","jsonPath":".spec.capWatts","description":"configured cap (W)"}"#,
+    printcolumn = r#"{"name":"Effective","type":"number","jsonPath":".status.effectiveCapWatts","description":"lowest active cap (W)"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"number","jsonPath":".status.allocatedWatts","description":"planned limits plus overheads (W)"}"#,
+    printcolumn = r#"{"name":"Headroom","type":"number","jsonPath":".status.headroomWatts","description":"effective cap minus allocated (W)"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!has(self.parent) || self.parent != ''").message("parent must not be empty when set"))]
+#[serde(rename_all = "camelCase")]
+pub struct PowerBudgetSpec {
+    /// Cap in watts on the GPU power limits plus node overheads under this budget.
+    #[schemars(range(min = 0.0))]
+    pub cap_watts: f64,
+    /// Name of the PowerBudget this one sits under; a budget without parent is a root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The nodes directly in this budget (not those of its children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Non-GPU draw per node in watts; the node annotation `kilowatt.dev/overhead-watts` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub node_overhead_watts: Option<f64>,
+    /// Time windows with their own cap; the effective cap is the lowest of `capWatts` and every active
+    /// window's cap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub schedule: Vec<ScheduleWindow>,
+    /// Watts held back from the cap when planning (measurement error, transients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub safety_margin_watts: Option<f64>,
+}
+
+/// A window with its own cap: either an absolute interval (a demand-response event) or a daily one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.daily) != (has(self.start) || has(self.end))").message("a window has either start and end, or daily"))]
+#[x_kube(validation = Rule::new("has(self.start) == has(self.end)").message("start and end go together"))]
+#[x_kube(validation = Rule::new("!has(self.start) || self.start < self.end").message("start must be before end"))]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleWindow {
+    /// Shown in events and status when the window opens or closes.
+    pub name: String,
+    #[schemars(range(min = 0.0))]
+    pub cap_watts: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<DailyWindow>,
+}
+
+/// A window that recurs every day, in UTC; `end` before `start` wraps past midnight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyWindow {
+    /// `HH:MM`, UTC.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// `HH:MM`, UTC.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+}
+
+/// What the operator last planned and measured for a budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerBudgetStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_cap_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_watts: Option<f64>,
+    /// Measured draw reported by the node agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Weighted throughput of the workloads under this budget over their best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalized_throughput: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_plan_revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_solve_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Infeasible`, `Conflict`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A workload's measured throughput against its power limit (or locked SM clock).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kilowatt.dev",
+    version = "v1alpha1",
+    kind = "WorkloadProfile",
+    plural = "workloadprofiles",
+    shortname = "wp",
+    namespaced,
+    status = "WorkloadProfileStatus",
+    printcolumn = r#"{"name":"GPU","type":"string","jsonPath":".spec.gpuModel"}"#,
+    printcolumn = r#"{"name":"Unit","type":"string","jsonPath":".spec.throughputUnit"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadProfileSpec {
+    /// GPU model the curve was measured on, e.g. `H100-SXM`.
+    pub gpu_model: String,
+    /// Unit of `throughput`, e.g. `tokens/s`.
+    pub throughput_unit: String,
+    /// Sorted by `powerWatts`; every point has `smClockMHz` or none does.
+    // NB: the upper bound keeps the CEL cost estimate of the rules below within the API server's budget.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.all(p, has(p.smClockMHz)) || self.all(p, !has(p.smClockMHz))").message("either every point has smClockMHz or none has"))]
+    #[x_kube(validation = Rule::new("self.map(p, p.powerWatts).isSorted()").message("points must be sorted by powerWatts"))]
+    pub points: Vec<WorkloadProfilePoint>,
+    /// Pods this profile applies to, besides those naming it in `kilowatt.dev/profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// One measured point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadProfilePoint {
+    #[schemars(range(min = 0.001))]
+    pub power_watts: f64,
+    #[serde(
+        rename = "smClockMHz",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1))]
+    pub sm_clock_mhz: Option<u32>,
+    #[schemars(range(min = 0.0))]
+    pub throughput: f64,
+}
+
+/// Which pods use a profile.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadProfileStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The CRD manifests as YAML, with the file name each is committed under in `crds/`.
+pub fn crd_manifests() -> Result<Vec<(&'static str, String)>, serde_saphyr::ser_error::Error> {
+    Ok(vec![
+        (
+            "powerbudgets.yaml",
+            serde_saphyr::to_string(&PowerBudget::crd())?,
+        ),
+        (
+            "workloadprofiles.yaml",
+            serde_saphyr::to_string(&WorkloadProfile::crd())?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_manifests_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, generated) in crd_manifests().expect("manifests serialise") {
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "crds/{file} is stale: run `cargo run -p kilowatt-operator -- crdgen --out-dir crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn power_budget_is_cluster_scoped_and_profile_namespaced() {
+        assert_eq!(PowerBudget::crd().spec.scope, "Cluster");
+        assert_eq!(WorkloadProfile::crd().spec.scope, "Namespaced");
+        assert_eq!(PowerBudget::crd().spec.group, "kilowatt.dev");
+    }
+}
