@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the system packages the build needs, if they are missing (Debian/Ubuntu, as root or with sudo):
-# cmake, a C++ compiler and libclang for HiGHS (built from source by good_lp's `highs` feature).
+# Installs the system packages the build and tests need, if they are missing (Debian/Ubuntu, as root or
+# with sudo): cmake, a C++ compiler and libclang for HiGHS (built from source by good_lp's `highs`
+# feature); etcd and openssl for the control-plane tests. Go (1.26+) must already be installed: the tests
+# build kube-apiserver from Go modules.
 set -euo pipefail
 
-packages=(cmake g++ libclang-dev)
+packages=(cmake g++ libclang-dev etcd-server openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,3 +18,4 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95+ (rustup)" >&2; exit 1; }
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || { echo "setup: go not found; install Go 1.26+" >&2; exit 1; }

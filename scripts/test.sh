@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The control-plane tests build kube-apiserver with go; Go's usual install directory may not be on PATH.
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,256 @@
+//! Test harness: a real Kubernetes control plane on 127.0.0.1 — upstream kube-apiserver built from the
+//! pinned Go module in `tests/apiserver/`, backed by a real etcd — with a kubeconfig for it. Does
+//! process, file and network IO; everything it starts is stopped when the [`ControlPlane`] is dropped.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The Kubernetes version of the API server, the same minor as k8s-openapi's `v1_37` feature.
+pub const KUBERNETES_VERSION: &str = "v1.37.2";
+
+/// A running etcd + kube-apiserver pair, with its own temporary directory, ports and admin token.
+pub struct ControlPlane {
+    etcd: Child,
+    apiserver: Child,
+    dir: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// Bearer token of a `system:masters` user.
+    pub token: String,
+    /// A kubeconfig for `server` and `token` (also usable with kubectl).
+    pub kubeconfig: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // NB: the port is free when we look; another process could take it before the server binds, which
+    // on a test machine's loopback is rare enough, and shows up as a clear start-up failure.
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// Path of the kube-apiserver binary, building it with `go build` the first time. `KILOWATT_KUBE_APISERVER`
+/// names a prebuilt binary instead; builds are cached in `~/.cache/kilowatt/` (and Go's own build cache),
+/// so a second run starts in seconds.
+pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("KILOWATT_KUBE_APISERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/kilowatt"))
+        .unwrap_or_else(|| std::env::temp_dir().join("kilowatt-cache"));
+    let binary = cache.join(format!("kube-apiserver-{KUBERNETES_VERSION}"));
+    if binary.exists() {
+        return Ok(binary);
+    }
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    eprintln!(
+        "building kube-apiserver {KUBERNETES_VERSION} with go into {} (once; 10-30 minutes on 2 cores)",
+        binary.display()
+    );
+    let partial = cache.join(format!("kube-apiserver-{KUBERNETES_VERSION}.partial"));
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&partial)
+        .arg(".")
+        .current_dir(repository_root().join("tests/apiserver"))
+        .status()
+        .context("running `go build` for kube-apiserver (is Go installed?)")?;
+    if !status.success() {
+        bail!("`go build` of kube-apiserver {KUBERNETES_VERSION} failed ({status})");
+    }
+    fs::rename(&partial, &binary)?;
+    Ok(binary)
+}
+
+fn openssl(args: &[&str], dir: &Path) -> anyhow::Result<()> {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
+    if !output.status.success() {
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let file = fs::File::create(log)?;
+    Ok(command.stdout(Stdio::null()).stderr(file).spawn()?)
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on fresh ports and waits until the API server is ready.
+    pub async fn start() -> anyhow::Result<ControlPlane> {
+        let apiserver_binary = tokio::task::spawn_blocking(kube_apiserver_binary).await??;
+        let dir = std::env::temp_dir().join(format!(
+            "kilowatt-cp-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        fs::create_dir_all(dir.join("certs"))?;
+
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let etcd = spawn_logged(
+            Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.join("etcd"))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{client_port}"
+                ))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{client_port}"
+                ))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+                ))
+                .arg(format!(
+                    "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+                )),
+            &dir.join("etcd.log"),
+        )
+        .context("starting etcd (Debian package etcd-server)")?;
+
+        openssl(&["genrsa", "-out", "sa.key", "2048"], &dir)?;
+        openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], &dir)?;
+        let token = format!("kilowatt-test-{}", free_port()?);
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},admin,admin-uid,\"system:masters\"\n"),
+        )?;
+
+        let port = free_port()?;
+        let apiserver = spawn_logged(
+            Command::new(&apiserver_binary)
+                .arg(format!("--etcd-servers=http://127.0.0.1:{client_port}"))
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg(format!("--secure-port={port}"))
+                .arg(format!("--cert-dir={}", dir.join("certs").display()))
+                .arg(format!(
+                    "--token-auth-file={}",
+                    dir.join("tokens.csv").display()
+                ))
+                .arg("--authorization-mode=RBAC")
+                .arg("--service-account-issuer=https://kubernetes.default.svc")
+                .arg(format!(
+                    "--service-account-key-file={}",
+                    dir.join("sa.pub").display()
+                ))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    dir.join("sa.key").display()
+                ))
+                .arg("--service-cluster-ip-range=10.96.0.0/24")
+                // The loopback address cannot be published as the `kubernetes` Service endpoint.
+                .arg("--endpoint-reconciler-type=none")
+                // No controller-manager runs, so no ServiceAccount objects exist for pods to use.
+                .arg("--disable-admission-plugins=ServiceAccount"),
+            &dir.join("kube-apiserver.log"),
+        )
+        .context("starting kube-apiserver")?;
+
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\
+                 users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
+                 current-context: test\n"
+            ),
+        )?;
+        let mut plane = ControlPlane {
+            etcd,
+            apiserver,
+            dir,
+            server,
+            token,
+            kubeconfig,
+        };
+        plane.wait_ready(Duration::from_secs(90)).await?;
+        Ok(plane)
+    }
+
+    /// Polls `/readyz` until the API server answers `ok`.
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut last_error = String::from("no answer yet");
+        while started.elapsed() < timeout {
+            for (name, child, log) in [
+                ("etcd", &mut self.etcd, "etcd.log"),
+                ("kube-apiserver", &mut self.apiserver, "kube-apiserver.log"),
+            ] {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{name} exited ({status}) before the API server was ready:\n{}",
+                        log_tail_of(&self.dir, log)
+                    );
+                }
+            }
+            let answer = async {
+                let client = self.client().await?;
+                let request = http::Request::get("/readyz").body(Vec::new())?;
+                anyhow::Ok(client.request_text(request).await?)
+            }
+            .await;
+            match answer {
+                Ok(text) if text.trim() == "ok" => return Ok(()),
+                Ok(text) => last_error = text,
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!(
+            "kube-apiserver not ready after {timeout:?}: {last_error}\n--- kube-apiserver.log (tail) ---\n{}",
+            self.log_tail("kube-apiserver.log")
+        )
+    }
+
+    /// The last lines of one of the servers' logs (`etcd.log`, `kube-apiserver.log`), for failures.
+    pub fn log_tail(&self, file: &str) -> String {
+        log_tail_of(&self.dir, file)
+    }
+
+    /// A kube client authenticated as the admin user.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+fn log_tail_of(dir: &Path, file: &str) -> String {
+    let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
