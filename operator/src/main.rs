@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
 use kilowatt_operator::cli::{BenchCommand, Cli, Command};
-
 use kilowatt_operator::solve;
 
 // NB: a 100,000-GPU solve makes and frees hundreds of thousands of small vectors; glibc's allocator
@@ -22,7 +22,7 @@ fn crdgen(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
             for (file, yaml) in manifests {
                 let path = dir.join(file);
                 std::fs::write(&path, yaml)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
         }
         None => {
