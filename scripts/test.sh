@@ -3,9 +3,11 @@
 # purity, and every test of the workspace (one profile: dev, with optimised dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-# The control-plane tests build kube-apiserver with go; Go's usual install directory may not be on PATH.
+# rustup's and Go's usual install directories, for shells (such as CI's) that lack them on PATH; the
+# control-plane tests build kube-apiserver with go.
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
+scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
