@@ -19,3 +19,6 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust 1.95+ (rustup)" >&2; exit 1; }
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || { echo "setup: go not found; install Go 1.26+" >&2; exit 1; }
+# The checks need rustfmt and clippy; a minimal rustup profile lacks them.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

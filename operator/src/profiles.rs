@@ -13,8 +13,6 @@ pub struct NamedCurve {
     pub name: String,
     pub gpu_model: String,
     pub kind: WorkloadKind,
-    /// GPUs the curve was measured on (throughput is for the whole job).
-    pub num_gpus: usize,
     /// Sorted by power; locked-clock curves carry `sm_clock_mhz` on every point.
     pub points: Vec<ProfilePoint>,
 }
@@ -50,15 +48,9 @@ struct ExampleProfile {
     name: String,
     kind: WorkloadKind,
     gpu_model: String,
-    #[serde(default = "one")]
-    num_gpus: usize,
     #[serde(rename = "throughputUnit")]
     _throughput_unit: String,
     points: Vec<ProfilePoint>,
-}
-
-fn one() -> usize {
-    1
 }
 
 fn read(path: &Path) -> Result<String, LoadError> {
@@ -99,7 +91,6 @@ pub fn load_example_profiles(dir: &Path) -> Result<Vec<NamedCurve>, LoadError> {
             name: profile.name,
             gpu_model: profile.gpu_model,
             kind: profile.kind,
-            num_gpus: profile.num_gpus.max(1),
             points: profile.points,
         });
     }
@@ -143,12 +134,7 @@ pub fn parse_measured_csv(text: &str) -> Result<Vec<NamedCurve>, String> {
             .position(|h| *h == name)
             .ok_or(format!("missing column {name:?}"))
     };
-    let (id_col, gpu_col, kind_col, gpus_col) = (
-        column("curve_id")?,
-        column("gpu")?,
-        column("kind")?,
-        column("num_gpus")?,
-    );
+    let (id_col, gpu_col, kind_col) = (column("curve_id")?, column("gpu")?, column("kind")?);
     let (limit_col, clock_col, throughput_col, power_col, config_col) = (
         column("power_limit_w")?,
         column("sm_freq_mhz")?,
@@ -159,7 +145,6 @@ pub fn parse_measured_csv(text: &str) -> Result<Vec<NamedCurve>, String> {
     struct Row {
         gpu: String,
         kind: WorkloadKind,
-        num_gpus: usize,
         point: ProfilePoint,
     }
     let mut by_curve: BTreeMap<String, Vec<Row>> = BTreeMap::new();
@@ -198,28 +183,25 @@ pub fn parse_measured_csv(text: &str) -> Result<Vec<NamedCurve>, String> {
             "inference" => WorkloadKind::Inference,
             _ => WorkloadKind::Training,
         };
-        let num_gpus = fields[gpus_col].parse().unwrap_or(1);
         by_curve
             .entry(fields[id_col].to_owned())
             .or_default()
             .push(Row {
                 gpu: fields[gpu_col].to_owned(),
                 kind,
-                num_gpus,
                 point,
             });
     }
     let mut curves = Vec::new();
     for (name, rows) in by_curve {
         let first = &rows[0];
-        let (gpu_model, kind, num_gpus) = (first.gpu.clone(), first.kind, first.num_gpus);
+        let (gpu_model, kind) = (first.gpu.clone(), first.kind);
         let points = tidy_points(rows.into_iter().map(|r| r.point).collect());
         if points.len() >= 4 {
             curves.push(NamedCurve {
                 name,
                 gpu_model,
                 kind,
-                num_gpus,
                 points,
             });
         }

@@ -33,6 +33,12 @@ fn kilowatt(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("kilowatt exits")
 }
 
+/// `examples/problem.yaml` as a JSON value, to feed modified copies through stdin.
+fn example_problem() -> Value {
+    let text = std::fs::read_to_string(repo().join("examples/problem.yaml")).expect("example");
+    serde_saphyr::from_str(&text).expect("yaml")
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -122,8 +128,7 @@ fn locked_clock_workloads_get_a_clock_and_the_same_limit_on_every_gpu() {
 
 #[test]
 fn json_input_from_stdin_works_and_errors_name_the_field() {
-    let text = std::fs::read_to_string(repo().join("examples/problem.yaml")).expect("example");
-    let problem: Value = serde_saphyr::from_str(&text).expect("yaml");
+    let problem = example_problem();
     let good = serde_json::to_string(&problem).expect("json");
     let output = kilowatt(&["solve", "--problem", "-"], Some(&good));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -196,8 +201,7 @@ fn garbage_and_missing_files_fail_with_one_clear_line() {
 
 #[test]
 fn an_infeasible_cap_exits_2_with_shortfalls_and_the_safe_plan() {
-    let text = std::fs::read_to_string(repo().join("examples/problem.yaml")).expect("example");
-    let mut problem: Value = serde_saphyr::from_str(&text).expect("yaml");
+    let mut problem = example_problem();
     problem["budgets"][5]["capWatts"] = Value::from(1000.0);
     problem["budgets"][0]["capWatts"] = Value::from(4000.0);
     let output = kilowatt(&["solve", "--problem", "-"], Some(&problem.to_string()));

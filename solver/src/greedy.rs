@@ -158,22 +158,34 @@ pub(crate) fn greedy_limits(instance: &Instance, headroom: &[Milliwatts]) -> Vec
             next_value[w] = increment.value_per_gpu_mw;
         }
     }
-    for (w, workload) in workloads.iter().enumerate() {
-        let realised = workload.curve.realise(level[w]).limit_mw;
-        charge(instance, w, &mut room, realised - level[w]);
-        level[w] = realised;
-    }
     // Second chance for the workloads the first pass left short, most valuable first: with the watts
-    // that rounding freed, each rises as far as the room allows and keeps the best level under that.
+    // that rounding to the real curve frees, each rises as far as the room allows.
     let mut order: Vec<usize> = (0..workloads.len()).filter(|&w| stuck[w]).collect();
     order.sort_by(|&a, &b| next_value[b].total_cmp(&next_value[a]).then(a.cmp(&b)));
+    rise_into_room(instance, headroom, &mut level, order);
+    level
+}
+
+/// Realises every workload's level on its curve, then lets the workloads in `order` rise, one after
+/// the other, as far as the watts left under `headroom` allow, each keeping the best level under that.
+/// Used after the greedy and after the MILP, whose levels are rounded down to whole milliwatts.
+pub(crate) fn rise_into_room(
+    instance: &Instance,
+    headroom: &[Milliwatts],
+    levels: &mut [Milliwatts],
+    order: impl IntoIterator<Item = usize>,
+) {
+    let mut room = headroom.to_vec();
+    for (w, workload) in instance.workloads.iter().enumerate() {
+        levels[w] = workload.curve.realise(levels[w]).limit_mw;
+        charge(instance, w, &mut room, levels[w] - workload.curve.lo_mw());
+    }
     for w in order {
-        let curve = &workloads[w].curve;
-        let reachable = curve.realise(level[w] + rise_room(instance, w, &room));
-        if reachable.throughput > curve.realise(level[w]).throughput {
-            charge(instance, w, &mut room, reachable.limit_mw - level[w]);
-            level[w] = reachable.limit_mw;
+        let curve = &instance.workloads[w].curve;
+        let reachable = curve.realise(levels[w] + rise_room(instance, w, &room));
+        if reachable.throughput > curve.realise(levels[w]).throughput {
+            charge(instance, w, &mut room, reachable.limit_mw - levels[w]);
+            levels[w] = reachable.limit_mw;
         }
     }
-    level
 }

@@ -22,7 +22,7 @@ pub use milp::{MilpError, MilpLimits};
 pub use model::Problem;
 pub use plan::{Method, Plan, Status};
 
-use greedy::{greedy_limits, headroom_at_floors, objective, upper_bound};
+use greedy::{greedy_limits, headroom_at_floors, objective, rise_into_room, upper_bound};
 use instance::Instance;
 use plan::{Enforcement, assemble, fits, relative_gap};
 
@@ -121,11 +121,11 @@ pub enum SolveError {
 /// Solves `problem`. An infeasible problem is a result (status `infeasible`, the safe plan), not an error.
 pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveError> {
     let instance = Instance::new(problem)?;
-    let shortfalls = plan::shortfalls(&instance);
+    let headroom = headroom_at_floors(&instance);
+    let shortfalls = plan::shortfalls(&instance, &headroom);
     if !shortfalls.is_empty() {
         return Ok(plan::safe_plan(&instance, shortfalls));
     }
-    let headroom = headroom_at_floors(&instance);
     let bound = upper_bound(&instance, &headroom);
     let checked = |limits: Vec<i64>, method: &'static str| {
         if fits(&instance, &limits) {
@@ -183,7 +183,15 @@ pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveErr
                 Err(_) => return Ok(chosen(&greedy, Method::Greedy, bound)),
             };
             let bound = bound.min(outcome.upper_bound);
-            let exact = checked(outcome.limits_mw, "milp")?;
+            // HiGHS's levels are rounded down to whole milliwatts; give the crumbs back.
+            let mut exact = outcome.limits_mw;
+            rise_into_room(
+                &instance,
+                &headroom,
+                &mut exact,
+                0..instance.workloads.len(),
+            );
+            let exact = checked(exact, "milp")?;
             // A cold MILP (benchmarks) reports its own plan even when the greedy one is better.
             if objective(&instance, &exact) >= greedy_objective || !options.milp_warm_start {
                 Ok(chosen(&exact, Method::Milp, bound))
@@ -201,10 +209,10 @@ pub fn generic_lp_objective(
     time_limit_seconds: f64,
 ) -> Result<Option<f64>, SolveError> {
     let instance = Instance::new(problem)?;
-    if !plan::shortfalls(&instance).is_empty() {
+    let headroom = headroom_at_floors(&instance);
+    if !plan::shortfalls(&instance, &headroom).is_empty() {
         return Ok(None);
     }
-    let headroom = headroom_at_floors(&instance);
     Ok(Some(milp::solve_envelope_lp(
         &instance,
         &headroom,

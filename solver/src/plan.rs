@@ -198,19 +198,18 @@ fn budget_allocations(instance: &Instance, usage: &[Milliwatts]) -> Vec<BudgetAl
         .collect()
 }
 
-/// Budgets that cannot hold their floors, with how many watts they lack.
-pub(crate) fn shortfalls(instance: &Instance) -> Vec<Shortfall> {
-    let required = instance.budget_usage(|g| instance.floor_mw(g));
+/// Budgets that cannot hold their floors (negative headroom), with how many watts they lack.
+pub(crate) fn shortfalls(instance: &Instance, headroom: &[Milliwatts]) -> Vec<Shortfall> {
     instance
         .budgets
         .iter()
-        .zip(required)
-        .filter(|(b, required)| *required > b.cap_mw)
-        .map(|(b, required)| Shortfall {
+        .zip(headroom)
+        .filter(|(_, room)| **room < 0)
+        .map(|(b, &room)| Shortfall {
             budget: b.name.to_owned(),
             cap_watts: watts(b.cap_mw),
-            required_watts: watts(required),
-            shortfall_watts: watts(required - b.cap_mw),
+            required_watts: watts(b.cap_mw - room),
+            shortfall_watts: watts(-room),
         })
         .collect()
 }

@@ -20,11 +20,11 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (file, yaml) in kilowatt_crds::crd_manifests().expect("manifests") {
+    // The committed files, as users apply them; the crds crate's own test keeps them equal to the types.
+    for (file, _) in kilowatt_crds::crd_manifests().expect("manifests") {
         let committed =
             std::fs::read_to_string(format!("{}/../crds/{file}", env!("CARGO_MANIFEST_DIR")))
                 .expect("committed manifest");
-        assert_eq!(committed, yaml, "crds/{file} is stale");
         let crd: CustomResourceDefinition =
             serde_saphyr::from_str(&committed).expect("manifest parses");
         within("create CRD", crds.create(&PostParams::default(), &crd))
