@@ -26,9 +26,99 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the operator: watch PowerBudgets, WorkloadProfiles, Nodes and GPU pods, solve, publish the
+    /// plan to etcd, and keep status, events and metrics current. Replicas elect one leader through a
+    /// Lease; the others stand by. Connects to Kubernetes through $KUBECONFIG, ~/.kube/config or the
+    /// in-cluster service account. Logs go to stderr; RUST_LOG sets the level (default info).
+    Operator(OperatorArgs),
+    /// Ask a running operator what throughput a budget would lose (or gain) at another cap, without
+    /// changing anything. Exit codes: 0 answered; 1 bad question (unknown budget, bad cap); 3 the
+    /// operator could not be reached or failed.
+    Whatif(WhatifArgs),
     /// Print the CustomResourceDefinitions (PowerBudget, WorkloadProfile) as YAML, or write them to a
     /// directory (`crds/` in the repository holds the committed copies).
     Crdgen(CrdgenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// etcd endpoints that hold the plan, comma-separated.
+    #[arg(
+        long,
+        env = "KILOWATT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URL[,URL...]"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of every plan key in etcd (layout in docs/plan-protocol.md).
+    #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /api/v1/plan, /api/v1/whatif).
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// This replica's name in the leader Lease and in Events; defaults to $POD_NAME, else $HOSTNAME.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub identity: Option<String>,
+    /// Namespace of the leader-election Lease.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "kilowatt-system",
+        value_name = "NAMESPACE"
+    )]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "kilowatt-operator", value_name = "NAME")]
+    pub lease_name: String,
+    /// How long a leader's lease lasts without renewal; it renews every 2/15 of this and stops acting
+    /// after 10/15 without a renewal.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_seconds: u64,
+    /// Changes arriving within this window are planned together.
+    #[arg(long, default_value_t = 500, value_name = "MILLISECONDS")]
+    pub debounce_ms: u64,
+    /// Solve again at least this often, even without changes.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub resync_seconds: u64,
+    /// Solver method (see `kilowatt solve --help`).
+    #[arg(long, default_value = "auto", value_parser = parse_method)]
+    pub method: MethodChoice,
+    /// Wall-clock limit for one MILP solve.
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub time_limit: f64,
+    /// Log format on stderr.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl OperatorArgs {
+    pub fn solve_options(&self) -> SolveOptions {
+        SolveOptions {
+            method: self.method,
+            milp: MilpLimits {
+                time_limit_seconds: self.time_limit,
+                ..MilpLimits::default()
+            },
+            ..SolveOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WhatifArgs {
+    /// Base URL of the operator's HTTP endpoints.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub operator: String,
+    /// PowerBudget to change.
+    #[arg(long, value_name = "NAME")]
+    pub budget: String,
+    /// The cap to try, in watts (the budget's safety margin still applies).
+    #[arg(long, value_name = "WATTS")]
+    pub cap_watts: f64,
+    /// Print the operator's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,22 @@
-//! The `kilowatt` command line: solving problem files and benchmarking the solver (later issues add
-//! the operator itself). Command modules do IO at their edges; the solver they call is pure.
+//! The `kilowatt` command and the operator behind it: watching the cluster, translating it into a
+//! power-allocation problem, solving, publishing plans to etcd, status and events, HTTP endpoints; and
+//! the solver CLI (`solve`, `bench`). Modules say whether they do IO; the solver they call is pure.
 
 pub mod bench;
+pub mod caches;
 pub mod cli;
+pub mod controller;
 pub mod generate;
+pub mod gpu_models;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod plan_store;
 pub mod profiles;
+pub mod published;
+pub mod schedule;
 pub mod solve;
+pub mod status;
+pub mod translate;
+pub mod whatif;
+pub mod whatif_client;

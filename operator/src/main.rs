@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
-use kilowatt_operator::cli::{BenchCommand, Cli, Command};
+use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, WhatifArgs};
+use kilowatt_operator::controller::{self, OperatorOptions};
 use kilowatt_operator::solve;
+use kilowatt_operator::whatif::{self, WhatIfRequest};
+use kilowatt_operator::whatif_client::{self, AskError};
 
 // NB: a 100,000-GPU solve makes and frees hundreds of thousands of small vectors; glibc's allocator
 // spent about a third of the solve time on them (perf, see BENCHMARKS.md).
@@ -31,6 +34,123 @@ fn crdgen(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Waits for SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("kilowatt-operator-{}", std::process::id()));
+    let options = OperatorOptions {
+        etcd_endpoints: args.etcd_endpoints.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+        listen: args.listen,
+        identity,
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        lease_duration: std::time::Duration::from_secs(args.lease_seconds),
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        resync: std::time::Duration::from_secs(args.resync_seconds),
+        solve: args.solve_options(),
+    };
+    runtime()?.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "cannot configure a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)",
+        )?;
+        let mut operator = controller::start(client, options).await?;
+        tokio::select! {
+            _ = termination() => {
+                tracing::info!("termination signal: shutting down");
+                operator.shutdown().await;
+                Ok(())
+            }
+            _ = operator.stopped() => anyhow::bail!("the reconcile loop stopped unexpectedly"),
+        }
+    })
+}
+
+/// `kilowatt whatif`'s exit code when the operator could not be reached or failed.
+const WHATIF_UNANSWERED: u8 = 3;
+
+fn run_whatif(args: &WhatifArgs) -> u8 {
+    let request = WhatIfRequest {
+        budget: args.budget.clone(),
+        cap_watts: args.cap_watts,
+    };
+    let answer = match runtime() {
+        Ok(runtime) => runtime.block_on(whatif_client::ask(&args.operator, &request)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return WHATIF_UNANSWERED;
+        }
+    };
+    match answer {
+        Ok(answer) if args.json => match serde_json::to_string_pretty(&answer) {
+            Ok(json) => {
+                println!("{json}");
+                solve::exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                WHATIF_UNANSWERED
+            }
+        },
+        Ok(answer) => {
+            print!("{}", whatif::render(&answer));
+            solve::exit::OK
+        }
+        Err(e @ (AskError::Rejected { .. } | AskError::Url { .. })) => {
+            eprintln!("error: {e}");
+            solve::exit::INVALID
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            WHATIF_UNANSWERED
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -58,6 +178,14 @@ fn main() -> ExitCode {
             );
             ExitCode::from(code)
         }
+        Command::Operator(args) => match run_operator(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Whatif(args) => ExitCode::from(run_whatif(&args)),
         Command::Crdgen(args) => match crdgen(args.out_dir.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

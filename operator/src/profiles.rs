@@ -82,17 +82,12 @@ pub fn load_example_profiles(dir: &Path) -> Result<Vec<NamedCurve>, LoadError> {
     let mut curves = Vec::new();
     for path in files_with_extension(dir, &["yaml", "yml"])? {
         let text = read(&path)?;
-        let profile: ExampleProfile =
-            serde_saphyr::from_str(&text).map_err(|e| LoadError::Parse {
+        curves.push(
+            parse_example_profile(&text).map_err(|message| LoadError::Parse {
                 path: path.clone(),
-                message: e.to_string(),
-            })?;
-        curves.push(NamedCurve {
-            name: profile.name,
-            gpu_model: profile.gpu_model,
-            kind: profile.kind,
-            points: profile.points,
-        });
+                message,
+            })?,
+        );
     }
     if curves.is_empty() {
         return Err(LoadError::Empty {
@@ -100,6 +95,17 @@ pub fn load_example_profiles(dir: &Path) -> Result<Vec<NamedCurve>, LoadError> {
         });
     }
     Ok(curves)
+}
+
+/// Parses one example profile (YAML in the shape of `examples/profiles/*.yaml`).
+pub fn parse_example_profile(text: &str) -> Result<NamedCurve, String> {
+    let profile: ExampleProfile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    Ok(NamedCurve {
+        name: profile.name,
+        gpu_model: profile.gpu_model,
+        kind: profile.kind,
+        points: profile.points,
+    })
 }
 
 /// Loads the single-knob curves (power limit or locked SM clock) of every `*.csv` in `dir` written in

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 
 /// The Kubernetes version of the API server, the same minor as k8s-openapi's `v1_37` feature.
 pub const KUBERNETES_VERSION: &str = "v1.37.2";
@@ -24,6 +26,9 @@ pub struct ControlPlane {
     pub token: String,
     /// A kubeconfig for `server` and `token` (also usable with kubectl).
     pub kubeconfig: PathBuf,
+    /// `http://127.0.0.1:PORT` of the etcd behind the API server; tests keep plans in it too, under
+    /// their own prefix, as a separate etcd would hold them in a cluster.
+    pub etcd_endpoint: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -182,6 +187,7 @@ impl ControlPlane {
             server,
             token,
             kubeconfig,
+            etcd_endpoint: format!("http://127.0.0.1:{client_port}"),
         };
         plane.wait_ready(Duration::from_secs(90)).await?;
         Ok(plane)
@@ -229,14 +235,106 @@ impl ControlPlane {
 
     /// A kube client authenticated as the admin user.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.config().await?)?)
+    }
+
+    /// A client whose requests the API server authorises as `user` (impersonation by the admin), e.g.
+    /// `system:serviceaccount:kilowatt-system:kilowatt-operator`, so RBAC rules are really enforced.
+    pub async fn client_as(&self, user: &str) -> anyhow::Result<kube::Client> {
+        let mut config = self.config().await?;
+        config.auth_info.impersonate = Some(user.to_owned());
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    async fn config(&self) -> anyhow::Result<kube::Config> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(
+        Ok(kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
         )
-        .await?;
-        Ok(kube::Client::try_from(config)?)
+        .await?)
     }
+}
+
+/// Bounds an await in a test, so a hang fails the test instead of stalling CI.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`; panics naming `what`
+/// and the last value seen otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut last = String::from("not checked yet");
+    while started.elapsed() < timeout {
+        match tokio::time::timeout(Duration::from_secs(30), check()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(seen)) => last = seen,
+            Err(_) => last = "check timed out".to_owned(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within {timeout:?}: {what}; last seen: {last}")
+}
+
+/// Installs the committed CRD manifests (`crds/*.yaml`, as users apply them) and waits until the API
+/// server serves them.
+pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, _) in kilowatt_crds::crd_manifests()? {
+        let path = repository_root().join("crds").join(file);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)?;
+        within("create CRD", crds.create(&PostParams::default(), &crd)).await?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        eventually("CRD established", Duration::from_secs(30), || async {
+            let current = crds.get(&name).await.map_err(|e| e.to_string())?;
+            let established = current
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(())
+            } else {
+                Err(format!("{name} not established"))
+            }
+        })
+        .await;
+    }
+    Ok(())
+}
+
+/// Creates every object of a multi-document YAML file from the repository (e.g. the operator's RBAC),
+/// as `kubectl create -f` would.
+pub async fn create_from_yaml(client: &kube::Client, relative_path: &str) -> anyhow::Result<()> {
+    let path = repository_root().join(relative_path);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for object in serde_saphyr::from_multiple::<DynamicObject>(&text)? {
+        let types = object
+            .types
+            .clone()
+            .with_context(|| format!("an object in {relative_path} has no apiVersion/kind"))?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let plural = format!("{}s", gvk.kind.to_ascii_lowercase());
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
+        let api: Api<DynamicObject> = match &object.metadata.namespace {
+            Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        within("create object", api.create(&PostParams::default(), &object))
+            .await
+            .with_context(|| format!("creating {} {:?}", gvk.kind, object.metadata.name))?;
+    }
+    Ok(())
 }
 
 fn log_tail_of(dir: &Path, file: &str) -> String {

@@ -1,54 +1,12 @@
-//! Kilowatt's CRDs on a real kube-apiserver + etcd (see tests/README.md): they install, the schema and
-//! CEL rules reject what they should with messages a user can act on, status is a subresource, and
-//! `kubectl get` shows the printer columns.
+//! Kilowatt's CRDs on a real kube-apiserver + etcd: they install, the schema and CEL rules reject what
+//! they should with messages a user can act on, status is a subresource, and `kubectl get` shows the
+//! printer columns.
 
-use std::time::Duration;
-
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
-use kilowatt_tests::ControlPlane;
+use kilowatt_tests::{ControlPlane, install_crds, within};
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, Resource};
 use serde_json::{Value, json};
-
-/// Every await on the control plane is bounded, so a hang fails the test instead of stalling CI.
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    // The committed files, as users apply them; the crds crate's own test keeps them equal to the types.
-    for (file, _) in kilowatt_crds::crd_manifests().expect("manifests") {
-        let committed =
-            std::fs::read_to_string(format!("{}/../crds/{file}", env!("CARGO_MANIFEST_DIR")))
-                .expect("committed manifest");
-        let crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&committed).expect("manifest parses");
-        within("create CRD", crds.create(&PostParams::default(), &crd))
-            .await
-            .expect("CRD accepted");
-        let name = crd.metadata.name.clone().expect("named");
-        within("CRD established", async {
-            loop {
-                let current = crds.get(&name).await.expect("get CRD");
-                let established = current
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-    }
-}
 
 fn rejection(result: Result<impl std::fmt::Debug, kube::Error>) -> String {
     match result {
@@ -61,7 +19,7 @@ fn rejection(result: Result<impl std::fmt::Debug, kube::Error>) -> String {
 async fn crds_install_validate_and_print_on_a_real_api_server() {
     let plane = ControlPlane::start().await.expect("control plane starts");
     let client = plane.client().await.expect("client");
-    install_crds(&client).await;
+    install_crds(&client).await.expect("CRDs install");
 
     let budgets: Api<PowerBudget> = Api::all(client.clone());
     let create = |value: Value| {

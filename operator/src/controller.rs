@@ -1,0 +1,620 @@
+//! The operator process: checks the CRDs, starts the watch caches, the leader election and the HTTP
+//! endpoints, and runs the reconcile loop — on a change (debounced), a timer or a schedule boundary,
+//! the leader runs one pass: translate → solve → publish to etcd → status and events. Does Kubernetes,
+//! etcd and network IO; the steps it calls (translate, solve, build, status) are pure.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kilowatt_crds::{PowerBudget, WorkloadProfile};
+use kilowatt_solver::{Plan, Problem, SolveError, SolveOptions};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::caches::{self, Caches};
+use crate::http::{AppState, Health, router};
+use crate::leader::{Elector, LeaseTiming};
+use crate::metrics::Metrics;
+use crate::plan_store::{Loaded, PlanStore, StoreError};
+use crate::published::{self, KeyLayout, PublishedPlan};
+use crate::status::{EventNote, budget_events, budget_status};
+use crate::translate::{PodWarning, ProfileSource, Translation};
+
+/// Field manager of the operator's status writes.
+const MANAGER: &str = "kilowatt-operator";
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub listen: SocketAddr,
+    /// This replica's name in the Lease and in Events (the pod name in a cluster).
+    pub identity: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    /// Changes arriving within this window are planned together.
+    pub debounce: Duration,
+    /// A pass runs at least this often, changes or not.
+    pub resync: Duration,
+    pub solve: SolveOptions,
+}
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the CustomResourceDefinition {crd} is not installed in this cluster; install the CRDs with \
+         `kubectl apply -f crds/` (or `kilowatt crdgen | kubectl apply -f -`) and start again"
+    )]
+    CrdsMissing { crd: &'static str },
+    #[error("checking that the CRD {crd} is installed: {source}")]
+    CrdCheck {
+        crd: &'static str,
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Why one pass failed; the loop retries with backoff.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("solving the plan: {0}")]
+    Solve(#[from] SolveError),
+    #[error("the solver task failed: {0}")]
+    SolverTask(#[from] tokio::task::JoinError),
+    #[error("patching status of {kind} {name}: {source}")]
+    Status {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+impl PassError {
+    fn category(&self) -> &'static str {
+        match self {
+            PassError::Store(e) => e.category(),
+            PassError::Solve(_) | PassError::SolverTask(_) => "solve",
+            PassError::Status { .. } => "kube",
+        }
+    }
+}
+
+async fn check_crd<K>(client: &Client, crd: &'static str) -> Result<(), StartError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(StartError::CrdsMissing { crd }),
+        Err(source) => Err(StartError::CrdCheck { crd, source }),
+    }
+}
+
+/// A started operator.
+pub struct RunningOperator {
+    /// Where the HTTP endpoints listen.
+    pub address: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    reconcile_loop: JoinHandle<()>,
+    elector: JoinHandle<()>,
+    /// Watches and the HTTP server: stopped by aborting.
+    background: JoinSet<()>,
+}
+
+impl RunningOperator {
+    /// Stops gracefully: the loop finishes its pass and the lease is released, so another replica
+    /// takes over without waiting for it to expire.
+    pub async fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        let graceful = async {
+            let _ = (&mut self.reconcile_loop).await;
+            let _ = (&mut self.elector).await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), graceful)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown took over 10 s; stopping anyway");
+        }
+        self.abort();
+    }
+
+    /// Stops at once, as a crash would: nothing is released, the lease expires on its own.
+    pub fn abort(mut self) {
+        self.reconcile_loop.abort();
+        self.elector.abort();
+        self.background.abort_all();
+    }
+
+    /// Resolves if the reconcile loop ends on its own (its caches lost their watches for good).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.reconcile_loop).await;
+    }
+}
+
+/// Starts the operator: checks the CRDs, connects to etcd, binds the HTTP port, starts watches,
+/// election and the loop.
+pub async fn start(
+    client: Client,
+    options: OperatorOptions,
+) -> Result<RunningOperator, StartError> {
+    check_crd::<PowerBudget>(&client, "powerbudgets.kilowatt.dev").await?;
+    check_crd::<WorkloadProfile>(&client, "workloadprofiles.kilowatt.dev").await?;
+    let store = PlanStore::connect(
+        &options.etcd_endpoints,
+        KeyLayout::new(&options.etcd_prefix),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let metrics = Metrics::new()?;
+    let health = Arc::new(Health::default());
+    health.beat();
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            address: options.listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| StartError::Listen {
+        address: options.listen,
+        source,
+    })?;
+
+    let mut tasks = JoinSet::new();
+    let changed = Arc::new(Notify::new());
+    let caches = caches::start(&client, &mut tasks, changed.clone(), &metrics);
+    let app = router(AppState {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        caches: caches.clone(),
+        health: health.clone(),
+        solve_options: options.solve.clone(),
+        resync: options.resync,
+    });
+    tasks.spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let elector = Elector::new(
+        client.clone(),
+        &options.lease_namespace,
+        &options.lease_name,
+        &options.identity,
+        LeaseTiming::from_duration(options.lease_duration),
+    );
+    let elector = tokio::spawn(elector.run(leader_tx, shutdown_rx.clone()));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.to_owned(),
+            instance: Some(options.identity.clone()),
+        },
+    );
+    let reconciler = Reconciler {
+        client,
+        caches,
+        store,
+        metrics,
+        health,
+        recorder,
+        options,
+        loaded: None,
+        solve_time: None,
+        announced: HashSet::new(),
+        next_transition: None,
+    };
+    let reconcile_loop = tokio::spawn(reconciler.run(changed, leader_rx, shutdown_rx));
+    tracing::info!(%address, "operator started");
+    Ok(RunningOperator {
+        address,
+        shutdown,
+        reconcile_loop,
+        elector,
+        background: tasks,
+    })
+}
+
+/// The reconcile loop's state.
+struct Reconciler {
+    client: Client,
+    caches: Caches,
+    store: PlanStore,
+    metrics: Metrics,
+    health: Arc<Health>,
+    recorder: Recorder,
+    options: OperatorOptions,
+    /// What etcd held at the last read or write; `None` until read after becoming leader.
+    loaded: Option<Loaded>,
+    solve_time: Option<Time>,
+    /// (pod uid, reason, message) already announced as an Event, so each is sent once.
+    announced: HashSet<(String, String, String)>,
+    next_transition: Option<Timestamp>,
+}
+
+/// Solves, taking out any workload whose profile the solver rejects (the rest of the fleet is still
+/// planned; that workload's GPUs sit at their minimum). Returns the plan and what was taken out.
+fn solve_dropping_invalid(
+    mut problem: Problem,
+    options: &SolveOptions,
+) -> Result<(Plan, Vec<(String, String)>), SolveError> {
+    let mut dropped = Vec::new();
+    loop {
+        match kilowatt_solver::solve(&problem, options) {
+            Err(SolveError::Invalid(invalid)) => {
+                let index = invalid
+                    .path
+                    .strip_prefix("workloads[")
+                    .and_then(|rest| rest.split(']').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|i| *i < problem.workloads.len());
+                let Some(index) = index else {
+                    return Err(SolveError::Invalid(invalid));
+                };
+                let workload = problem.workloads.remove(index);
+                dropped.push((workload.name, invalid.to_string()));
+            }
+            other => return other.map(|plan| (plan, dropped)),
+        }
+    }
+}
+
+fn until(deadline: Timestamp) -> Duration {
+    let seconds = (deadline.as_millisecond() - Timestamp::now().as_millisecond()).max(0);
+    Duration::from_millis(u64::try_from(seconds).unwrap_or(0))
+}
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        changed: Arc<Notify>,
+        mut leader: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            ready = self.caches.wait_until_ready() => if ready.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        self.health.caches_synced.store(true, Ordering::Relaxed);
+        self.health.etcd_ok.store(true, Ordering::Relaxed);
+        let mut backoff = Duration::from_millis(500);
+        let mut retry_in: Option<Duration> = None;
+        let mut first = true;
+        loop {
+            let transition = self
+                .next_transition
+                .map(|t| until(t) + Duration::from_millis(50));
+            let wait = [Some(self.options.resync), transition, retry_in]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.options.resync);
+            if !first {
+                tokio::select! {
+                    _ = changed.notified() => tokio::time::sleep(self.options.debounce).await,
+                    _ = tokio::time::sleep(wait) => {}
+                    result = leader.changed() => if result.is_err() { break },
+                    _ = shutdown.changed() => break,
+                }
+            }
+            first = false;
+            self.health.beat();
+            let is_leader = *leader.borrow_and_update();
+            self.metrics.leader.set(i64::from(is_leader));
+            if !is_leader {
+                // A replica that becomes leader reads etcd again before it publishes anything.
+                self.loaded = None;
+                self.next_transition = None;
+                retry_in = None;
+                continue;
+            }
+            self.metrics.reconciles.inc();
+            match self.pass(&leader).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(500);
+                    retry_in = None;
+                }
+                Err(error) => {
+                    let category = error.category();
+                    self.metrics
+                        .reconcile_errors
+                        .with_label_values(&[category])
+                        .inc();
+                    if matches!(error, PassError::Store(ref e) if e.category() == "etcd") {
+                        self.health.etcd_ok.store(false, Ordering::Relaxed);
+                    }
+                    if matches!(error, PassError::Store(StoreError::Fenced)) {
+                        self.loaded = None;
+                    }
+                    tracing::warn!(%error, category, retry_in = ?backoff, "reconcile pass failed");
+                    retry_in = Some(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One pass, as leader.
+    async fn pass(&mut self, leader: &watch::Receiver<bool>) -> Result<(), PassError> {
+        let now = Timestamp::now();
+        let mut translation = self.caches.translate(now);
+        self.next_transition = translation.next_transition;
+
+        let loaded = match self.loaded.clone() {
+            Some(loaded) => loaded,
+            None => {
+                let loaded = self.store.load().await?;
+                self.health.etcd_ok.store(true, Ordering::Relaxed);
+                if let Some(plan) = &loaded.plan {
+                    tracing::info!(revision = plan.revision, "read the plan in force from etcd");
+                    self.solve_time = plan.solved_at.parse().ok().map(Time);
+                }
+                self.loaded = Some(loaded.clone());
+                loaded
+            }
+        };
+
+        let problem = translation.problem.clone();
+        let options = self.options.solve.clone();
+        let started = std::time::Instant::now();
+        let (plan, dropped) =
+            tokio::task::spawn_blocking(move || solve_dropping_invalid(problem, &options))
+                .await??;
+        self.metrics
+            .solve_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        mark_dropped(&mut translation, &dropped);
+
+        let revision = u64::try_from(loaded.version).unwrap_or(0) + 1;
+        let candidate = published::build(
+            &translation,
+            &plan,
+            revision,
+            now.to_string(),
+            loaded.plan.as_ref(),
+        );
+        let in_force = match &loaded.plan {
+            Some(current) if current.same_content(&candidate) => current.clone(),
+            _ => {
+                // NB: checked right before writing; the etcd fence covers the rest of the race.
+                if !*leader.borrow() {
+                    return Ok(());
+                }
+                let written = self
+                    .store
+                    .publish(&candidate, loaded.plan.as_ref(), &loaded)
+                    .await?;
+                self.loaded = Some(written);
+                self.solve_time = Some(Time(now));
+                self.metrics.plan_publishes.inc();
+                tracing::info!(
+                    revision,
+                    status = %candidate.status,
+                    method = %candidate.method,
+                    objective = candidate.objective,
+                    gap = candidate.gap,
+                    nodes = candidate.nodes.len(),
+                    workloads = candidate.workloads.len(),
+                    "published plan"
+                );
+                candidate
+            }
+        };
+        let spec_caps: Vec<(String, f64)> = self
+            .caches
+            .budgets
+            .state()
+            .iter()
+            .map(|b| (b.name_any(), b.spec.cap_watts))
+            .collect();
+        self.metrics.observe_plan(&in_force, &spec_caps);
+
+        self.write_budget_statuses(&translation, &in_force).await?;
+        self.write_profile_statuses(&translation).await?;
+        self.announce_pods(&translation).await;
+        Ok(())
+    }
+
+    async fn write_budget_statuses(
+        &mut self,
+        translation: &Translation,
+        plan: &PublishedPlan,
+    ) -> Result<(), PassError> {
+        let api: Api<PowerBudget> = Api::all(self.client.clone());
+        let now = Time(Timestamp::now());
+        for budget in self.caches.budgets.state() {
+            let name = budget.name_any();
+            let Some(facts) = translation.budgets.get(&name) else {
+                continue;
+            };
+            let previous = budget.status.as_ref();
+            let next = budget_status(
+                &name,
+                facts,
+                Some(plan),
+                self.solve_time.as_ref(),
+                previous,
+                &now,
+            );
+            if previous == Some(&next) {
+                continue;
+            }
+            let patch = json!({
+                "apiVersion": "kilowatt.dev/v1alpha1",
+                "kind": "PowerBudget",
+                "status": next,
+            });
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map_err(|source| PassError::Status {
+                kind: "PowerBudget",
+                name: name.clone(),
+                source,
+            })?;
+            let reference = budget.object_ref(&());
+            for note in budget_events(previous, &next, &facts.effective.open_windows) {
+                self.record(&note, &reference).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_profile_statuses(&mut self, translation: &Translation) -> Result<(), PassError> {
+        for profile in self.caches.profiles.state() {
+            let namespace = profile.namespace().unwrap_or_default();
+            let name = profile.name_any();
+            let pods = translation
+                .profile_pods
+                .get(&(namespace.clone(), name.clone()))
+                .copied()
+                .unwrap_or(0);
+            if profile.status.as_ref().and_then(|s| s.pods) == Some(pods) {
+                continue;
+            }
+            let api: Api<WorkloadProfile> = Api::namespaced(self.client.clone(), &namespace);
+            let patch = json!({
+                "apiVersion": "kilowatt.dev/v1alpha1",
+                "kind": "WorkloadProfile",
+                "status": { "pods": pods },
+            });
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map_err(|source| PassError::Status {
+                kind: "WorkloadProfile",
+                name: format!("{namespace}/{name}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Warning events for pods with problems and a Normal event for pods on a default profile, each
+    /// once per operator run.
+    async fn announce_pods(&mut self, translation: &Translation) {
+        let present: HashSet<&str> = translation
+            .pods
+            .iter()
+            .filter_map(|p| p.uid.as_deref())
+            .collect();
+        self.announced
+            .retain(|(uid, _, _)| present.contains(uid.as_str()));
+        for pod in &translation.pods {
+            let Some(uid) = pod.uid.clone() else { continue };
+            let mut notes: Vec<EventNote> = pod
+                .warnings
+                .iter()
+                .map(|PodWarning { reason, message }| EventNote {
+                    warning: true,
+                    reason: (*reason).to_owned(),
+                    note: message.clone(),
+                })
+                .collect();
+            if let (Some(ProfileSource::Default(name)), Some(_)) = (&pod.profile, &pod.workload) {
+                notes.push(EventNote {
+                    warning: false,
+                    reason: "DefaultProfile".to_owned(),
+                    note: format!(
+                        "no WorkloadProfile is named by kilowatt.dev/profile or selects this pod; it is \
+                         planned with the built-in {name} curve (illustrative, not a measurement)"
+                    ),
+                });
+            }
+            let reference = ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: Some(uid.clone()),
+                ..ObjectReference::default()
+            };
+            for note in notes {
+                if self
+                    .announced
+                    .insert((uid.clone(), note.reason.clone(), note.note.clone()))
+                {
+                    self.record(&note, &reference).await;
+                }
+            }
+        }
+    }
+
+    async fn record(&self, note: &EventNote, reference: &ObjectReference) {
+        let event = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.clone(),
+            note: Some(note.note.chars().take(1000).collect()),
+            action: "Plan".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, reference).await {
+            self.metrics
+                .reconcile_errors
+                .with_label_values(&["event"])
+                .inc();
+            tracing::warn!(%error, reason = %note.reason, "could not record an event");
+        }
+    }
+}
+
+/// Pods of workloads the solver rejected become unmanaged, with a warning naming the reason.
+fn mark_dropped(translation: &mut Translation, dropped: &[(String, String)]) {
+    for (workload, message) in dropped {
+        translation
+            .problem
+            .workloads
+            .retain(|w| w.name != *workload);
+        translation.workload_pods.remove(workload);
+        for pod in &mut translation.pods {
+            if pod.workload.as_deref() == Some(workload.as_str()) {
+                pod.workload = None;
+                pod.warnings.push(PodWarning {
+                    reason: "InvalidProfile",
+                    message: format!(
+                        "the profile of workload {workload} cannot be planned ({message}); the pod's \
+                         GPUs are held at their minimum power limit until the profile is fixed"
+                    ),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The operator's HTTP endpoints (axum): `/metrics`, `/healthz`, `/readyz`, the plan in force
+//! (`GET /api/v1/plan`, read-only) and what-if questions (`POST /api/v1/whatif`, changes nothing).
+//! Does network IO; answers come from etcd, the watch caches and the pure what-if.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::jiff::Timestamp;
+use kilowatt_solver::SolveOptions;
+use serde_json::json;
+
+use crate::caches::Caches;
+use crate::metrics::Metrics;
+use crate::plan_store::PlanStore;
+use crate::whatif::{WhatIfError, WhatIfRequest, what_if};
+
+/// What `/healthz` and `/readyz` report.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every watch cache has listed its objects once.
+    pub caches_synced: AtomicBool,
+    /// The last etcd operation succeeded.
+    pub etcd_ok: AtomicBool,
+    /// Unix seconds of the reconcile loop's last wake-up.
+    pub heartbeat: AtomicI64,
+}
+
+impl Health {
+    pub fn beat(&self) {
+        self.heartbeat
+            .store(Timestamp::now().as_second(), Ordering::Relaxed);
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Metrics,
+    pub store: PlanStore,
+    pub caches: Caches,
+    pub health: Arc<Health>,
+    pub solve_options: SolveOptions,
+    /// The loop wakes at least this often; a heartbeat older than twice this (plus a minute for a
+    /// long solve) means it is stuck.
+    pub resync: Duration,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let age = Timestamp::now().as_second() - state.health.heartbeat.load(Ordering::Relaxed);
+    let limit = i64::try_from(state.resync.as_secs()).unwrap_or(i64::MAX / 4) * 2 + 60;
+    if age <= limit {
+        "ok".into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the reconcile loop has not woken for {age} s (limit {limit} s)"),
+        )
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let synced = state.health.caches_synced.load(Ordering::Relaxed);
+    let etcd = state.health.etcd_ok.load(Ordering::Relaxed);
+    match (synced, etcd) {
+        (true, true) => "ok".into_response(),
+        (false, _) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch caches have not synced yet",
+        ),
+        (true, false) => error(StatusCode::SERVICE_UNAVAILABLE, "etcd is not reachable"),
+    }
+}
+
+async fn plan(State(state): State<AppState>) -> Response {
+    match state.store.read_raw().await {
+        Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no plan has been published yet"),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn whatif(
+    State(state): State<AppState>,
+    request: Result<Json<WhatIfRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match request {
+        Ok(request) => request,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let caches = state.caches.clone();
+    let options = state.solve_options.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let translation = caches.translate(Timestamp::now());
+        what_if(&translation, &request, &options)
+    })
+    .await;
+    match answer {
+        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Err(e @ WhatIfError::UnknownBudget(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ WhatIfError::InvalidCap(_))) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/plan", get(plan))
+        .route("/api/v1/whatif", post(whatif))
+        .with_state(state)
+}

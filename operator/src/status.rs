@@ -1,0 +1,254 @@
+//! PowerBudget status and conditions from a translation and the published plan, and the Events that
+//! a status change deserves (transitions only, never every pass). Pure: the time is an argument.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kilowatt_crds::PowerBudgetStatus;
+
+use crate::published::PublishedPlan;
+use crate::translate::BudgetFacts;
+
+/// An Event to record on a PowerBudget or Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    /// CamelCase.
+    pub reason: String,
+    pub note: String,
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    // Kubernetes convention: the transition time moves only when the status flips.
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The status of budget `name` after a pass. `plan` is the plan in force (`None` before the first
+/// publish); `solve_time` is when that plan was solved.
+pub fn budget_status(
+    name: &str,
+    facts: &BudgetFacts,
+    plan: Option<&PublishedPlan>,
+    solve_time: Option<&Time>,
+    previous: Option<&PowerBudgetStatus>,
+    now: &Time,
+) -> PowerBudgetStatus {
+    let old: &[Condition] = previous.map_or(&[], |p| p.conditions.as_slice());
+    let generation = facts.generation;
+    let summary = plan.and_then(|p| p.budgets.iter().find(|b| b.name == name));
+    let infeasible = plan.is_some_and(|p| p.infeasible_budgets.iter().any(|b| b == name));
+    let conflicted = !facts.conflicts.is_empty();
+
+    let infeasible_condition = if infeasible {
+        let floors = summary.map_or(0.0, |s| s.allocated_watts);
+        condition(
+            "Infeasible",
+            true,
+            "FloorsExceedCap",
+            format!(
+                "the minimum limits and overheads under this budget need {floors:.0} W but its \
+                 effective cap minus safety margin is {:.0} W; every GPU in the plan is held at its \
+                 minimum limit. Raise the cap, lower the safety margin, or move nodes out",
+                facts.planning_cap_watts
+            ),
+            generation,
+            old,
+            now,
+        )
+    } else {
+        condition(
+            "Infeasible",
+            false,
+            "Feasible",
+            "the minimum limits and overheads fit under the cap".to_owned(),
+            generation,
+            old,
+            now,
+        )
+    };
+    let conflict_condition = if conflicted {
+        condition(
+            "Conflict",
+            true,
+            "NodeInUnrelatedBudgets",
+            facts.conflicts.join("; "),
+            generation,
+            old,
+            now,
+        )
+    } else {
+        condition(
+            "Conflict",
+            false,
+            "NoConflict",
+            "no node is shared with an unrelated budget".to_owned(),
+            generation,
+            old,
+            now,
+        )
+    };
+    let degraded_condition = match facts.issues.first() {
+        Some(first) => condition(
+            "Degraded",
+            true,
+            first.reason,
+            facts
+                .issues
+                .iter()
+                .map(|i| i.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+            old,
+            now,
+        ),
+        None => condition(
+            "Degraded",
+            false,
+            "InputsValid",
+            "parent, selector, GPU inventory and annotations are valid".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+    };
+    let ready_condition = match (summary, infeasible, conflicted) {
+        (None, _, _) => condition(
+            "Ready",
+            false,
+            "NotPlanned",
+            "no plan has been published for this budget yet".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(_), true, _) => condition(
+            "Ready",
+            false,
+            "Infeasible",
+            "the plan holds every GPU at its minimum limit (see Infeasible)".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(_), false, true) => condition(
+            "Ready",
+            false,
+            "Conflict",
+            "some nodes are held at their minimum limits (see Conflict)".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(s), false, false) => condition(
+            "Ready",
+            true,
+            "Planned",
+            format!(
+                "{:.0} W of {:.0} W allocated across {} nodes and {} GPUs",
+                s.allocated_watts, s.effective_cap_watts, s.nodes, s.gpus
+            ),
+            generation,
+            old,
+            now,
+        ),
+    };
+
+    PowerBudgetStatus {
+        effective_cap_watts: Some(facts.effective.cap_watts),
+        allocated_watts: summary.map(|s| s.allocated_watts),
+        measured_watts: previous.and_then(|p| p.measured_watts),
+        headroom_watts: summary.map(|s| s.headroom_watts),
+        nodes: Some(facts.nodes),
+        gpus: Some(facts.gpus),
+        normalized_throughput: summary.map(|s| s.normalized_throughput),
+        last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
+        last_solve_time: solve_time.cloned(),
+        observed_generation: generation,
+        conditions: vec![
+            ready_condition,
+            infeasible_condition,
+            conflict_condition,
+            degraded_condition,
+        ],
+    }
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Events for what changed between two statuses of one budget: conditions that flipped (or changed
+/// reason while true) and a changed effective cap, with the open windows named.
+pub fn budget_events(
+    previous: Option<&PowerBudgetStatus>,
+    next: &PowerBudgetStatus,
+    open_windows: &[String],
+) -> Vec<EventNote> {
+    let old: &[Condition] = previous.map_or(&[], |p| p.conditions.as_slice());
+    let mut events = Vec::new();
+    for new in &next.conditions {
+        let before = find(old, &new.type_);
+        let flipped = before.is_none_or(|b| b.status != new.status);
+        let reason_changed = before.is_some_and(|b| b.reason != new.reason) && new.status == "True";
+        if !(flipped || reason_changed) {
+            continue;
+        }
+        let is_true = new.status == "True";
+        let event = match (new.type_.as_str(), is_true) {
+            ("Ready", true) => Some((false, "Planned".to_owned())),
+            ("Ready", false) => None,
+            // A fresh budget starts with these false; only a recovery from true is news.
+            (_, false) if before.is_none() => None,
+            ("Infeasible", false) => Some((false, "Feasible".to_owned())),
+            ("Conflict", false) => Some((false, "ConflictResolved".to_owned())),
+            ("Degraded", false) => Some((false, "InputsValid".to_owned())),
+            ("Degraded", true) => Some((true, new.reason.clone())),
+            (other, true) => Some((true, other.to_owned())),
+            _ => None,
+        };
+        if let Some((warning, reason)) = event {
+            events.push(EventNote {
+                warning,
+                reason,
+                note: new.message.clone(),
+            });
+        }
+    }
+    let old_cap = previous.and_then(|p| p.effective_cap_watts);
+    if let (Some(old_cap), Some(new_cap)) = (old_cap, next.effective_cap_watts)
+        && old_cap != new_cap
+    {
+        {
+            let windows = if open_windows.is_empty() {
+                "no schedule window open".to_owned()
+            } else {
+                format!("open windows: {}", open_windows.join(", "))
+            };
+            events.push(EventNote {
+                warning: false,
+                reason: "EffectiveCapChanged".to_owned(),
+                note: format!("effective cap {old_cap:.0} W → {new_cap:.0} W ({windows})"),
+            });
+        }
+    }
+    events
+}

@@ -1,0 +1,829 @@
+//! The one place where cluster objects (PowerBudgets, WorkloadProfiles, Nodes, Pods) become the solver's
+//! `Problem`, together with the facts that status, events and the published plan need. Pure: objects
+//! and the current time in, data out; nothing here fails — bad input becomes a diagnostic and the
+//! affected GPUs are planned at their minimum limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
+use kilowatt_crds::{PowerBudget, WorkloadProfile};
+use kilowatt_solver::model::{self, ProfilePoint, WorkloadKind};
+use kube::ResourceExt;
+
+use crate::gpu_models::{self, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuModel};
+use crate::schedule::{self, EffectiveCap};
+
+/// `training` or `inference`: makes a GPU pod managed.
+pub const WORKLOAD_ANNOTATION: &str = "kilowatt.dev/workload";
+/// Name of a WorkloadProfile in the pod's namespace.
+pub const PROFILE_ANNOTATION: &str = "kilowatt.dev/profile";
+/// Gang name: pods with the same job in one namespace run at one limit.
+pub const JOB_ANNOTATION: &str = "kilowatt.dev/job";
+/// Positive number; the workload's share of the objective per GPU.
+pub const WEIGHT_ANNOTATION: &str = "kilowatt.dev/weight";
+/// Inference SLO floor in [0, 1]: throughput never planned below this fraction of the best.
+pub const MIN_FRACTION_ANNOTATION: &str = "kilowatt.dev/min-throughput-fraction";
+/// Node annotation: non-GPU draw of this node in watts, overriding the budget's `nodeOverheadWatts`.
+pub const OVERHEAD_ANNOTATION: &str = "kilowatt.dev/overhead-watts";
+
+/// The objects a translation reads, as the watch caches hold them.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster<'a> {
+    pub budgets: &'a [Arc<PowerBudget>],
+    pub profiles: &'a [Arc<WorkloadProfile>],
+    pub nodes: &'a [Arc<Node>],
+    pub pods: &'a [Arc<Pod>],
+}
+
+/// Something wrong with a budget's inputs, shown in its `Degraded` condition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BudgetIssue {
+    /// CamelCase condition reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What a budget is, before solving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetFacts {
+    pub generation: Option<i64>,
+    /// Parent after validation (`None` when the spec's parent is missing or in a cycle).
+    pub parent: Option<String>,
+    pub spec_cap_watts: f64,
+    pub effective: EffectiveCap,
+    pub safety_margin_watts: f64,
+    /// Effective cap minus safety margin: what the plan must fit under.
+    pub planning_cap_watts: f64,
+    /// Floors and overheads of conflicting nodes, held outside the optimisation but counted here.
+    pub pinned_watts: f64,
+    /// Nodes and GPUs in this budget's subtree.
+    pub nodes: u32,
+    pub gpus: u32,
+    /// One message per node that this budget shares with an unrelated budget.
+    pub conflicts: Vec<String>,
+    pub issues: Vec<BudgetIssue>,
+}
+
+/// One GPU slot of a node in the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSlot {
+    /// `<node>/gpu<index>`: the index the agent maps to a physical GPU.
+    pub id: String,
+    pub min_watts: f64,
+    pub max_watts: f64,
+    /// `namespace/name` of the pod holding it.
+    pub pod: Option<String>,
+}
+
+/// A node that some budget selects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFacts {
+    /// Innermost budget; for a conflicting node, the first (by name) of the budgets selecting it.
+    pub budget: String,
+    pub model: GpuModel,
+    pub overhead_watts: f64,
+    pub slots: Vec<GpuSlot>,
+    /// Every budget whose selector matches the node, by name.
+    pub selected_by: Vec<String>,
+    /// Selected by unrelated budgets: held at its GPUs' minimum limits, outside the optimisation.
+    pub pinned: bool,
+}
+
+/// Where a managed pod's curve came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileSource {
+    /// Named in `kilowatt.dev/profile`.
+    Named(String),
+    /// A WorkloadProfile whose selector matches the pod.
+    Selected(String),
+    /// The built-in default for its kind and GPU model.
+    Default(String),
+}
+
+/// A problem with one pod's annotations or placement; becomes a Warning event on the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodWarning {
+    /// CamelCase event reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What the operator made of one GPU pod on a budgeted node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodFacts {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    /// The solver workload it belongs to; `None` when unmanaged (its GPUs sit at their minimum).
+    pub workload: Option<String>,
+    pub profile: Option<ProfileSource>,
+    pub warnings: Vec<PodWarning>,
+}
+
+/// The solver's problem and everything around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    pub problem: model::Problem,
+    pub budgets: BTreeMap<String, BudgetFacts>,
+    /// Each budget's chain: itself, its parent, …, its root.
+    pub chains: BTreeMap<String, Vec<String>>,
+    pub nodes: BTreeMap<String, NodeFacts>,
+    pub pods: Vec<PodFacts>,
+    /// Pods using each WorkloadProfile, by (namespace, name); profiles in use by none are absent.
+    pub profile_pods: BTreeMap<(String, String), u32>,
+    /// Pods of each solver workload, as `namespace/name`.
+    pub workload_pods: BTreeMap<String, Vec<String>>,
+    /// The next instant a schedule window opens or closes.
+    pub next_transition: Option<Timestamp>,
+}
+
+/// Whether `selector` matches `labels`; `Err` names what is malformed.
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if labels.get(key) != Some(value) {
+            return Ok(false);
+        }
+    }
+    for requirement in selector.match_expressions.iter().flatten() {
+        let values = requirement.values.as_deref().unwrap_or_default();
+        let present = labels.get(&requirement.key);
+        let matched = match requirement.operator.as_str() {
+            "In" => present.is_some_and(|v| values.contains(v)),
+            "NotIn" => present.is_none_or(|v| !values.contains(v)),
+            "Exists" => present.is_some(),
+            "DoesNotExist" => present.is_none(),
+            other => {
+                return Err(format!(
+                    "unknown operator {other:?} for key {:?} (use In, NotIn, Exists, DoesNotExist)",
+                    requirement.key
+                ));
+            }
+        };
+        if !matched {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A non-negative whole number of GPUs from a quantity string (`"8"`); `None` when it is not one.
+fn gpu_count(quantity: &str) -> Option<u32> {
+    quantity.trim().parse().ok()
+}
+
+/// GPUs a pod asks for: the sum of its containers' `nvidia.com/gpu` limits (or requests).
+fn pod_gpus(pod: &Pod) -> u32 {
+    let Some(spec) = &pod.spec else { return 0 };
+    spec.containers
+        .iter()
+        .filter_map(|c| c.resources.as_ref())
+        .filter_map(|r| {
+            r.limits
+                .as_ref()
+                .and_then(|l| l.get(GPU_RESOURCE))
+                .or_else(|| r.requests.as_ref().and_then(|q| q.get(GPU_RESOURCE)))
+        })
+        .filter_map(|q| gpu_count(&q.0))
+        .sum()
+}
+
+/// Whether the pod holds its GPUs: bound to a node and not finished.
+fn holds_gpus(pod: &Pod) -> Option<&str> {
+    let node = pod.spec.as_ref()?.node_name.as_deref()?;
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    (!matches!(phase, Some("Succeeded" | "Failed"))).then_some(node)
+}
+
+fn parse_finite(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// A pod's validated annotations.
+struct PodIntent {
+    kind: WorkloadKind,
+    job: String,
+    weight: f64,
+    min_fraction: Option<f64>,
+    profile_name: Option<String>,
+}
+
+/// Reads a pod's annotations: `Ok(None)` unmanaged, `Err` malformed (with the warning to emit).
+fn pod_intent(pod: &Pod) -> Result<Option<PodIntent>, PodWarning> {
+    let annotations = pod.annotations();
+    let malformed = |annotation: &str, value: &str, expected: &str| PodWarning {
+        reason: "MalformedAnnotation",
+        message: format!(
+            "annotation {annotation}={value:?} is not {expected}; the pod's GPUs are held at their \
+             minimum power limit until it is fixed"
+        ),
+    };
+    let Some(kind_text) = annotations.get(WORKLOAD_ANNOTATION) else {
+        return Ok(None);
+    };
+    let kind = match kind_text.trim() {
+        "training" => WorkloadKind::Training,
+        "inference" => WorkloadKind::Inference,
+        _ => {
+            return Err(malformed(
+                WORKLOAD_ANNOTATION,
+                kind_text,
+                "`training` or `inference`",
+            ));
+        }
+    };
+    let weight = match annotations.get(WEIGHT_ANNOTATION) {
+        None => 1.0,
+        Some(text) => parse_finite(text)
+            .filter(|w| *w > 0.0 && *w <= 1e6)
+            .ok_or_else(|| malformed(WEIGHT_ANNOTATION, text, "a number in (0, 1e6]"))?,
+    };
+    let min_fraction = match annotations.get(MIN_FRACTION_ANNOTATION) {
+        None => None,
+        Some(text) => Some(
+            parse_finite(text)
+                .filter(|f| (0.0..=1.0).contains(f))
+                .ok_or_else(|| malformed(MIN_FRACTION_ANNOTATION, text, "a number in [0, 1]"))?,
+        ),
+    };
+    let job = match annotations.get(JOB_ANNOTATION) {
+        Some(text) if text.trim().is_empty() || text.contains('/') => {
+            return Err(malformed(
+                JOB_ANNOTATION,
+                text,
+                "a non-empty name without `/`",
+            ));
+        }
+        Some(text) => text.trim().to_owned(),
+        None => pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map_or_else(|| pod.name_any(), |o| o.name.clone()),
+    };
+    let profile_name = match annotations.get(PROFILE_ANNOTATION) {
+        Some(text) if text.trim().is_empty() => {
+            return Err(malformed(
+                PROFILE_ANNOTATION,
+                text,
+                "the name of a WorkloadProfile",
+            ));
+        }
+        other => other.map(|t| t.trim().to_owned()),
+    };
+    Ok(Some(PodIntent {
+        kind,
+        job,
+        weight,
+        min_fraction,
+        profile_name,
+    }))
+}
+
+fn kind_name(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::Training => "training",
+        WorkloadKind::Inference => "inference",
+    }
+}
+
+/// A gang being assembled from its pods.
+struct Gang {
+    kind: WorkloadKind,
+    weight: f64,
+    min_fraction: Option<f64>,
+    profile: ProfileSource,
+    points: Vec<ProfilePoint>,
+    gpus: Vec<String>,
+    pods: Vec<String>,
+}
+
+/// The curve a managed pod runs on: the profile it names, else the first (by name) whose selector
+/// matches it, else the default for its kind and GPU model.
+fn resolve_profile(
+    profiles: &[Arc<WorkloadProfile>],
+    pod: &Pod,
+    intent: &PodIntent,
+    model: &GpuModel,
+) -> Result<(ProfileSource, Vec<ProfilePoint>), PodWarning> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let mut in_namespace: Vec<&WorkloadProfile> = profiles
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .map(Arc::as_ref)
+        .collect();
+    in_namespace.sort_by_key(|p| p.name_any());
+    let points_of = |profile: &WorkloadProfile| {
+        profile
+            .spec
+            .points
+            .iter()
+            .map(|p| ProfilePoint {
+                power_watts: p.power_watts,
+                throughput: p.throughput,
+                sm_clock_mhz: p.sm_clock_mhz,
+            })
+            .collect()
+    };
+    if let Some(name) = &intent.profile_name {
+        return match in_namespace.iter().find(|p| p.name_any() == *name) {
+            Some(profile) => Ok((ProfileSource::Named(name.clone()), points_of(profile))),
+            None => Err(PodWarning {
+                reason: "ProfileNotFound",
+                message: format!(
+                    "annotation {PROFILE_ANNOTATION}={name:?} names no WorkloadProfile in namespace \
+                     {namespace}; the pod's GPUs are held at their minimum power limit until it exists"
+                ),
+            }),
+        };
+    }
+    let selected = in_namespace.iter().find(|p| {
+        p.spec
+            .selector
+            .as_ref()
+            .is_some_and(|s| selector_matches(s, pod.labels()).unwrap_or(false))
+    });
+    Ok(match selected {
+        Some(profile) => (
+            ProfileSource::Selected(profile.name_any()),
+            points_of(profile),
+        ),
+        None => {
+            let (name, points) = gpu_models::default_profile(intent.kind, model);
+            (ProfileSource::Default(name), points)
+        }
+    })
+}
+
+/// Budgets resolved into a forest: validated parents, chains, and per-budget facts without counts.
+fn budget_forest(
+    budgets: &[Arc<PowerBudget>],
+    now: Timestamp,
+) -> (BTreeMap<String, BudgetFacts>, BTreeMap<String, Vec<String>>) {
+    let by_name: BTreeMap<String, &PowerBudget> =
+        budgets.iter().map(|b| (b.name_any(), b.as_ref())).collect();
+    let mut facts: BTreeMap<String, BudgetFacts> = BTreeMap::new();
+    for (name, budget) in &by_name {
+        let spec = &budget.spec;
+        let effective = schedule::effective_cap(spec, now);
+        let margin = spec.safety_margin_watts.unwrap_or(0.0).max(0.0);
+        let mut issues = Vec::new();
+        let parent = match &spec.parent {
+            Some(parent) if !by_name.contains_key(parent) => {
+                issues.push(BudgetIssue {
+                    reason: "ParentNotFound",
+                    message: format!(
+                        "parent PowerBudget {parent:?} does not exist; this budget is planned as a root"
+                    ),
+                });
+                None
+            }
+            other => other.clone(),
+        };
+        facts.insert(
+            name.clone(),
+            BudgetFacts {
+                generation: budget.metadata.generation,
+                parent,
+                spec_cap_watts: spec.cap_watts,
+                planning_cap_watts: (effective.cap_watts - margin).max(0.0),
+                effective,
+                safety_margin_watts: margin,
+                pinned_watts: 0.0,
+                nodes: 0,
+                gpus: 0,
+                conflicts: Vec::new(),
+                issues,
+            },
+        );
+    }
+    // A budget on a parent cycle is planned as a root: every member still caps its own subtree.
+    let mut in_cycle = BTreeSet::new();
+    for start in facts.keys() {
+        let mut seen = vec![start.clone()];
+        let mut current = facts[start].parent.clone();
+        while let Some(name) = current {
+            if name == *start {
+                in_cycle.insert((start.clone(), seen.join(" → ") + " → " + start));
+                break;
+            }
+            if seen.contains(&name) {
+                break;
+            }
+            seen.push(name.clone());
+            current = facts.get(&name).and_then(|f| f.parent.clone());
+        }
+    }
+    for (name, cycle) in in_cycle {
+        if let Some(f) = facts.get_mut(&name) {
+            f.parent = None;
+            f.issues.push(BudgetIssue {
+                reason: "ParentCycle",
+                message: format!(
+                    "parents form a cycle ({cycle}); this budget is planned as a root"
+                ),
+            });
+        }
+    }
+    let chains = facts
+        .keys()
+        .map(|name| {
+            let mut chain = vec![name.clone()];
+            let mut current = facts[name].parent.clone();
+            while let Some(parent) = current {
+                current = facts.get(&parent).and_then(|f| f.parent.clone());
+                chain.push(parent);
+            }
+            (name.clone(), chain)
+        })
+        .collect();
+    (facts, chains)
+}
+
+/// Translates the cluster at `now` into a problem and its facts.
+pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
+    let (mut budgets, chains) = budget_forest(cluster.budgets, now);
+    let next_transition = cluster
+        .budgets
+        .iter()
+        .filter_map(|b| schedule::next_transition(&b.spec, now))
+        .min();
+
+    // Which budgets select each node.
+    let mut selected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut invalid_selectors = Vec::new();
+    let sorted_nodes: BTreeMap<String, &Node> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.name_any(), n.as_ref()))
+        .collect();
+    for budget in cluster.budgets {
+        let Some(selector) = &budget.spec.node_selector else {
+            continue;
+        };
+        for (node_name, node) in &sorted_nodes {
+            match selector_matches(selector, node.labels()) {
+                Ok(true) => selected
+                    .entry(node_name.clone())
+                    .or_default()
+                    .push(budget.name_any()),
+                Ok(false) => {}
+                Err(message) => {
+                    invalid_selectors.push((budget.name_any(), message));
+                    break;
+                }
+            }
+        }
+    }
+    for (budget, message) in invalid_selectors {
+        if let Some(f) = budgets.get_mut(&budget) {
+            // A selector the operator cannot evaluate selects nothing; its nodes stay unbudgeted.
+            f.issues.push(BudgetIssue {
+                reason: "InvalidNodeSelector",
+                message: format!("nodeSelector cannot be evaluated: {message}"),
+            });
+        }
+        selected
+            .values_mut()
+            .for_each(|v| v.retain(|b| *b != budget));
+    }
+
+    let mut nodes: BTreeMap<String, NodeFacts> = BTreeMap::new();
+    for (node_name, mut matched) in selected {
+        if matched.is_empty() {
+            continue;
+        }
+        matched.sort();
+        let node = sorted_nodes[&node_name];
+        let deepest = matched
+            .iter()
+            .max_by_key(|b| chains.get(*b).map_or(0, Vec::len))
+            .cloned()
+            .unwrap_or_default();
+        let deepest_chain = chains.get(&deepest).cloned().unwrap_or_default();
+        let pinned = !matched.iter().all(|b| deepest_chain.contains(b));
+        let home = if pinned { matched[0].clone() } else { deepest };
+
+        let model = gpu_models::from_product_label(
+            node.labels().get(GPU_PRODUCT_LABEL).map(String::as_str),
+        );
+        let capacity = node
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get(GPU_RESOURCE));
+        let gpu_total = match capacity {
+            None => 0,
+            Some(q) => gpu_count(&q.0).unwrap_or_else(|| {
+                if let Some(f) = budgets.get_mut(&home) {
+                    f.issues.push(BudgetIssue {
+                        reason: "InvalidGpuCapacity",
+                        message: format!(
+                            "node {node_name} reports {GPU_RESOURCE} capacity {:?}, not a GPU count; \
+                             its GPUs are not planned",
+                            q.0
+                        ),
+                    });
+                }
+                0
+            }),
+        };
+        if gpu_total > 0
+            && !model.known
+            && let Some(f) = budgets.get_mut(&home)
+        {
+            {
+                f.issues.push(BudgetIssue {
+                    reason: "UnknownGpuModel",
+                    message: format!(
+                        "node {node_name} has GPUs of unknown model ({GPU_PRODUCT_LABEL}={:?}); each is \
+                         counted at a fixed {} W until its agent reports",
+                        node.labels().get(GPU_PRODUCT_LABEL).map_or("", String::as_str),
+                        model.max_watts
+                    ),
+                });
+            }
+        }
+        let default_overhead = chains
+            .get(&home)
+            .into_iter()
+            .flatten()
+            .find_map(|b| {
+                cluster
+                    .budgets
+                    .iter()
+                    .find(|pb| pb.name_any() == *b)
+                    .and_then(|pb| pb.spec.node_overhead_watts)
+            })
+            .unwrap_or(0.0);
+        let overhead_watts = match node.annotations().get(OVERHEAD_ANNOTATION) {
+            None => default_overhead,
+            Some(text) => match parse_finite(text).filter(|w| *w >= 0.0 && *w <= 1e6) {
+                Some(w) => w,
+                None => {
+                    if let Some(f) = budgets.get_mut(&home) {
+                        f.issues.push(BudgetIssue {
+                            reason: "MalformedAnnotation",
+                            message: format!(
+                                "node {node_name} annotation {OVERHEAD_ANNOTATION}={text:?} is not a \
+                                 number of watts in [0, 1e6]; the budget's nodeOverheadWatts \
+                                 ({default_overhead} W) is used"
+                            ),
+                        });
+                    }
+                    default_overhead
+                }
+            },
+        };
+        if pinned {
+            let others = matched.join(", ");
+            for b in &matched {
+                if let Some(f) = budgets.get_mut(b) {
+                    f.conflicts.push(format!(
+                        "node {node_name} is selected by unrelated budgets ({others}); it is held at \
+                         its GPUs' minimum limits and counted in each"
+                    ));
+                }
+            }
+            let floor_watts = overhead_watts + f64::from(gpu_total) * model.min_watts;
+            let affected: BTreeSet<&String> = matched
+                .iter()
+                .flat_map(|b| chains.get(b).into_iter().flatten())
+                .collect();
+            for b in affected {
+                if let Some(f) = budgets.get_mut(b) {
+                    f.pinned_watts += floor_watts;
+                }
+            }
+        }
+        let counted: BTreeSet<&String> = if pinned {
+            matched
+                .iter()
+                .flat_map(|b| chains.get(b).into_iter().flatten())
+                .collect()
+        } else {
+            chains.get(&home).into_iter().flatten().collect()
+        };
+        for b in counted {
+            if let Some(f) = budgets.get_mut(b) {
+                f.nodes += 1;
+                f.gpus += gpu_total;
+            }
+        }
+        let slots = (0..gpu_total)
+            .map(|i| GpuSlot {
+                id: format!("{node_name}/gpu{i}"),
+                min_watts: model.min_watts,
+                max_watts: model.max_watts,
+                pod: None,
+            })
+            .collect();
+        nodes.insert(
+            node_name,
+            NodeFacts {
+                budget: home,
+                model,
+                overhead_watts,
+                slots,
+                selected_by: matched,
+                pinned,
+            },
+        );
+    }
+
+    // Pods, in a stable order, take the GPU slots of their node and join their gangs.
+    let mut gpu_pods: Vec<(&Pod, &str, u32)> = cluster
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let node = holds_gpus(p)?;
+            let gpus = pod_gpus(p);
+            (gpus > 0 && nodes.contains_key(node)).then_some((p.as_ref(), node, gpus))
+        })
+        .collect();
+    gpu_pods.sort_by_key(|(p, _, _)| (p.namespace().unwrap_or_default(), p.name_any()));
+    let mut next_slot: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut gangs: BTreeMap<String, Gang> = BTreeMap::new();
+    let mut pods = Vec::new();
+    let mut profile_pods: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for (pod, node_name, wanted) in gpu_pods {
+        let namespace = pod.namespace().unwrap_or_default();
+        let pod_ref = format!("{namespace}/{}", pod.name_any());
+        let mut facts = PodFacts {
+            namespace: namespace.clone(),
+            name: pod.name_any(),
+            uid: pod.uid(),
+            workload: None,
+            profile: None,
+            warnings: Vec::new(),
+        };
+        let Some(node) = nodes.get_mut(node_name) else {
+            continue;
+        };
+        let first = next_slot.get(node_name).copied().unwrap_or(0);
+        let available = node.slots.len().saturating_sub(first);
+        let taken = (wanted as usize).min(available);
+        if taken < wanted as usize {
+            facts.warnings.push(PodWarning {
+                reason: "GpusNotInInventory",
+                message: format!(
+                    "the pod requests {wanted} GPUs but only {available} of node {node_name}'s {} are \
+                     left after the pods before it; its other GPUs are not planned",
+                    node.slots.len()
+                ),
+            });
+        }
+        next_slot.insert(node_name, first + taken);
+        let slot_ids: Vec<String> = node.slots[first..first + taken]
+            .iter_mut()
+            .map(|s| {
+                s.pod = Some(pod_ref.clone());
+                s.id.clone()
+            })
+            .collect();
+        let pinned = node.pinned;
+        let model = node.model;
+
+        let intent = match pod_intent(pod) {
+            Ok(Some(intent)) => intent,
+            Ok(None) => {
+                pods.push(facts);
+                continue;
+            }
+            Err(warning) => {
+                facts.warnings.push(warning);
+                pods.push(facts);
+                continue;
+            }
+        };
+        let (source, points) = match resolve_profile(cluster.profiles, pod, &intent, &model) {
+            Ok(resolved) => resolved,
+            Err(warning) => {
+                facts.warnings.push(warning);
+                pods.push(facts);
+                continue;
+            }
+        };
+        if let ProfileSource::Named(name) | ProfileSource::Selected(name) = &source {
+            *profile_pods
+                .entry((namespace.clone(), name.clone()))
+                .or_default() += 1;
+        }
+        facts.profile = Some(source.clone());
+        if pinned {
+            facts.warnings.push(PodWarning {
+                reason: "NodeInConflictingBudgets",
+                message: format!(
+                    "node {node_name} is selected by PowerBudgets that are not ancestor and descendant; \
+                     the pod's GPUs are held at their minimum power limit until the selectors are fixed"
+                ),
+            });
+            pods.push(facts);
+            continue;
+        }
+        let workload = format!("{namespace}/{}", intent.job);
+        let gang = gangs.entry(workload.clone()).or_insert_with(|| Gang {
+            kind: intent.kind,
+            weight: intent.weight,
+            min_fraction: intent.min_fraction,
+            profile: source.clone(),
+            points,
+            gpus: Vec::new(),
+            pods: Vec::new(),
+        });
+        let agrees = gang.kind == intent.kind
+            && gang.weight == intent.weight
+            && gang.min_fraction == intent.min_fraction
+            && gang.profile == source;
+        if !agrees {
+            facts.warnings.push(PodWarning {
+                reason: "GangMismatch",
+                message: format!(
+                    "the pod's workload kind, profile, weight or minimum throughput fraction differ from \
+                     those of the first pod of job {workload} ({}, {:?}, weight {}, min fraction {:?}); \
+                     the job runs at one limit with the first pod's settings",
+                    kind_name(gang.kind),
+                    gang.profile,
+                    gang.weight,
+                    gang.min_fraction
+                ),
+            });
+        }
+        gang.gpus.extend(slot_ids);
+        gang.pods.push(pod_ref);
+        facts.workload = Some(workload);
+        pods.push(facts);
+    }
+
+    let mut workload_pods = BTreeMap::new();
+    let workloads = gangs
+        .into_iter()
+        .filter(|(_, g)| !g.gpus.is_empty())
+        .map(|(name, gang)| {
+            workload_pods.insert(name.clone(), gang.pods);
+            model::Workload {
+                name,
+                kind: gang.kind,
+                weight: gang.weight,
+                gpus: gang.gpus,
+                min_throughput_fraction: gang.min_fraction,
+                profile: gang.points,
+            }
+        })
+        .collect();
+    for pod in &mut pods {
+        if pod
+            .workload
+            .as_ref()
+            .is_some_and(|w| !workload_pods.contains_key(w))
+        {
+            pod.workload = None;
+        }
+    }
+
+    let problem = model::Problem {
+        budgets: budgets
+            .iter()
+            .map(|(name, f)| model::Budget {
+                name: name.clone(),
+                cap_watts: (f.planning_cap_watts - f.pinned_watts).max(0.0),
+                parent: f.parent.clone(),
+            })
+            .collect(),
+        nodes: nodes
+            .iter()
+            .filter(|(_, n)| !n.pinned)
+            .map(|(name, n)| model::Node {
+                name: name.clone(),
+                budget: n.budget.clone(),
+                overhead_watts: n.overhead_watts,
+                gpus: n
+                    .slots
+                    .iter()
+                    .map(|s| model::Gpu {
+                        id: s.id.clone(),
+                        min_watts: s.min_watts,
+                        max_watts: s.max_watts,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        workloads,
+        objective: model::Objective::MaxThroughput,
+    };
+    Translation {
+        problem,
+        budgets,
+        chains,
+        nodes,
+        pods,
+        profile_pods,
+        workload_pods,
+        next_transition,
+    }
+}
