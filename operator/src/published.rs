@@ -338,3 +338,101 @@ pub fn build(
         nodes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::tests::{at, budget, node, pod};
+    use crate::translate::{Cluster, translate};
+    use kilowatt_solver::{SolveOptions, solve};
+    use serde_json::json;
+
+    fn fleet(rack_cap: f64) -> Translation {
+        let budgets = [
+            budget(
+                "facility",
+                json!({"capWatts": 30000.0, "nodeOverheadWatts": 1000.0}),
+            ),
+            budget(
+                "rack",
+                json!({"capWatts": rack_cap, "parent": "facility", "nodeSelector": {}}),
+            ),
+        ];
+        let nodes = [node("n1", json!({}), "8"), node("n2", json!({}), "8")];
+        let pods = [
+            pod("t0", "n1", 8, json!({"kilowatt.dev/workload": "training"})),
+            pod("s0", "n2", 8, json!({"kilowatt.dev/workload": "inference"})),
+        ];
+        translate(
+            Cluster {
+                budgets: &budgets,
+                profiles: &[],
+                nodes: &nodes,
+                pods: &pods,
+            },
+            at("2026-11-28T12:00:00Z"),
+        )
+    }
+
+    fn published(
+        translation: &Translation,
+        revision: u64,
+        previous: Option<&PublishedPlan>,
+    ) -> PublishedPlan {
+        let plan = solve(&translation.problem, &SolveOptions::default()).expect("solves");
+        build(
+            translation,
+            &plan,
+            revision,
+            "2026-11-28T12:00:00Z".into(),
+            previous,
+        )
+    }
+
+    #[test]
+    fn every_budget_carries_its_nodes_limits_and_overheads_within_its_cap() {
+        let translation = fleet(9000.0);
+        let plan = published(&translation, 1, None);
+        let rack = plan
+            .budgets
+            .iter()
+            .find(|b| b.name == "rack")
+            .expect("rack");
+        let node_watts: f64 = plan
+            .nodes
+            .values()
+            .map(|n| n.overhead_watts + n.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>())
+            .sum();
+        assert!((rack.allocated_watts - node_watts).abs() < 1e-6);
+        assert!(rack.allocated_watts <= 9000.0 + 1e-6);
+        assert!(
+            rack.allocated_watts > 8900.0,
+            "the binding cap is used: {}",
+            rack.allocated_watts
+        );
+        assert!(rack.normalized_throughput > 0.0 && rack.normalized_throughput < 1.0);
+        assert_eq!(plan.workloads.len(), 2);
+        assert!(plan.nodes["n1"].gpus.iter().all(|g| g.floor_watts == 200.0));
+    }
+
+    #[test]
+    fn an_unchanged_node_keeps_its_revision_and_a_replan_of_the_same_cluster_has_the_same_content()
+    {
+        let first = published(&fleet(9000.0), 1, None);
+        let again = published(&fleet(9000.0), 2, Some(&first));
+        assert!(again.same_content(&first));
+        assert_eq!(again.nodes["n1"].revision, 1);
+        let changed = published(&fleet(8000.0), 2, Some(&first));
+        assert!(!changed.same_content(&first));
+        assert_eq!(changed.revision, 2);
+        assert!(changed.nodes.values().any(|n| n.revision == 2));
+    }
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let keys = KeyLayout::new("/kilowatt/");
+        assert_eq!(keys.plan(), "/kilowatt/v1/plan");
+        assert_eq!(keys.node_plan("gpu-17"), "/kilowatt/v1/nodes/gpu-17/plan");
+        assert!(keys.node_plan("gpu-17").starts_with(&keys.node_prefix()));
+    }
+}

@@ -252,3 +252,165 @@ pub fn budget_events(
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::published::BudgetSummary;
+    use crate::schedule::EffectiveCap;
+    use crate::translate::BudgetIssue;
+
+    fn facts() -> BudgetFacts {
+        BudgetFacts {
+            generation: Some(3),
+            parent: None,
+            spec_cap_watts: 10000.0,
+            effective: EffectiveCap {
+                cap_watts: 10000.0,
+                open_windows: Vec::new(),
+            },
+            safety_margin_watts: 0.0,
+            planning_cap_watts: 10000.0,
+            pinned_watts: 0.0,
+            nodes: 2,
+            gpus: 16,
+            conflicts: Vec::new(),
+            issues: Vec::new(),
+        }
+    }
+
+    fn plan(infeasible: bool) -> PublishedPlan {
+        PublishedPlan {
+            revision: 7,
+            solved_at: String::new(),
+            status: if infeasible { "infeasible" } else { "optimal" }.into(),
+            method: "greedy".into(),
+            objective: 1.0,
+            upper_bound: 1.0,
+            gap: 0.0,
+            infeasible_budgets: if infeasible {
+                vec!["rack".into()]
+            } else {
+                Vec::new()
+            },
+            budgets: vec![BudgetSummary {
+                name: "rack".into(),
+                parent: None,
+                effective_cap_watts: 10000.0,
+                planning_cap_watts: 10000.0,
+                allocated_watts: 9500.0,
+                headroom_watts: 500.0,
+                nodes: 2,
+                gpus: 16,
+                normalized_throughput: 0.9,
+                open_windows: Vec::new(),
+            }],
+            workloads: Vec::new(),
+            nodes: Default::default(),
+        }
+    }
+
+    fn time(text: &str) -> Time {
+        Time(text.parse().expect("time"))
+    }
+
+    fn find_condition<'a>(s: &'a PowerBudgetStatus, type_: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    #[test]
+    fn a_planned_budget_is_ready_and_says_so_once() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let first = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        assert_eq!(find_condition(&first, "Ready").status, "True");
+        assert_eq!(first.last_plan_revision, Some(7));
+        assert_eq!(first.observed_generation, Some(3));
+        let events = budget_events(None, &first, &[]);
+        assert_eq!(
+            events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            ["Planned"],
+            "a new budget's false conditions are not news"
+        );
+        let t1 = time("2026-11-28T12:05:00Z");
+        let again = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            Some(&first),
+            &t1,
+        );
+        assert_eq!(
+            again, first,
+            "an unchanged pass writes the same status (so nothing is patched)"
+        );
+        assert!(budget_events(Some(&first), &again, &[]).is_empty());
+    }
+
+    #[test]
+    fn infeasibility_flips_conditions_keeps_transition_times_and_warns() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let t1 = time("2026-11-28T12:05:00Z");
+        let ok = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        let bad = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(true)),
+            Some(&t1),
+            Some(&ok),
+            &t1,
+        );
+        assert_eq!(find_condition(&bad, "Infeasible").status, "True");
+        assert_eq!(find_condition(&bad, "Infeasible").last_transition_time, t1);
+        assert_eq!(find_condition(&bad, "Conflict").last_transition_time, t0);
+        assert_eq!(find_condition(&bad, "Ready").reason, "Infeasible");
+        let events = budget_events(Some(&ok), &bad, &[]);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].reason == "Infeasible");
+        let back = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t1),
+            Some(&bad),
+            &t1,
+        );
+        let reasons: Vec<String> = budget_events(Some(&bad), &back, &[])
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["Planned", "Feasible"]);
+    }
+
+    #[test]
+    fn a_degraded_input_and_a_cap_change_are_announced() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let ok = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        let mut degraded = facts();
+        degraded.issues.push(BudgetIssue {
+            reason: "ParentNotFound",
+            message: "parent PowerBudget \"row\" does not exist".into(),
+        });
+        degraded.effective.cap_watts = 8000.0;
+        let next = budget_status(
+            "rack",
+            &degraded,
+            Some(&plan(false)),
+            Some(&t0),
+            Some(&ok),
+            &t0,
+        );
+        assert_eq!(find_condition(&next, "Degraded").reason, "ParentNotFound");
+        let events = budget_events(Some(&ok), &next, &["dr-event".to_owned()]);
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["ParentNotFound", "EffectiveCapChanged"]);
+        assert!(
+            events[1]
+                .note
+                .contains("10000 W → 8000 W (open windows: dr-event)")
+        );
+    }
+}

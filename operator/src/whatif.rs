@@ -172,3 +172,79 @@ pub fn render(answer: &WhatIfAnswer) -> String {
         percent(answer.throughput_lost_fraction),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::tests::{at, budget, node, pod};
+    use crate::translate::{Cluster, translate};
+    use serde_json::json;
+
+    fn cluster() -> Translation {
+        let budgets = [budget(
+            "rack",
+            json!({"capWatts": 9000.0, "nodeSelector": {}, "safetyMarginWatts": 100.0}),
+        )];
+        let nodes = [node("n1", json!({}), "8"), node("n2", json!({}), "8")];
+        let pods = [
+            pod("t0", "n1", 8, json!({"kilowatt.dev/workload": "training"})),
+            pod("s0", "n2", 8, json!({"kilowatt.dev/workload": "inference"})),
+        ];
+        translate(
+            Cluster {
+                budgets: &budgets,
+                profiles: &[],
+                nodes: &nodes,
+                pods: &pods,
+            },
+            at("2026-11-28T12:00:00Z"),
+        )
+    }
+
+    fn ask(cap_watts: f64) -> Result<WhatIfAnswer, WhatIfError> {
+        what_if(
+            &cluster(),
+            &WhatIfRequest {
+                budget: "rack".into(),
+                cap_watts,
+            },
+            &SolveOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_lower_cap_loses_throughput_and_a_higher_one_gains() {
+        let lower = ask(5000.0).expect("answer");
+        assert_eq!(lower.current.cap_watts, 9000.0);
+        assert_eq!(lower.what_if.cap_watts, 5000.0);
+        assert!(
+            lower.what_if.budget_allocated_watts <= 4900.0 + 1e-6,
+            "the margin still applies"
+        );
+        assert!(lower.throughput_lost_fraction > 0.0);
+        let higher = ask(11000.0).expect("answer");
+        assert!(higher.throughput_lost_fraction < 0.0);
+        assert!(render(&higher).contains("gains"));
+    }
+
+    #[test]
+    fn a_cap_below_the_floors_is_answered_as_infeasible() {
+        let answer = ask(1000.0).expect("answer");
+        assert_eq!(answer.what_if.status, "infeasible");
+        assert!(answer.throughput_lost_fraction > 0.0);
+    }
+
+    #[test]
+    fn unknown_budgets_and_bad_caps_are_rejected() {
+        assert!(matches!(ask(f64::NAN), Err(WhatIfError::InvalidCap(_))));
+        let unknown = what_if(
+            &cluster(),
+            &WhatIfRequest {
+                budget: "row".into(),
+                cap_watts: 1.0,
+            },
+            &SolveOptions::default(),
+        );
+        assert!(matches!(unknown, Err(WhatIfError::UnknownBudget(_))));
+    }
+}
