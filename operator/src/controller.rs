@@ -428,12 +428,10 @@ impl Reconciler {
                 candidate
             }
         };
-        let spec_caps: Vec<(String, f64)> = self
-            .caches
+        let spec_caps: Vec<(String, f64)> = translation
             .budgets
-            .state()
             .iter()
-            .map(|b| (b.name_any(), b.spec.cap_watts))
+            .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
             .collect();
         self.metrics.observe_plan(&in_force, &spec_caps);
 

@@ -86,10 +86,6 @@ impl PlanStore {
         Ok(PlanStore { client, keys })
     }
 
-    pub fn keys(&self) -> &KeyLayout {
-        &self.keys
-    }
-
     /// Reads the current plan and its fence. A plan that does not decode (written by an incompatible
     /// version) counts as absent, but its version still orders the next revision above it.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
