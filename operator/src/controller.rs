@@ -465,22 +465,7 @@ impl Reconciler {
             if previous == Some(&next) {
                 continue;
             }
-            let patch = json!({
-                "apiVersion": "kilowatt.dev/v1alpha1",
-                "kind": "PowerBudget",
-                "status": next,
-            });
-            api.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map_err(|source| PassError::Status {
-                kind: "PowerBudget",
-                name: name.clone(),
-                source,
-            })?;
+            apply_status(&api, "PowerBudget", &name, json!(next)).await?;
             let reference = budget.object_ref(&());
             for note in budget_events(previous, &next, &facts.effective.open_windows) {
                 self.record(&note, &reference).await;
@@ -502,22 +487,7 @@ impl Reconciler {
                 continue;
             }
             let api: Api<WorkloadProfile> = Api::namespaced(self.client.clone(), &namespace);
-            let patch = json!({
-                "apiVersion": "kilowatt.dev/v1alpha1",
-                "kind": "WorkloadProfile",
-                "status": { "pods": pods },
-            });
-            api.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map_err(|source| PassError::Status {
-                kind: "WorkloadProfile",
-                name: format!("{namespace}/{name}"),
-                source,
-            })?;
+            apply_status(&api, "WorkloadProfile", &name, json!({ "pods": pods })).await?;
         }
         Ok(())
     }
@@ -592,6 +562,32 @@ impl Reconciler {
             tracing::warn!(%error, reason = %note.reason, "could not record an event");
         }
     }
+}
+
+/// Writes `status` of one of our custom resources with server-side apply, as the operator's field
+/// manager, so fields it stops setting disappear.
+async fn apply_status<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), PassError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"apiVersion": "kilowatt.dev/v1alpha1", "kind": kind, "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| PassError::Status {
+        kind,
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// Pods of workloads the solver rejected become unmanaged, with a warning naming the reason.

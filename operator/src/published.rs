@@ -342,8 +342,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::tests::{at, budget, node, pod};
-    use crate::translate::{Cluster, translate};
+    use crate::translate::tests::{budget, two_node_fleet};
     use kilowatt_solver::{SolveOptions, solve};
     use serde_json::json;
 
@@ -358,20 +357,7 @@ mod tests {
                 json!({"capWatts": rack_cap, "parent": "facility", "nodeSelector": {}}),
             ),
         ];
-        let nodes = [node("n1", json!({}), "8"), node("n2", json!({}), "8")];
-        let pods = [
-            pod("t0", "n1", 8, json!({"kilowatt.dev/workload": "training"})),
-            pod("s0", "n2", 8, json!({"kilowatt.dev/workload": "inference"})),
-        ];
-        translate(
-            Cluster {
-                budgets: &budgets,
-                profiles: &[],
-                nodes: &nodes,
-                pods: &pods,
-            },
-            at("2026-11-28T12:00:00Z"),
-        )
+        two_node_fleet(&budgets)
     }
 
     fn published(

@@ -885,6 +885,17 @@ pub(crate) mod tests {
         )
     }
 
+    /// Two 8-GPU H100 nodes selected by every budget with a selector: a training pod on one, an
+    /// inference pod on the other, both on default profiles.
+    pub(crate) fn two_node_fleet(budgets: &[Arc<PowerBudget>]) -> Translation {
+        let nodes = [node("n1", json!({}), "8"), node("n2", json!({}), "8")];
+        let pods = [
+            pod("t0", "n1", 8, json!({WORKLOAD_ANNOTATION: "training"})),
+            pod("s0", "n2", 8, json!({WORKLOAD_ANNOTATION: "inference"})),
+        ];
+        run(budgets, &[], &nodes, &pods)
+    }
+
     fn run(
         budgets: &[Arc<PowerBudget>],
         profiles: &[Arc<WorkloadProfile>],
@@ -1221,6 +1232,9 @@ pub(crate) mod tests {
     fn finished_and_unbound_pods_hold_no_gpus() {
         let mut done = (*pod("done", "n1", 8, json!({WORKLOAD_ANNOTATION: "training"}))).clone();
         done.status.get_or_insert_default().phase = Some("Succeeded".into());
+        let mut pending =
+            (*pod("pending", "n1", 8, json!({WORKLOAD_ANNOTATION: "training"}))).clone();
+        pending.spec.get_or_insert_default().node_name = None;
         let t = run(
             &[budget(
                 "rack",
@@ -1228,7 +1242,7 @@ pub(crate) mod tests {
             )],
             &[],
             &[node("n1", json!({}), "8")],
-            &[Arc::new(done)],
+            &[Arc::new(done), Arc::new(pending)],
         );
         assert!(t.pods.is_empty());
         assert!(t.nodes["n1"].slots.iter().all(|s| s.pod.is_none()));

@@ -176,8 +176,7 @@ pub fn render(answer: &WhatIfAnswer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::tests::{at, budget, node, pod};
-    use crate::translate::{Cluster, translate};
+    use crate::translate::tests::{budget, two_node_fleet};
     use serde_json::json;
 
     fn cluster() -> Translation {
@@ -185,20 +184,7 @@ mod tests {
             "rack",
             json!({"capWatts": 9000.0, "nodeSelector": {}, "safetyMarginWatts": 100.0}),
         )];
-        let nodes = [node("n1", json!({}), "8"), node("n2", json!({}), "8")];
-        let pods = [
-            pod("t0", "n1", 8, json!({"kilowatt.dev/workload": "training"})),
-            pod("s0", "n2", 8, json!({"kilowatt.dev/workload": "inference"})),
-        ];
-        translate(
-            Cluster {
-                budgets: &budgets,
-                profiles: &[],
-                nodes: &nodes,
-                pods: &pods,
-            },
-            at("2026-11-28T12:00:00Z"),
-        )
+        two_node_fleet(&budgets)
     }
 
     fn ask(cap_watts: f64) -> Result<WhatIfAnswer, WhatIfError> {
