@@ -1,6 +1,9 @@
 //! Kilowatt's custom resources, group `kilowatt.dev`, version `v1alpha1`: `PowerBudget` (a cluster-scoped
-//! power cap in the facility → row → rack tree) and `WorkloadProfile` (a namespaced throughput curve).
-//! Types and manifest generation only; no IO.
+//! power cap in the facility → row → rack tree) and `WorkloadProfile` (a namespaced throughput curve);
+//! and, in [`plan`], the wire types of the plan protocol in etcd. Types and manifest generation only;
+//! no IO.
+
+pub mod plan;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};

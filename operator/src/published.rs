@@ -1,6 +1,6 @@
-//! The plan as the operator publishes it: the documents stored in etcd (one per node for its agent, one
-//! for the whole plan) and served at `GET /api/v1/plan`, and their key layout (docs/plan-protocol.md).
-//! Pure: built from a translation and a solver plan.
+//! The plan as the operator publishes it: the whole-plan document stored in etcd and served at
+//! `GET /api/v1/plan`, with the per-node documents agents read (wire types in `kilowatt_crds::plan`,
+//! layout in docs/plan-protocol.md). Pure: built from a translation and a solver plan.
 
 use std::collections::BTreeMap;
 
@@ -10,67 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::translate::{ProfileSource, Translation};
 
-/// Where plans live in etcd, under a configurable prefix (default `/kilowatt`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyLayout {
-    prefix: String,
-}
-
-impl KeyLayout {
-    pub fn new(prefix: &str) -> KeyLayout {
-        KeyLayout {
-            prefix: prefix.trim_end_matches('/').to_owned(),
-        }
-    }
-
-    /// The whole plan ([`PublishedPlan`]); also the fencing key every publish compares.
-    pub fn plan(&self) -> String {
-        format!("{}/v1/plan", self.prefix)
-    }
-
-    /// One node's plan ([`NodePlan`]), watched by that node's agent.
-    pub fn node_plan(&self, node: &str) -> String {
-        format!("{}{node}/plan", self.node_prefix())
-    }
-
-    /// Prefix of every per-node key.
-    pub fn node_prefix(&self) -> String {
-        format!("{}/v1/nodes/", self.prefix)
-    }
-}
-
-/// One GPU's target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GpuTarget {
-    /// `<node>/gpu<index>`.
-    pub id: String,
-    pub index: u32,
-    pub power_limit_watts: f64,
-    #[serde(
-        rename = "smClockMHz",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sm_clock_mhz: Option<u32>,
-    /// The limit the agent falls back to when it loses contact: the GPU's minimum.
-    pub floor_watts: f64,
-    /// `namespace/name` of the pod on it, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-}
-
-/// What one node's agent enforces.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodePlan {
-    /// The plan revision in which this node's targets last changed.
-    pub revision: u64,
-    /// Innermost budget.
-    pub budget: String,
-    pub overhead_watts: f64,
-    pub gpus: Vec<GpuTarget>,
-}
+pub use kilowatt_crds::plan::{GpuTarget, KeyLayout, NodePlan};
 
 /// A budget's numbers in a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -412,13 +352,5 @@ mod tests {
         assert!(!changed.same_content(&first));
         assert_eq!(changed.revision, 2);
         assert!(changed.nodes.values().any(|n| n.revision == 2));
-    }
-
-    #[test]
-    fn keys_live_under_the_prefix() {
-        let keys = KeyLayout::new("/kilowatt/");
-        assert_eq!(keys.plan(), "/kilowatt/v1/plan");
-        assert_eq!(keys.node_plan("gpu-17"), "/kilowatt/v1/nodes/gpu-17/plan");
-        assert!(keys.node_plan("gpu-17").starts_with(&keys.node_prefix()));
     }
 }

@@ -17,7 +17,7 @@ pub const KUBERNETES_VERSION: &str = "v1.37.2";
 
 /// A running etcd + kube-apiserver pair, with its own temporary directory, ports and admin token.
 pub struct ControlPlane {
-    etcd: Child,
+    etcd: Etcd,
     apiserver: Child,
     dir: PathBuf,
     /// `https://127.0.0.1:PORT`.
@@ -98,6 +98,132 @@ fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
     Ok(command.stdout(Stdio::null()).stderr(file).spawn()?)
 }
 
+/// A single-member etcd on 127.0.0.1 with its own data directory; it can be stopped and started
+/// again on the same ports and data (for partition and restart tests).
+pub struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// Removed on drop when the directory was made for this etcd alone.
+    owns_dir: bool,
+    client_port: u16,
+    peer_port: u16,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts an etcd in a fresh temporary directory and waits until it answers.
+    pub async fn start() -> anyhow::Result<Etcd> {
+        let dir = std::env::temp_dir().join(format!(
+            "kilowatt-etcd-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        let mut etcd = Etcd::start_in(dir)?;
+        etcd.owns_dir = true;
+        etcd.wait_healthy().await?;
+        Ok(etcd)
+    }
+
+    fn start_in(dir: PathBuf) -> anyhow::Result<Etcd> {
+        fs::create_dir_all(&dir)?;
+        let (client_port, peer_port) = (free_port()?, free_port()?);
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            owns_dir: false,
+            client_port,
+            peer_port,
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let (client_port, peer_port) = (self.client_port, self.peer_port);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server)")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills etcd (as a crash or a cut link would look to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_healthy().await
+    }
+
+    fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        log_tail_of(&self.dir, "etcd.log")
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = self.exited()? {
+                bail!("etcd exited ({status}):\n{}", self.log_tail());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.client_port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("etcd did not listen within 30 s:\n{}", self.log_tail())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        if self.owns_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 impl ControlPlane {
     /// Starts etcd and kube-apiserver on fresh ports and waits until the API server is ready.
     pub async fn start() -> anyhow::Result<ControlPlane> {
@@ -109,27 +235,8 @@ impl ControlPlane {
         ));
         fs::create_dir_all(dir.join("certs"))?;
 
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let etcd = spawn_logged(
-            Command::new("etcd")
-                .arg("--data-dir")
-                .arg(dir.join("etcd"))
-                .arg(format!(
-                    "--listen-client-urls=http://127.0.0.1:{client_port}"
-                ))
-                .arg(format!(
-                    "--advertise-client-urls=http://127.0.0.1:{client_port}"
-                ))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-                ))
-                .arg(format!(
-                    "--initial-cluster=default=http://127.0.0.1:{peer_port}"
-                )),
-            &dir.join("etcd.log"),
-        )
-        .context("starting etcd (Debian package etcd-server)")?;
+        let etcd = Etcd::start_in(dir.join("etcd"))?;
+        let client_port = etcd.client_port;
 
         openssl(&["genrsa", "-out", "sa.key", "2048"], &dir)?;
         openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], &dir)?;
@@ -198,16 +305,17 @@ impl ControlPlane {
         let started = Instant::now();
         let mut last_error = String::from("no answer yet");
         while started.elapsed() < timeout {
-            for (name, child, log) in [
-                ("etcd", &mut self.etcd, "etcd.log"),
-                ("kube-apiserver", &mut self.apiserver, "kube-apiserver.log"),
-            ] {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "{name} exited ({status}) before the API server was ready:\n{}",
-                        log_tail_of(&self.dir, log)
-                    );
-                }
+            if let Some(status) = self.etcd.exited()? {
+                bail!(
+                    "etcd exited ({status}) before the API server was ready:\n{}",
+                    self.etcd.log_tail()
+                );
+            }
+            if let Some(status) = self.apiserver.try_wait()? {
+                bail!(
+                    "kube-apiserver exited ({status}) before it was ready:\n{}",
+                    self.log_tail("kube-apiserver.log")
+                );
             }
             let answer = async {
                 let client = self.client().await?;
@@ -228,7 +336,7 @@ impl ControlPlane {
         )
     }
 
-    /// The last lines of one of the servers' logs (`etcd.log`, `kube-apiserver.log`), for failures.
+    /// The last lines of the API server's log (`kube-apiserver.log`), for failures.
     pub fn log_tail(&self, file: &str) -> String {
         log_tail_of(&self.dir, file)
     }
@@ -345,10 +453,9 @@ fn log_tail_of(dir: &Path, file: &str) -> String {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+        self.etcd.stop();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,5 +1,7 @@
-//! Cluster tests: Kilowatt's CRDs and operator on a real kube-apiserver + etcd started by the harness
+//! Cluster tests: Kilowatt's CRDs and operator on a real kube-apiserver + etcd, and the node agent on a
+//! real etcd, all started by the harness
 //! (see tests/README.md). One test binary, so the workspace links one more executable, not several.
 
+mod agent;
 mod crds;
 mod operator;

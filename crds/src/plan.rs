@@ -1,0 +1,120 @@
+//! The plan protocol's wire types, shared by the operator (writer of plans) and the node agent (writer
+//! of inventory and acknowledgements): etcd key layout and JSON documents (docs/plan-protocol.md).
+//! Types only; no IO.
+
+use serde::{Deserialize, Serialize};
+
+/// Where plans live in etcd, under a configurable prefix (default `/kilowatt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+impl KeyLayout {
+    pub fn new(prefix: &str) -> KeyLayout {
+        KeyLayout {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The whole plan (the operator's `PublishedPlan`); also the fencing key every publish compares.
+    pub fn plan(&self) -> String {
+        format!("{}/v1/plan", self.prefix)
+    }
+
+    /// One node's plan ([`NodePlan`]), watched by that node's agent.
+    pub fn node_plan(&self, node: &str) -> String {
+        format!("{}{node}/plan", self.node_prefix())
+    }
+
+    /// Prefix of every per-node key.
+    pub fn node_prefix(&self) -> String {
+        format!("{}/v1/nodes/", self.prefix)
+    }
+
+    /// The node's [`Inventory`], bound to its agent's etcd lease.
+    pub fn node_inventory(&self, node: &str) -> String {
+        format!("{}{node}/inventory", self.node_prefix())
+    }
+
+    /// The node's [`Acknowledgement`], bound to its agent's etcd lease.
+    pub fn node_ack(&self, node: &str) -> String {
+        format!("{}{node}/ack", self.node_prefix())
+    }
+}
+
+/// One GPU's target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuTarget {
+    /// `<node>/gpu<index>`.
+    pub id: String,
+    pub index: u32,
+    pub power_limit_watts: f64,
+    #[serde(
+        rename = "smClockMHz",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sm_clock_mhz: Option<u32>,
+    /// The limit the agent falls back to when it loses contact: the GPU's minimum.
+    pub floor_watts: f64,
+    /// `namespace/name` of the pod on it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// What one node's agent enforces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePlan {
+    /// The plan revision in which this node's targets last changed.
+    pub revision: u64,
+    /// Innermost budget.
+    pub budget: String,
+    pub overhead_watts: f64,
+    pub gpus: Vec<GpuTarget>,
+}
+
+/// What an agent found on its node, registered under its etcd lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// `nvml` or `simulated`.
+    pub backend: String,
+    pub gpus: Vec<InventoryGpu>,
+}
+
+/// One GPU as its driver describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryGpu {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub min_limit_watts: f64,
+    pub max_limit_watts: f64,
+}
+
+/// What an agent enforces for a plan revision, written under its etcd lease after reading the limits
+/// back from the GPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledgement {
+    pub revision: u64,
+    /// Enforced limit per GPU index.
+    pub power_limits_watts: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        let keys = KeyLayout::new("/kilowatt/");
+        assert_eq!(keys.plan(), "/kilowatt/v1/plan");
+        assert_eq!(keys.node_plan("gpu-17"), "/kilowatt/v1/nodes/gpu-17/plan");
+        assert!(keys.node_plan("gpu-17").starts_with(&keys.node_prefix()));
+    }
+}

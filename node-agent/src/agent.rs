@@ -1,0 +1,423 @@
+//! The agent process around the protocol state machine: registers the node's GPU inventory under an
+//! etcd lease and keeps it alive, watches the node's plan key, runs the machine's commands on the GPU
+//! backend (reading limits back after every batch), writes acknowledgements, samples telemetry, and
+//! keeps ticking — and so fencing — while etcd is unreachable. Does etcd, GPU and network IO.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
+    WatchStream,
+};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, KeyLayout, NodePlan};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::gpu::{GpuBackend, GpuError, GpuInfo};
+use crate::protocol::{Agent, Command, Event, GpuBounds};
+use crate::telemetry::Telemetry;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// This node's name, as in the plan keys.
+    pub node: String,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    /// TTL of the etcd lease the inventory and acknowledgements are bound to.
+    pub lease_ttl: Duration,
+    /// Fraction of the TTL without a renewal after which the agent lowers every GPU to its floor.
+    pub fence_fraction: f64,
+    /// How often limits are read back to catch drift.
+    pub drift_check: Duration,
+    /// How often telemetry is sampled (and the protocol ticks).
+    pub sample_period: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("reading the GPU inventory: {0}")]
+    Inventory(GpuError),
+    #[error("the GPU task failed: {0}")]
+    GpuTask(#[from] tokio::task::JoinError),
+}
+
+/// A live connection to etcd: the client and lease for writes; a task keeps the lease alive and
+/// watches the plan, reporting through the runner's channel. Dropping the session stops the task.
+struct Session {
+    client: Client,
+    lease: i64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the session task reports.
+#[derive(Debug)]
+enum SessionEvent {
+    Renewed,
+    Plan(Option<NodePlan>),
+    Lost(String),
+}
+
+/// Keeps the lease alive every `period` and forwards renewals and plan changes until something fails.
+async fn session_task(
+    mut keeper: LeaseKeeper,
+    mut keep_alive: LeaseKeepAliveStream,
+    mut watch: WatchStream,
+    period: Duration,
+    events: mpsc::Sender<SessionEvent>,
+) {
+    let mut renew = tokio::time::interval(period);
+    let lost = loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                if let Err(error) = keeper.keep_alive().await {
+                    break format!("lease keep-alive failed: {error}");
+                }
+            }
+            message = keep_alive.message() => match message {
+                Ok(Some(response)) if response.ttl() > 0 => {
+                    if events.send(SessionEvent::Renewed).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) => break "the lease expired".to_owned(),
+                Ok(None) => break "the keep-alive stream ended".to_owned(),
+                Err(error) => break format!("keep-alive stream failed: {error}"),
+            },
+            message = watch.message() => match message {
+                Ok(Some(response)) => {
+                    for event in response.events() {
+                        let plan = match event.event_type() {
+                            EventType::Put => event
+                                .kv()
+                                .and_then(|kv| serde_json::from_slice::<NodePlan>(kv.value()).ok()),
+                            EventType::Delete => None,
+                        };
+                        if events.send(SessionEvent::Plan(plan)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break "the plan watch ended".to_owned(),
+                Err(error) => break format!("the plan watch failed: {error}"),
+            },
+        }
+    };
+    let _ = events.send(SessionEvent::Lost(lost)).await;
+}
+
+/// Why a session could not be opened or ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+struct SessionError {
+    step: &'static str,
+    source: etcd_client::Error,
+}
+
+fn step(step: &'static str) -> impl FnOnce(etcd_client::Error) -> SessionError {
+    move |source| SessionError { step, source }
+}
+
+type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
+
+/// Runs `f` on the backend on a blocking thread (NVML calls block).
+async fn with_backend<T: Send + 'static>(
+    backend: &SharedBackend,
+    f: impl FnOnce(&mut dyn GpuBackend) -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let backend = backend.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = backend
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(guard.as_mut())
+    })
+    .await
+}
+
+fn read_limits(backend: &mut dyn GpuBackend, count: usize) -> Vec<f64> {
+    (0..count as u32)
+        .map(|i| backend.power_limit_watts(i).unwrap_or(f64::NAN))
+        .collect()
+}
+
+async fn open_session(
+    options: &AgentOptions,
+    keys: &KeyLayout,
+    inventory: &Inventory,
+    events: mpsc::Sender<SessionEvent>,
+) -> Result<(Session, Option<NodePlan>), SessionError> {
+    let connect = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(2));
+    let mut client = Client::connect(&options.etcd_endpoints, Some(connect))
+        .await
+        .map_err(step("connecting to etcd"))?;
+    let ttl = i64::try_from(options.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(step("granting the lease"))?
+        .id();
+    let encoded = serde_json::to_vec(inventory).unwrap_or_default();
+    client
+        .put(
+            keys.node_inventory(&options.node),
+            encoded,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(step("registering the inventory"))?;
+    let (keeper, keep_alive) = client
+        .lease_keep_alive(lease)
+        .await
+        .map_err(step("starting lease keep-alive"))?;
+    let plan_key = keys.node_plan(&options.node);
+    let current = client
+        .get(plan_key.as_str(), None)
+        .await
+        .map_err(step("reading the plan"))?;
+    let revision = current.header().map_or(0, |h| h.revision());
+    let plan = current
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice::<NodePlan>(kv.value()).ok());
+    let watch = client
+        .watch(
+            plan_key.as_str(),
+            Some(WatchOptions::new().with_start_revision(revision + 1)),
+        )
+        .await
+        .map_err(step("watching the plan"))?;
+    let task = tokio::spawn(session_task(
+        keeper,
+        keep_alive,
+        watch,
+        options.lease_ttl / 3,
+        events,
+    ));
+    Ok((
+        Session {
+            client,
+            lease,
+            task,
+        },
+        plan,
+    ))
+}
+
+/// The agent's running state.
+struct Runner {
+    options: AgentOptions,
+    keys: KeyLayout,
+    backend: SharedBackend,
+    gpus: Vec<GpuInfo>,
+    agent: Agent,
+    telemetry: Telemetry,
+    started: Instant,
+}
+
+impl Runner {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Feeds `event` to the machine and runs what it asks for; after GPU changes, reads the limits back
+    /// and runs the answer to that once (a GPU that refuses is retried at the next drift check).
+    async fn feed(
+        &mut self,
+        event: Event,
+        session: &mut Option<Session>,
+    ) -> Result<(), AgentError> {
+        let commands = self.agent.handle(event, self.now());
+        if self.run(commands, session).await? {
+            let count = self.gpus.len();
+            let limits = with_backend(&self.backend, move |b| read_limits(b, count)).await?;
+            let follow_up = self.agent.handle(Event::ReadBack(limits), self.now());
+            self.run(follow_up, session).await?;
+        }
+        self.telemetry.observe_agent(&self.agent);
+        Ok(())
+    }
+
+    /// Runs commands in order; returns whether any touched a GPU.
+    async fn run(
+        &mut self,
+        commands: Vec<Command>,
+        session: &mut Option<Session>,
+    ) -> Result<bool, AgentError> {
+        let mut touched = false;
+        for command in commands {
+            let outcome = match command {
+                Command::SetLimit { index, watts } => {
+                    touched = true;
+                    with_backend(&self.backend, move |b| {
+                        b.set_power_limit_watts(index, watts)
+                    })
+                    .await?
+                }
+                Command::LockClock { index, mhz } => {
+                    touched = true;
+                    with_backend(&self.backend, move |b| b.lock_sm_clock(index, mhz)).await?
+                }
+                Command::ResetClock { index } => {
+                    touched = true;
+                    with_backend(&self.backend, move |b| b.reset_sm_clock(index)).await?
+                }
+                Command::Acknowledge(ack) => {
+                    self.acknowledge(&ack, session).await;
+                    Ok(())
+                }
+            };
+            if let Err(error) = outcome {
+                self.telemetry.gpu_error(error.kind());
+                tracing::warn!(%error, "GPU command failed");
+            }
+        }
+        Ok(touched)
+    }
+
+    async fn acknowledge(&mut self, ack: &Acknowledgement, session: &mut Option<Session>) {
+        let Some(live) = session.as_mut() else {
+            return;
+        };
+        let encoded = serde_json::to_vec(ack).unwrap_or_default();
+        let put = live
+            .client
+            .put(
+                self.keys.node_ack(&self.options.node),
+                encoded,
+                Some(PutOptions::new().with_lease(live.lease)),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                self.telemetry.revision(ack.revision);
+                tracing::info!(revision = ack.revision, limits = ?ack.power_limits_watts, "acknowledged plan");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not write the acknowledgement; dropping the etcd session");
+                *session = None;
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; then lowers every GPU to its floor (never raising) and
+/// returns.
+pub async fn run(
+    backend: Box<dyn GpuBackend>,
+    options: AgentOptions,
+    telemetry: Telemetry,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let backend: SharedBackend = Arc::new(Mutex::new(backend));
+    let (gpus, enforced, name) = with_backend(&backend, |b| {
+        let gpus = b.inventory()?;
+        let enforced = read_limits(b, gpus.len());
+        Ok::<_, GpuError>((gpus, enforced, b.name()))
+    })
+    .await?
+    .map_err(AgentError::Inventory)?;
+    let inventory = Inventory {
+        backend: name.to_owned(),
+        gpus: gpus
+            .iter()
+            .map(|g| InventoryGpu {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                model: g.model.clone(),
+                min_limit_watts: g.min_limit_watts,
+                max_limit_watts: g.max_limit_watts,
+            })
+            .collect(),
+    };
+    tracing::info!(backend = name, gpus = gpus.len(), limits = ?enforced, "adopted the limits in force");
+    let bounds = gpus
+        .iter()
+        .map(|g| GpuBounds {
+            min_watts: g.min_limit_watts,
+            max_watts: g.max_limit_watts,
+        })
+        .collect();
+    let fence_after = options
+        .lease_ttl
+        .mul_f64(options.fence_fraction.clamp(0.05, 1.0));
+    let started = Instant::now();
+    let mut runner = Runner {
+        keys: KeyLayout::new(&options.etcd_prefix),
+        agent: Agent::new(bounds, enforced, fence_after, Duration::ZERO),
+        options,
+        backend,
+        gpus,
+        telemetry,
+        started,
+    };
+
+    let (events_tx, mut events) = mpsc::channel(64);
+    let mut session: Option<Session> = None;
+    let mut next_connect = Instant::now();
+    let mut sample = tokio::time::interval(runner.options.sample_period);
+    let mut drift = tokio::time::interval(runner.options.drift_check);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if session.is_none() && Instant::now() >= next_connect {
+            match open_session(&runner.options, &runner.keys, &inventory, events_tx.clone()).await {
+                Ok((live, plan)) => {
+                    tracing::info!(lease = live.lease, "registered with etcd");
+                    session = Some(live);
+                    runner.feed(Event::LeaseRenewed, &mut session).await?;
+                    runner.feed(Event::PlanChanged(plan), &mut session).await?;
+                }
+                Err(error) => {
+                    runner.telemetry.etcd_error();
+                    tracing::warn!(%error, "etcd unreachable; retrying (the GPUs fence to their floors if this lasts)");
+                    next_connect = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("termination signal: every GPU goes to the lower of its limit and its floor; no limit is raised");
+                runner.feed(Event::Shutdown, &mut session).await?;
+                if let Some(mut live) = session.take() {
+                    let _ = live.client.lease_revoke(live.lease).await;
+                }
+                return Ok(());
+            }
+            _ = sample.tick() => {
+                let now = runner.now();
+                let count = runner.gpus.len();
+                let readings = with_backend(&runner.backend, move |b| {
+                    b.advance(now);
+                    (0..count as u32).map(|i| b.read(i)).collect::<Vec<_>>()
+                }).await?;
+                runner.telemetry.observe_gpus(&runner.gpus, &readings);
+                runner.feed(Event::Tick, &mut session).await?;
+            }
+            _ = drift.tick() => {
+                let count = runner.gpus.len();
+                let limits = with_backend(&runner.backend, move |b| read_limits(b, count)).await?;
+                runner.feed(Event::ReadBack(limits), &mut session).await?;
+            }
+            Some(event) = events.recv() => match event {
+                SessionEvent::Renewed => runner.feed(Event::LeaseRenewed, &mut session).await?,
+                SessionEvent::Plan(plan) => runner.feed(Event::PlanChanged(plan), &mut session).await?,
+                SessionEvent::Lost(reason) => {
+                    tracing::warn!(%reason, "lost the etcd session; re-registering");
+                    runner.telemetry.etcd_error();
+                    session = None;
+                    next_connect = Instant::now() + Duration::from_millis(200);
+                }
+            },
+        }
+    }
+}

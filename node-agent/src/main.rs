@@ -1,0 +1,187 @@
+//! Entry point of `kilowatt-agent`: parses the command line, picks the GPU backend (announcing loudly
+//! when it is simulated), serves telemetry and runs the agent until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_node_agent::gpu::GpuBackend;
+use kilowatt_node_agent::gpu::nvml::NvmlBackend;
+use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, load_profile};
+use kilowatt_node_agent::telemetry::{self, Telemetry};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// The node's NVIDIA GPUs through NVML (needs the driver and, to set limits, privileges).
+    Nvml,
+    /// GPUs whose draw, energy and throughput follow a profile curve; for tests and demos.
+    Simulated,
+}
+
+/// Enforces Kilowatt's per-node plan on this node's GPUs: lowers before it raises, acknowledges only
+/// what it read back, and lowers every GPU to its floor by itself when it loses contact with etcd.
+#[derive(Debug, Parser)]
+#[command(name = "kilowatt-agent", version, about, long_about = None)]
+struct Args {
+    /// This node's name, as the operator's plan keys use it.
+    #[arg(long, env = "NODE_NAME", value_name = "NODE")]
+    node: String,
+    /// Where limits are enforced.
+    #[arg(long, value_enum, default_value = "nvml")]
+    gpu_backend: Backend,
+    /// Simulated backend: number of GPUs.
+    #[arg(long, default_value_t = 8, value_name = "COUNT")]
+    simulated_gpus: u32,
+    /// Simulated backend: GPU model name and limit range.
+    #[arg(long, default_value = "H100-SXM", value_name = "MODEL")]
+    simulated_model: String,
+    #[arg(long, default_value_t = 200.0, value_name = "WATTS")]
+    simulated_min_watts: f64,
+    #[arg(long, default_value_t = 700.0, value_name = "WATTS")]
+    simulated_max_watts: f64,
+    /// Simulated backend: the workload every GPU runs (a profile YAML as in examples/profiles/);
+    /// without it the GPUs idle.
+    #[arg(long, value_name = "FILE")]
+    simulated_profile: Option<PathBuf>,
+    /// etcd endpoints that hold the plan, comma-separated.
+    #[arg(
+        long,
+        env = "KILOWATT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        value_name = "URL[,URL...]"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the plan keys (the operator's --etcd-prefix).
+    #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
+    etcd_prefix: String,
+    /// TTL of the etcd lease that carries this node's inventory and acknowledgements.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_ttl_seconds: u64,
+    /// Fraction of the TTL without a lease renewal after which every GPU is lowered to its floor.
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
+    fence_fraction: f64,
+    /// How often limits are read back to catch changes made by others.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    drift_check_seconds: u64,
+    /// Telemetry sampling period.
+    #[arg(long, default_value_t = 1000, value_name = "MILLISECONDS", value_parser = clap::value_parser!(u64).range(50..=60000))]
+    sample_ms: u64,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "0.0.0.0:9400", value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// Log format on stderr (RUST_LOG sets the level; default info).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in (0, 1]"))
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn backend(args: &Args) -> anyhow::Result<Box<dyn GpuBackend>> {
+    match args.gpu_backend {
+        Backend::Nvml => Ok(Box::new(NvmlBackend::new()?)),
+        Backend::Simulated => {
+            let workload = args
+                .simulated_profile
+                .as_deref()
+                .map(load_profile)
+                .transpose()?;
+            tracing::warn!(
+                gpus = args.simulated_gpus,
+                model = %args.simulated_model,
+                "SIMULATED GPUs: no real GPU is controlled by this agent"
+            );
+            Ok(Box::new(SimulatedGpus::uniform(
+                &args.node,
+                args.simulated_gpus,
+                &args.simulated_model,
+                args.simulated_min_watts,
+                args.simulated_max_watts,
+                workload,
+            )))
+        }
+    }
+}
+
+/// Waits for SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn termination() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let backend = backend(&args)?;
+    let options = AgentOptions {
+        node: args.node.clone(),
+        etcd_endpoints: args.etcd_endpoints.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+        lease_ttl: Duration::from_secs(args.lease_ttl_seconds),
+        fence_fraction: args.fence_fraction,
+        drift_check: Duration::from_secs(args.drift_check_seconds),
+        sample_period: Duration::from_millis(args.sample_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let telemetry = Telemetry::new()?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let app = telemetry::router(telemetry.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "telemetry server stopped");
+            }
+        });
+        agent::run(backend, options, telemetry, termination()).await?;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The agent's side of the plan protocol as a pure state machine: events in (a plan arrived, the etcd
+//! lease was renewed, limits were read back, a tick, shutdown), GPU commands and acknowledgements out.
+//! Time is an argument (time since the agent started), so every safety rule is testable without etcd,
+//! GPUs or sleeping. No IO.
+//!
+//! The rules, each of which keeps the budgets under their caps:
+//! - decreases are applied before increases, within every batch of commands;
+//! - a plan is acknowledged only after its limits were read back from the GPUs;
+//! - without a lease renewal for `fence_after`, every GPU is lowered to its floor, by the agent alone;
+//! - on shutdown no limit is raised: every GPU goes to the lower of its limit and its floor;
+//! - a limit changed behind the agent's back (drift) is counted and the plan re-applied.
+
+use std::time::Duration;
+
+use kilowatt_crds::plan::{Acknowledgement, NodePlan};
+
+/// A GPU's limit range as its driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuBounds {
+    pub min_watts: f64,
+    pub max_watts: f64,
+}
+
+/// Something the IO layer must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    SetLimit {
+        index: u32,
+        watts: f64,
+    },
+    LockClock {
+        index: u32,
+        mhz: u32,
+    },
+    ResetClock {
+        index: u32,
+    },
+    /// Write the acknowledgement key.
+    Acknowledge(Acknowledgement),
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The node's plan key changed (`None`: deleted, the node is in no budget any more).
+    PlanChanged(Option<NodePlan>),
+    /// The etcd lease was renewed (or granted).
+    LeaseRenewed,
+    /// Limits read back from every GPU, by index (after applying commands, or periodically).
+    ReadBack(Vec<f64>),
+    /// Time passed.
+    Tick,
+    /// SIGTERM.
+    Shutdown,
+}
+
+/// Whether the agent follows its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Following,
+    /// Lost contact: GPUs held at their floors until the lease is renewed.
+    Fenced,
+    ShuttingDown,
+}
+
+/// Counters for telemetry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Limits found changed by something else.
+    pub drifts: u64,
+    /// Targets moved into the device's range.
+    pub clamps: u64,
+    /// Times the agent fenced itself.
+    pub fences: u64,
+}
+
+/// Differences below this are the driver's rounding, not drift.
+const TOLERANCE_WATTS: f64 = 0.5;
+
+/// The agent's protocol state.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    gpus: Vec<GpuBounds>,
+    /// What the agent believes each GPU enforces (last read back or set).
+    enforced: Vec<f64>,
+    clocks: Vec<Option<u32>>,
+    plan: Option<NodePlan>,
+    last_contact: Duration,
+    fence_after: Duration,
+    mode: Mode,
+    acknowledged: Option<u64>,
+    /// Set after commands are emitted; an acknowledgement waits for the read-back that follows.
+    awaiting_read_back: bool,
+    pub counters: Counters,
+}
+
+impl Agent {
+    /// An agent that adopts the limits it finds enforced (a restart does not touch the GPUs until it
+    /// knows the plan). `fence_after` is how long it may go without a lease renewal.
+    pub fn new(
+        gpus: Vec<GpuBounds>,
+        enforced: Vec<f64>,
+        fence_after: Duration,
+        now: Duration,
+    ) -> Agent {
+        let clocks = vec![None; gpus.len()];
+        Agent {
+            gpus,
+            enforced,
+            clocks,
+            plan: None,
+            last_contact: now,
+            fence_after,
+            mode: Mode::Following,
+            acknowledged: None,
+            awaiting_read_back: false,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn enforced(&self) -> &[f64] {
+        &self.enforced
+    }
+
+    /// The revision of the plan being followed.
+    pub fn revision(&self) -> Option<u64> {
+        self.plan.as_ref().map(|p| p.revision)
+    }
+
+    /// The floor of GPU `index`: the plan's, else the device minimum (never below the minimum).
+    fn floor(&self, index: usize) -> f64 {
+        let device_min = self.gpus[index].min_watts;
+        self.plan
+            .as_ref()
+            .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
+            .map_or(device_min, |g| g.floor_watts.max(device_min))
+    }
+
+    /// Target limit and clock of each GPU under the current plan, clamped to the device; GPUs the plan
+    /// does not mention sit at their floor.
+    fn targets(&mut self) -> Vec<(f64, Option<u32>)> {
+        let mut targets: Vec<(f64, Option<u32>)> = (0..self.gpus.len())
+            .map(|i| (self.floor(i), None))
+            .collect();
+        let Some(plan) = &self.plan else {
+            return targets;
+        };
+        let mut clamps = 0;
+        for gpu in &plan.gpus {
+            let Some(bounds) = self.gpus.get(gpu.index as usize) else {
+                continue;
+            };
+            let clamped = gpu
+                .power_limit_watts
+                .clamp(bounds.min_watts, bounds.max_watts);
+            if (clamped - gpu.power_limit_watts).abs() > TOLERANCE_WATTS {
+                clamps += 1;
+            }
+            targets[gpu.index as usize] = (clamped, gpu.sm_clock_mhz);
+        }
+        self.counters.clamps += clamps;
+        targets
+    }
+
+    /// Commands that move every GPU to `targets`: all decreases, then clocks, then all increases.
+    fn converge(&mut self, targets: &[(f64, Option<u32>)]) -> Vec<Command> {
+        let mut decreases = Vec::new();
+        let mut increases = Vec::new();
+        let mut clocks = Vec::new();
+        for (index, &(watts, clock)) in targets.iter().enumerate() {
+            let gpu = index as u32;
+            let current = self.enforced[index];
+            if watts < current - TOLERANCE_WATTS {
+                decreases.push(Command::SetLimit { index: gpu, watts });
+            } else if watts > current + TOLERANCE_WATTS {
+                increases.push(Command::SetLimit { index: gpu, watts });
+            }
+            if clock != self.clocks[index] {
+                clocks.push(match clock {
+                    Some(mhz) => Command::LockClock { index: gpu, mhz },
+                    None => Command::ResetClock { index: gpu },
+                });
+                self.clocks[index] = clock;
+            }
+            self.enforced[index] = watts;
+        }
+        let commands: Vec<Command> = decreases
+            .into_iter()
+            .chain(clocks)
+            .chain(increases)
+            .collect();
+        if !commands.is_empty() {
+            self.awaiting_read_back = true;
+        }
+        commands
+    }
+
+    /// Lowers every GPU above its floor to the floor; never raises.
+    fn lower_to_floors(&mut self) -> Vec<Command> {
+        let floors: Vec<(f64, Option<u32>)> = (0..self.gpus.len())
+            .map(|i| (self.floor(i).min(self.enforced[i]), self.clocks[i]))
+            .collect();
+        self.converge(&floors)
+    }
+
+    fn acknowledgement(&mut self) -> Option<Command> {
+        if self.mode != Mode::Following || self.awaiting_read_back {
+            return None;
+        }
+        let plan = self.plan.as_ref()?;
+        if self.acknowledged == Some(plan.revision) {
+            return None;
+        }
+        let revision = plan.revision;
+        self.acknowledged = Some(revision);
+        Some(Command::Acknowledge(Acknowledgement {
+            revision,
+            power_limits_watts: self.enforced.clone(),
+        }))
+    }
+
+    /// Handles one event at `now` (time since start) and returns the commands to run, in order.
+    pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Command> {
+        match event {
+            Event::Shutdown => {
+                self.mode = Mode::ShuttingDown;
+                self.lower_to_floors()
+            }
+            Event::PlanChanged(_) | Event::LeaseRenewed | Event::Tick
+                if self.mode == Mode::ShuttingDown =>
+            {
+                Vec::new()
+            }
+            Event::PlanChanged(plan) => {
+                self.plan = plan;
+                if self.mode == Mode::Fenced {
+                    // Fenced: only ever lower; the plan is applied once contact is back.
+                    return self.lower_to_floors();
+                }
+                let targets = self.targets();
+                let mut commands = self.converge(&targets);
+                commands.extend(self.acknowledgement());
+                commands
+            }
+            Event::LeaseRenewed => {
+                self.last_contact = now;
+                if self.mode != Mode::Fenced {
+                    return Vec::new();
+                }
+                self.mode = Mode::Following;
+                self.acknowledged = None;
+                let targets = self.targets();
+                let mut commands = self.converge(&targets);
+                commands.extend(self.acknowledgement());
+                commands
+            }
+            Event::Tick => {
+                if self.mode == Mode::Following
+                    && now.saturating_sub(self.last_contact) > self.fence_after
+                {
+                    self.mode = Mode::Fenced;
+                    self.counters.fences += 1;
+                    return self.lower_to_floors();
+                }
+                Vec::new()
+            }
+            Event::ReadBack(limits) => {
+                let expected = std::mem::take(&mut self.awaiting_read_back);
+                let drifted = limits.len() == self.enforced.len()
+                    && limits
+                        .iter()
+                        .zip(&self.enforced)
+                        .any(|(read, believed)| (read - believed).abs() > TOLERANCE_WATTS);
+                if limits.len() == self.enforced.len() {
+                    self.enforced.clone_from(&limits);
+                }
+                if drifted {
+                    if !expected {
+                        self.counters.drifts += 1;
+                    }
+                    let mut commands = match self.mode {
+                        Mode::Following => {
+                            let targets = self.targets();
+                            self.converge(&targets)
+                        }
+                        Mode::Fenced | Mode::ShuttingDown => self.lower_to_floors(),
+                    };
+                    if self.mode == Mode::Following && commands.is_empty() {
+                        commands.extend(self.acknowledgement());
+                    }
+                    return commands;
+                }
+                self.acknowledgement().into_iter().collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kilowatt_crds::plan::GpuTarget;
+    use proptest::prelude::*;
+
+    const BOUNDS: GpuBounds = GpuBounds {
+        min_watts: 200.0,
+        max_watts: 700.0,
+    };
+    const FENCE: Duration = Duration::from_secs(5);
+
+    fn plan(revision: u64, limits: &[f64]) -> NodePlan {
+        NodePlan {
+            revision,
+            budget: "rack".into(),
+            overhead_watts: 0.0,
+            gpus: limits
+                .iter()
+                .enumerate()
+                .map(|(i, &watts)| GpuTarget {
+                    id: format!("n/gpu{i}"),
+                    index: i as u32,
+                    power_limit_watts: watts,
+                    sm_clock_mhz: None,
+                    floor_watts: 200.0,
+                    pod: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// GPUs that do what they are told (clamped to their range), as the IO layer drives them.
+    fn run(device: &mut [f64], commands: &[Command]) {
+        for command in commands {
+            if let Command::SetLimit { index, watts } = command {
+                device[*index as usize] = watts.clamp(BOUNDS.min_watts, BOUNDS.max_watts);
+            }
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn decreases_are_applied_before_any_increase_and_acknowledged_after_read_back() {
+        let mut device = vec![400.0, 400.0, 400.0];
+        let mut agent = Agent::new(vec![BOUNDS; 3], device.clone(), FENCE, secs(0));
+        let commands = agent.handle(
+            Event::PlanChanged(Some(plan(7, &[600.0, 250.0, 300.0]))),
+            secs(1),
+        );
+        assert_eq!(
+            commands,
+            [
+                Command::SetLimit {
+                    index: 1,
+                    watts: 250.0
+                },
+                Command::SetLimit {
+                    index: 2,
+                    watts: 300.0
+                },
+                Command::SetLimit {
+                    index: 0,
+                    watts: 600.0
+                },
+            ]
+        );
+        run(&mut device, &commands);
+        let acks = agent.handle(Event::ReadBack(device.clone()), secs(1));
+        assert_eq!(
+            acks,
+            [Command::Acknowledge(Acknowledgement {
+                revision: 7,
+                power_limits_watts: vec![600.0, 250.0, 300.0]
+            })]
+        );
+        assert!(
+            agent
+                .handle(Event::ReadBack(device.clone()), secs(2))
+                .is_empty(),
+            "acknowledged once"
+        );
+    }
+
+    #[test]
+    fn silence_beyond_the_fence_lowers_every_gpu_to_its_floor_until_contact_returns() {
+        let mut device = vec![400.0, 400.0];
+        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        run(
+            &mut device,
+            &agent.handle(Event::PlanChanged(Some(plan(1, &[650.0, 500.0]))), secs(0)),
+        );
+        assert!(
+            agent.handle(Event::Tick, secs(5)).is_empty(),
+            "at the fence, not beyond it"
+        );
+        let fenced = agent.handle(Event::Tick, secs(6));
+        run(&mut device, &fenced);
+        assert_eq!(device, [200.0, 200.0]);
+        assert_eq!(agent.mode(), Mode::Fenced);
+        assert_eq!(agent.counters.fences, 1);
+        run(
+            &mut device,
+            &agent.handle(Event::PlanChanged(Some(plan(2, &[700.0, 700.0]))), secs(7)),
+        );
+        assert_eq!(device, [200.0, 200.0], "a fenced agent raises nothing");
+        run(&mut device, &agent.handle(Event::LeaseRenewed, secs(8)));
+        assert_eq!(device, [700.0, 700.0]);
+        assert_eq!(agent.mode(), Mode::Following);
+    }
+
+    #[test]
+    fn shutdown_never_raises_and_leaves_the_floor() {
+        let mut device = vec![450.0, 150.0];
+        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        let commands = agent.handle(Event::Shutdown, secs(1));
+        run(&mut device, &commands);
+        assert_eq!(
+            commands,
+            [Command::SetLimit {
+                index: 0,
+                watts: 200.0
+            }]
+        );
+        assert!(
+            agent
+                .handle(Event::PlanChanged(Some(plan(3, &[700.0, 700.0]))), secs(2))
+                .is_empty()
+        );
+        assert!(agent.handle(Event::LeaseRenewed, secs(2)).is_empty());
+    }
+
+    #[test]
+    fn drift_is_counted_and_the_plan_reapplied() {
+        let mut device = vec![400.0];
+        let mut agent = Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0));
+        run(
+            &mut device,
+            &agent.handle(Event::PlanChanged(Some(plan(1, &[300.0]))), secs(0)),
+        );
+        agent.handle(Event::ReadBack(device.clone()), secs(0));
+        device[0] = 700.0;
+        let commands = agent.handle(Event::ReadBack(device.clone()), secs(1));
+        assert_eq!(
+            commands,
+            [Command::SetLimit {
+                index: 0,
+                watts: 300.0
+            }]
+        );
+        assert_eq!(agent.counters.drifts, 1);
+    }
+
+    #[test]
+    fn targets_outside_the_device_range_are_clamped_and_counted() {
+        let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0));
+        let commands = agent.handle(Event::PlanChanged(Some(plan(1, &[900.0, 100.0]))), secs(0));
+        assert_eq!(
+            commands,
+            [
+                Command::SetLimit {
+                    index: 1,
+                    watts: 200.0
+                },
+                Command::SetLimit {
+                    index: 0,
+                    watts: 700.0
+                },
+            ]
+        );
+        assert_eq!(agent.counters.clamps, 2);
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_what_is_enforced_until_a_plan_arrives() {
+        let mut agent = Agent::new(vec![BOUNDS; 2], vec![333.0, 444.0], FENCE, secs(0));
+        assert!(
+            agent
+                .handle(Event::ReadBack(vec![333.0, 444.0]), secs(0))
+                .is_empty()
+        );
+        assert_eq!(agent.enforced(), [333.0, 444.0]);
+        let gpus_missing_from_the_plan =
+            agent.handle(Event::PlanChanged(Some(plan(4, &[500.0]))), secs(1));
+        assert_eq!(
+            gpus_missing_from_the_plan,
+            [
+                Command::SetLimit {
+                    index: 1,
+                    watts: 200.0
+                },
+                Command::SetLimit {
+                    index: 0,
+                    watts: 500.0
+                },
+            ]
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Plan(Vec<f64>),
+        Renew,
+        Wait(u64),
+        ReadBack,
+        Drift(usize, f64),
+        Shutdown,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => prop::collection::vec(100.0..800.0f64, 0..5).prop_map(Step::Plan),
+            3 => Just(Step::Renew),
+            3 => (0u64..4000).prop_map(Step::Wait),
+            3 => Just(Step::ReadBack),
+            1 => (0usize..4, 100.0..800.0f64).prop_map(|(i, w)| Step::Drift(i, w)),
+            1 => Just(Step::Shutdown),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Under any order of plans, renewals, silences, read-backs, drift and shutdown: the node's total
+        /// limit never passes the larger of its total before and after a batch (decreases first); a
+        /// fenced or stopping agent holds every GPU at or below its floor and raises nothing; an
+        /// acknowledgement reports exactly what the GPUs enforce.
+        #[test]
+        fn no_batch_overshoots_and_silence_or_shutdown_holds_the_floor(steps in prop::collection::vec(step(), 1..60)) {
+            let mut device = vec![400.0; 4];
+            let mut agent = Agent::new(vec![BOUNDS; 4], device.clone(), Duration::from_millis(2500), Duration::ZERO);
+            let mut now = Duration::ZERO;
+            let mut revision = 0;
+            for step in steps {
+                let event = match step {
+                    Step::Plan(limits) => { revision += 1; Event::PlanChanged(Some(plan(revision, &limits))) }
+                    Step::Renew => Event::LeaseRenewed,
+                    Step::Wait(ms) => { now += Duration::from_millis(ms); Event::Tick }
+                    Step::ReadBack => Event::ReadBack(device.clone()),
+                    Step::Drift(i, watts) => { device[i] = watts.clamp(200.0, 700.0); Event::ReadBack(device.clone()) }
+                    Step::Shutdown => Event::Shutdown,
+                };
+                let stopping = agent.mode() == Mode::ShuttingDown || matches!(event, Event::Shutdown);
+                let before: Vec<f64> = device.clone();
+                let commands = agent.handle(event, now);
+                let mut total_peak = before.iter().sum::<f64>();
+                for command in &commands {
+                    match command {
+                        Command::SetLimit { index, watts } => {
+                            let i = *index as usize;
+                            if stopping || agent.mode() == Mode::Fenced {
+                                prop_assert!(*watts <= device[i] + 1e-9, "raised GPU {i} while fenced or stopping");
+                            }
+                            device[i] = watts.clamp(200.0, 700.0);
+                            total_peak = total_peak.max(device.iter().sum());
+                        }
+                        Command::Acknowledge(ack) => {
+                            prop_assert_eq!(&ack.power_limits_watts, &device);
+                        }
+                        Command::LockClock { .. } | Command::ResetClock { .. } => {}
+                    }
+                }
+                let bound = before.iter().sum::<f64>().max(device.iter().sum());
+                prop_assert!(total_peak <= bound + 1e-6, "a batch peaked at {total_peak} W above {bound} W");
+                if matches!(agent.mode(), Mode::Fenced | Mode::ShuttingDown) {
+                    prop_assert!(device.iter().all(|w| *w <= 200.0 + 1e-9), "{device:?} above the floor");
+                }
+            }
+        }
+    }
+}

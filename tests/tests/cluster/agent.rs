@@ -1,0 +1,259 @@
+//! The node agent on a real etcd with simulated GPUs: it registers its inventory under a lease, applies
+//! plans and acknowledges what it read back, re-applies after drift, lowers every GPU to its floor by
+//! itself when etcd goes away and recovers when it returns, and never raises a limit on shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::Client;
+use kilowatt_crds::plan::{Acknowledgement, GpuTarget, Inventory, KeyLayout, NodePlan};
+use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
+use kilowatt_node_agent::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use kilowatt_node_agent::telemetry::Telemetry;
+use kilowatt_tests::{Etcd, eventually, within};
+
+const WAIT: Duration = Duration::from_secs(30);
+const NODE: &str = "gpu-node-1";
+
+/// Simulated GPUs the test can inspect and disturb while the agent drives them.
+#[derive(Clone)]
+struct SharedGpus(Arc<Mutex<SimulatedGpus>>);
+
+impl SharedGpus {
+    fn limits(&self) -> Vec<f64> {
+        let gpus = self.0.lock().expect("gpus");
+        (0..4)
+            .map(|i| gpus.power_limit_watts(i).expect("limit"))
+            .collect()
+    }
+}
+
+impl GpuBackend for SharedGpus {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+    fn inventory(&self) -> Result<Vec<GpuInfo>, GpuError> {
+        self.0.lock().expect("gpus").inventory()
+    }
+    fn power_limit_watts(&self, index: u32) -> Result<f64, GpuError> {
+        self.0.lock().expect("gpus").power_limit_watts(index)
+    }
+    fn set_power_limit_watts(&mut self, index: u32, watts: f64) -> Result<(), GpuError> {
+        self.0
+            .lock()
+            .expect("gpus")
+            .set_power_limit_watts(index, watts)
+    }
+    fn lock_sm_clock(&mut self, index: u32, mhz: u32) -> Result<(), GpuError> {
+        self.0.lock().expect("gpus").lock_sm_clock(index, mhz)
+    }
+    fn reset_sm_clock(&mut self, index: u32) -> Result<(), GpuError> {
+        self.0.lock().expect("gpus").reset_sm_clock(index)
+    }
+    fn read(&self, index: u32) -> Result<GpuReading, GpuError> {
+        self.0.lock().expect("gpus").read(index)
+    }
+    fn advance(&mut self, now: Duration) {
+        self.0.lock().expect("gpus").advance(now);
+    }
+}
+
+fn node_plan(revision: u64, limits: [f64; 4]) -> NodePlan {
+    NodePlan {
+        revision,
+        budget: "rack".into(),
+        overhead_watts: 1000.0,
+        gpus: limits
+            .iter()
+            .enumerate()
+            .map(|(i, &watts)| GpuTarget {
+                id: format!("{NODE}/gpu{i}"),
+                index: i as u32,
+                power_limit_watts: watts,
+                sm_clock_mhz: None,
+                floor_watts: 200.0,
+                pod: None,
+            })
+            .collect(),
+    }
+}
+
+async fn put_plan(client: &mut Client, keys: &KeyLayout, plan: &NodePlan) {
+    within(
+        "put plan",
+        client.put(
+            keys.node_plan(NODE),
+            serde_json::to_vec(plan).expect("plan"),
+            None,
+        ),
+    )
+    .await
+    .expect("plan written");
+}
+
+async fn read<T: serde::de::DeserializeOwned>(
+    client: &mut Client,
+    key: String,
+) -> Result<T, String> {
+    let response = client
+        .get(key.as_str(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let value = response.kvs().first().ok_or("absent")?.value().to_vec();
+    serde_json::from_slice(&value).map_err(|e| e.to_string())
+}
+
+async fn acknowledged(client: &mut Client, keys: &KeyLayout, revision: u64) -> Acknowledgement {
+    eventually(
+        &format!("acknowledgement of revision {revision}"),
+        WAIT,
+        || {
+            let mut client = client.clone();
+            let key = keys.node_ack(NODE);
+            async move {
+                let ack: Acknowledgement = read(&mut client, key).await?;
+                if ack.revision == revision {
+                    Ok(ack)
+                } else {
+                    Err(format!("{ack:?}"))
+                }
+            }
+        },
+    )
+    .await
+}
+
+async fn limits_become(gpus: &SharedGpus, what: &str, expected: [f64; 4]) {
+    eventually(what, WAIT, || async {
+        let limits = gpus.limits();
+        if limits == expected {
+            Ok(())
+        } else {
+            Err(format!("{limits:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
+    let mut etcd = Etcd::start().await.expect("etcd starts");
+    let curve = parse_profile(include_str!(
+        "../../../examples/profiles/llm-pretrain-h100.yaml"
+    ))
+    .expect("profile");
+    let gpus = SharedGpus(Arc::new(Mutex::new(SimulatedGpus::uniform(
+        NODE,
+        4,
+        "H100-SXM",
+        200.0,
+        700.0,
+        Some(curve),
+    ))));
+    let options = AgentOptions {
+        node: NODE.into(),
+        etcd_endpoints: vec![etcd.endpoint.clone()],
+        etcd_prefix: "/agent-test".into(),
+        lease_ttl: Duration::from_secs(2),
+        fence_fraction: 0.5,
+        drift_check: Duration::from_millis(500),
+        sample_period: Duration::from_millis(100),
+    };
+    let telemetry = Telemetry::new().expect("telemetry");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(agent::run(
+        Box::new(gpus.clone()),
+        options,
+        telemetry.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let keys = KeyLayout::new("/agent-test");
+    let mut client = within(
+        "etcd client",
+        Client::connect([etcd.endpoint.as_str()], None),
+    )
+    .await
+    .expect("etcd client");
+
+    let inventory: Inventory = eventually("inventory registered", WAIT, || {
+        let mut client = client.clone();
+        let key = keys.node_inventory(NODE);
+        async move { read(&mut client, key).await }
+    })
+    .await;
+    assert_eq!(inventory.gpus.len(), 4);
+    assert_eq!(inventory.gpus[0].uuid, format!("SIM-{NODE}-0"));
+
+    put_plan(
+        &mut client,
+        &keys,
+        &node_plan(1, [650.0, 300.0, 250.0, 700.0]),
+    )
+    .await;
+    limits_become(&gpus, "plan 1 enforced", [650.0, 300.0, 250.0, 700.0]).await;
+    let ack = acknowledged(&mut client, &keys, 1).await;
+    assert_eq!(ack.power_limits_watts, [650.0, 300.0, 250.0, 700.0]);
+
+    // Another tool raises a limit: the agent notices at its next read-back and restores the plan.
+    gpus.0
+        .lock()
+        .expect("gpus")
+        .force_limit(1, 700.0)
+        .expect("forced");
+    limits_become(&gpus, "drift repaired", [650.0, 300.0, 250.0, 700.0]).await;
+    let metrics = telemetry.render().expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l == "kilowatt_agent_drift_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kilowatt_gpu_energy_joules_total{gpu=\"0\""),
+        "{metrics}"
+    );
+
+    // etcd goes away: within half the lease TTL (plus a sample) every GPU is at its floor.
+    etcd.stop();
+    let cut = std::time::Instant::now();
+    limits_become(&gpus, "fenced to the floor", [200.0; 4]).await;
+    let fenced_after = cut.elapsed();
+    assert!(
+        fenced_after < Duration::from_secs(3),
+        "fenced after {fenced_after:?}"
+    );
+    assert!(
+        telemetry
+            .render()
+            .expect("metrics")
+            .lines()
+            .any(|l| l == "kilowatt_agent_fenced 1")
+    );
+
+    // etcd returns: the agent registers again and re-applies the plan it finds.
+    etcd.restart().await.expect("etcd restarts");
+    let mut client = within(
+        "etcd client",
+        Client::connect([etcd.endpoint.as_str()], None),
+    )
+    .await
+    .expect("etcd client");
+    put_plan(
+        &mut client,
+        &keys,
+        &node_plan(2, [400.0, 400.0, 400.0, 400.0]),
+    )
+    .await;
+    limits_become(&gpus, "plan 2 after recovery", [400.0; 4]).await;
+    acknowledged(&mut client, &keys, 2).await;
+
+    // SIGTERM: nothing is raised and every GPU ends at its floor.
+    stop.send(()).expect("agent listening");
+    within("agent stops", agent)
+        .await
+        .expect("agent task")
+        .expect("agent ran");
+    assert_eq!(gpus.limits(), [200.0; 4]);
+    println!("fenced {fenced_after:?} after etcd stopped");
+}
