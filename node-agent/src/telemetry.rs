@@ -17,6 +17,14 @@ use prometheus::{
 use crate::gpu::{GpuError, GpuInfo, GpuReading};
 use crate::protocol::{Agent, Counters, Mode};
 
+/// The previous sample, per GPU, and the protocol counters last exported.
+#[derive(Default)]
+struct Last {
+    energy_joules: Vec<Option<f64>>,
+    throttle_reasons: Vec<Vec<&'static str>>,
+    counters: Counters,
+}
+
 /// Every metric the agent exports.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -34,22 +42,9 @@ pub struct Telemetry {
     drifts: IntCounter,
     clamps: IntCounter,
     fences: IntCounter,
-    /// Last device energy reading per GPU and the counters last exported, to export increments.
-    last: Arc<Mutex<(Vec<Option<f64>>, Counters)>>,
+    /// What was exported last, to export increments and clear reasons that went away.
+    last: Arc<Mutex<Last>>,
 }
-
-/// Throttle reasons exported as labels (a fixed set, so label values stay bounded).
-const THROTTLE_REASONS: &[&str] = &[
-    "sw_power_cap",
-    "hw_slowdown",
-    "hw_thermal_slowdown",
-    "sw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-    "sync_boost",
-    "gpu_idle",
-    "applications_clocks",
-    "display_clock",
-];
 
 impl Telemetry {
     /// Creates and registers every metric. Fails only on a programming error (duplicate names).
@@ -119,7 +114,7 @@ impl Telemetry {
                 "kilowatt_agent_fences_total",
                 "Times the agent lowered its GPUs to their floors for lack of contact",
             )?,
-            last: Arc::new(Mutex::new((Vec::new(), Counters::default()))),
+            last: Arc::new(Mutex::new(Last::default())),
             registry,
         };
         for collector in [
@@ -160,10 +155,13 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = agent.counters;
-        self.drifts.inc_by(now.drifts.saturating_sub(last.1.drifts));
-        self.clamps.inc_by(now.clamps.saturating_sub(last.1.clamps));
-        self.fences.inc_by(now.fences.saturating_sub(last.1.fences));
-        last.1 = now;
+        self.drifts
+            .inc_by(now.drifts.saturating_sub(last.counters.drifts));
+        self.clamps
+            .inc_by(now.clamps.saturating_sub(last.counters.clamps));
+        self.fences
+            .inc_by(now.fences.saturating_sub(last.counters.fences));
+        last.counters = now;
     }
 
     /// Exports one sample of every GPU.
@@ -172,8 +170,9 @@ impl Telemetry {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        last.0.resize(gpus.len(), None);
-        for (gpu, reading) in gpus.iter().zip(readings) {
+        last.energy_joules.resize(gpus.len(), None);
+        last.throttle_reasons.resize(gpus.len(), Vec::new());
+        for (position, (gpu, reading)) in gpus.iter().zip(readings).enumerate() {
             let index = gpu.index.to_string();
             let labels = [index.as_str(), gpu.uuid.as_str()];
             let reading = match reading {
@@ -195,14 +194,17 @@ impl Telemetry {
                 &self.gpu_utilization_ratio,
                 reading.utilization_percent.map(|u| f64::from(u) / 100.0),
             );
-            for reason in THROTTLE_REASONS {
+            // Reasons are the backend's fixed names; one that went away is set to 0, not left at 1.
+            let previous = std::mem::take(&mut last.throttle_reasons[position]);
+            for reason in previous.iter().chain(&reading.throttle_reasons) {
                 let active = reading.throttle_reasons.contains(reason);
                 self.gpu_throttled
                     .with_label_values(&[labels[0], labels[1], reason])
                     .set(if active { 1.0 } else { 0.0 });
             }
+            last.throttle_reasons[position] = reading.throttle_reasons.clone();
             if let Some(energy) = reading.energy_joules {
-                let slot = &mut last.0[gpu.index as usize];
+                let slot = &mut last.energy_joules[position];
                 if let Some(previous) = *slot
                     && energy > previous
                 {
