@@ -3,7 +3,7 @@
 //! the leader runs one pass: translate → solve → publish to etcd → status and events. Does Kubernetes,
 //! etcd and network IO; the steps it calls (translate, solve, build, status) are pure.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +26,8 @@ use crate::http::{AppState, Health, router};
 use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::plan_store::{Loaded, PlanStore, StoreError};
-use crate::published::{self, KeyLayout, PublishedPlan};
+use crate::published::{self, KeyLayout, NodePlan, PublishedPlan};
+use crate::rollout;
 use crate::status::{EventNote, budget_events, budget_status};
 use crate::translate::{PodWarning, ProfileSource, Translation};
 
@@ -231,6 +232,7 @@ pub async fn start(
         solve_time: None,
         announced: HashSet::new(),
         next_transition: None,
+        held_back: 0,
     };
     let reconcile_loop = tokio::spawn(reconciler.run(changed, leader_rx, shutdown_rx));
     tracing::info!(%address, "operator started");
@@ -258,6 +260,8 @@ struct Reconciler {
     /// (pod uid, reason, message) already announced as an Event, so each is sent once.
     announced: HashSet<(String, String, String)>,
     next_transition: Option<Timestamp>,
+    /// Nodes whose raise waits for acknowledgements; the loop checks again soon while any do.
+    held_back: usize,
 }
 
 /// Solves, taking out any workload whose profile the solver rejects (the rest of the fleet is still
@@ -340,7 +344,9 @@ impl Reconciler {
             match self.pass(&leader).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(500);
-                    retry_in = None;
+                    // A rollout waiting for acknowledgements is looked at again shortly.
+                    retry_in = (self.held_back > 0)
+                        .then_some(self.options.debounce.max(Duration::from_millis(200)));
                 }
                 Err(error) => {
                     let category = error.category();
@@ -401,32 +407,69 @@ impl Reconciler {
             now.to_string(),
             loaded.plan.as_ref(),
         );
-        let in_force = match &loaded.plan {
-            Some(current) if current.same_content(&candidate) => current.clone(),
-            _ => {
-                // NB: checked right before writing; the etcd fence covers the rest of the race.
-                if !*leader.borrow() {
-                    return Ok(());
-                }
-                let written = self
-                    .store
-                    .publish(&candidate, loaded.plan.as_ref(), &loaded)
-                    .await?;
-                self.loaded = Some(written);
-                self.solve_time = Some(Time(now));
-                self.metrics.plan_publishes.inc();
-                tracing::info!(
-                    revision,
-                    status = %candidate.status,
-                    method = %candidate.method,
-                    objective = candidate.objective,
-                    gap = candidate.gap,
-                    nodes = candidate.nodes.len(),
-                    workloads = candidate.workloads.len(),
-                    "published plan"
-                );
-                candidate
+        // The rollout step: lower what must go down, raise only where acknowledgements (or expired
+        // leases) prove the room (docs/plan-protocol.md).
+        let views = self.store.read_views().await?;
+        let budgets_of = node_budgets(&translation);
+        let caps: BTreeMap<String, f64> = candidate
+            .budgets
+            .iter()
+            .map(|b| (b.name.clone(), b.planning_cap_watts))
+            .collect();
+        let step = rollout::next_step(&candidate.nodes, &views, &budgets_of, &caps);
+        let written: BTreeMap<String, NodePlan> = views
+            .into_iter()
+            .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
+            .collect();
+        let stale_nodes = written.keys().any(|n| !candidate.nodes.contains_key(n));
+        self.held_back = step.held_back.len();
+        let unchanged = loaded
+            .plan
+            .as_ref()
+            .is_some_and(|current| current.same_content(&candidate));
+        let in_force = if unchanged && step.writes.is_empty() && !stale_nodes {
+            loaded.plan.clone().unwrap_or(candidate)
+        } else {
+            // NB: checked right before writing; the etcd fence covers the rest of the race.
+            if !*leader.borrow() {
+                return Ok(());
             }
+            let desired = if unchanged {
+                PublishedPlan {
+                    revision,
+                    ..loaded.plan.clone().unwrap_or_else(|| candidate.clone())
+                }
+            } else {
+                candidate
+            };
+            let writes: BTreeMap<String, NodePlan> = step
+                .writes
+                .into_iter()
+                .map(|(node, plan)| (node, NodePlan { revision, ..plan }))
+                .collect();
+            let loaded = self
+                .store
+                .publish(&desired, &writes, &written, &loaded)
+                .await?;
+            self.loaded = Some(loaded);
+            if !unchanged {
+                self.solve_time = Some(Time(now));
+            }
+            self.metrics.plan_publishes.inc();
+            tracing::info!(
+                revision,
+                status = %desired.status,
+                method = %desired.method,
+                objective = desired.objective,
+                gap = desired.gap,
+                nodes_written = writes.len(),
+                held_back = step.held_back.len(),
+                "published plan"
+            );
+            if !step.held_back.is_empty() {
+                tracing::info!(nodes = ?step.held_back, "raises held back until acknowledgements make room");
+            }
+            desired
         };
         let spec_caps: Vec<(String, f64)> = translation
             .budgets
@@ -588,6 +631,29 @@ where
         name: name.to_owned(),
         source,
     })
+}
+
+/// Each planned node's budgets: its chain, or the union of the chains of every budget selecting it when
+/// it is in conflict (it counts in each).
+fn node_budgets(translation: &Translation) -> BTreeMap<String, Vec<String>> {
+    translation
+        .nodes
+        .iter()
+        .map(|(name, facts)| {
+            let homes: &[String] = if facts.pinned {
+                &facts.selected_by
+            } else {
+                std::slice::from_ref(&facts.budget)
+            };
+            let mut budgets: Vec<String> = homes
+                .iter()
+                .flat_map(|home| translation.chains.get(home).into_iter().flatten().cloned())
+                .collect();
+            budgets.sort();
+            budgets.dedup();
+            (name.clone(), budgets)
+        })
+        .collect()
 }
 
 /// Pods of workloads the solver rejected become unmanaged, with a warning naming the reason.

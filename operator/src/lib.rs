@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod plan_store;
 pub mod profiles;
 pub mod published;
+pub mod rollout;
 pub mod schedule;
 pub mod solve;
 pub mod status;

@@ -2,11 +2,14 @@
 //! publishes new ones in fenced transactions, so a replica that lost leadership cannot overwrite a
 //! newer plan. Does network IO (etcd).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use kilowatt_crds::plan::Inventory;
 
 use crate::published::{KeyLayout, NodePlan, PublishedPlan};
+use crate::rollout::AgentView;
 
 /// etcd's default limit on operations in one transaction is 128; stay under it.
 const OPS_PER_TXN: usize = 100;
@@ -152,30 +155,69 @@ impl PlanStore {
             .collect())
     }
 
-    /// Publishes `plan` over `previous` (what `loaded` described). Node keys go first, lowered nodes
-    /// before raised ones, then the plan key; every transaction is fenced on the plan key's mod
-    /// revision, so nothing is written once another replica has published. Returns the new fence.
+    /// What etcd says about every node's agent: the node plan written, and — bound to the agent's
+    /// lease, so absent once it expired — its acknowledgement and inventory.
+    pub async fn read_views(&self) -> Result<BTreeMap<String, AgentView>, StoreError> {
+        let prefix = self.keys.node_prefix();
+        let mut kv = self.client.kv_client();
+        let response = kv
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|source| StoreError::Read {
+                key: prefix.clone(),
+                source,
+            })?;
+        let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
+        for entry in response.kvs() {
+            let Some((node, kind)) = entry
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|rest| rest.rsplit_once('/'))
+            else {
+                continue;
+            };
+            let view = views.entry(node.to_owned()).or_default();
+            // NB: an undecodable document counts as absent; for an inventory that means "no live
+            // agent", so the node's plan is lowered to its floors rather than trusted.
+            match kind {
+                "plan" => view.written = serde_json::from_slice(entry.value()).ok(),
+                "ack" => view.ack = serde_json::from_slice(entry.value()).ok(),
+                "inventory" => {
+                    view.max_limits_watts = serde_json::from_slice::<Inventory>(entry.value())
+                        .ok()
+                        .map(|inventory| {
+                            inventory.gpus.iter().map(|g| g.max_limit_watts).collect()
+                        });
+                }
+                _ => {}
+            }
+        }
+        Ok(views)
+    }
+
+    /// Publishes the desired `plan` and the node plans of this rollout step (`writes`, over what is
+    /// `written` now); node keys of nodes no longer planned are deleted. Lowered nodes go first, raised
+    /// ones after, the plan key last; every transaction is fenced on the plan key's mod revision, so
+    /// nothing is written once another replica has published. Returns the new fence.
     pub async fn publish(
         &self,
         plan: &PublishedPlan,
-        previous: Option<&PublishedPlan>,
+        writes: &BTreeMap<String, NodePlan>,
+        written: &BTreeMap<String, NodePlan>,
         loaded: &Loaded,
     ) -> Result<Loaded, StoreError> {
+        let total = |n: &NodePlan| n.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>();
         let mut changed: Vec<(f64, TxnOp)> = Vec::new();
-        for (node, node_plan) in &plan.nodes {
-            let old = previous.and_then(|p| p.nodes.get(node));
-            if old == Some(node_plan) {
-                continue;
-            }
-            let total = |n: &NodePlan| n.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>();
-            let delta = total(node_plan) - old.map_or(f64::INFINITY, total);
+        for (node, node_plan) in writes {
+            let delta = total(node_plan) - written.get(node).map_or(f64::INFINITY, total);
             changed.push((
                 delta,
                 TxnOp::put(self.keys.node_plan(node), encode(node_plan)?, None),
             ));
         }
         // A node that left every budget keeps no plan key; its agent falls back to its own floor.
-        for node in previous.iter().flat_map(|p| p.nodes.keys()) {
+        for node in written.keys() {
             if !plan.nodes.contains_key(node) {
                 changed.push((
                     f64::NEG_INFINITY,
@@ -183,8 +225,8 @@ impl PlanStore {
                 ));
             }
         }
-        // NB: lower before raise, even without acknowledgements: an agent that applies its new plan
-        // before others do never pushes a budget over its cap because the decreases landed first.
+        // NB: lower before raise within the step too: an agent reading between two transactions of
+        // a large step sees its decrease only after every other decrease has landed.
         changed.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut operations: Vec<TxnOp> = changed.into_iter().map(|(_, op)| op).collect();
         operations.push(TxnOp::put(self.keys.plan(), encode(plan)?, None));

@@ -1,0 +1,382 @@
+//! The two-phase rollout rule: which node plans may be written now so that every budget stays under its
+//! cap whatever each agent has applied so far. Lowering is always allowed; a raise is written only when
+//! every budget above the node can hold it with every other node counted at the most it may enforce —
+//! its last acknowledged limits or anything written since, while its lease lives; once the lease is
+//! gone (the agent fenced itself to its floors before that), its plan is lowered to its floors and it
+//! counts at them. Pure.
+
+use std::collections::BTreeMap;
+
+use kilowatt_crds::plan::{Acknowledgement, NodePlan};
+
+/// What etcd says about one node's agent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentView {
+    /// The node plan in etcd now.
+    pub written: Option<NodePlan>,
+    /// The agent's acknowledgement (lease-bound: absent once its lease expired).
+    pub ack: Option<Acknowledgement>,
+    /// Per-GPU maximum limits from the agent's inventory (lease-bound); `None`: no live agent.
+    pub max_limits_watts: Option<Vec<f64>>,
+}
+
+/// The most GPU `index` of a node may enforce now, given what is written for it: while its lease
+/// lives, the larger of its acknowledged limit (or, before any acknowledgement, its maximum) and the
+/// written one; without a live lease, the written one — a returning agent applies what it finds.
+fn possible_gpu_watts(
+    view: &AgentView,
+    written: Option<&NodePlan>,
+    index: usize,
+    floor: f64,
+) -> f64 {
+    let planned = written
+        .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
+        .map(|g| g.power_limit_watts);
+    let enforced = view
+        .max_limits_watts
+        .as_ref()
+        .and_then(|max_limits| match &view.ack {
+            Some(ack) => ack.power_limits_watts.get(index).copied(),
+            None => max_limits.get(index).copied(),
+        });
+    [planned, enforced]
+        .into_iter()
+        .flatten()
+        .fold(floor, f64::max)
+}
+
+/// The most a node may draw with `written` in etcd (GPU limits plus overhead).
+fn possible_node_watts(view: &AgentView, written: Option<&NodePlan>, target: &NodePlan) -> f64 {
+    target.overhead_watts
+        + target
+            .gpus
+            .iter()
+            .map(|g| possible_gpu_watts(view, written, g.index as usize, g.floor_watts))
+            .sum::<f64>()
+}
+
+/// The first phase for one node: `target` lowered to what is written wherever the target is higher;
+/// every GPU at its floor for a node new to the plan or whose agent's lease is gone (it has fenced
+/// itself to its floors, and must find floors when it returns before its watts are counted as free).
+fn lowered(view: &AgentView, target: &NodePlan) -> NodePlan {
+    let mut plan = target.clone();
+    match (&view.written, &view.max_limits_watts) {
+        (Some(written), Some(_)) => {
+            for gpu in &mut plan.gpus {
+                if let Some(old) = written.gpus.iter().find(|g| g.index == gpu.index) {
+                    gpu.power_limit_watts = gpu.power_limit_watts.min(old.power_limit_watts);
+                }
+            }
+        }
+        _ => {
+            for gpu in &mut plan.gpus {
+                gpu.power_limit_watts = gpu.floor_watts;
+            }
+        }
+    }
+    plan
+}
+
+/// What to write now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Step {
+    /// Node plans to write, with their limits (revisions are set by the caller).
+    pub writes: BTreeMap<String, NodePlan>,
+    /// Nodes whose raise is held back until acknowledgements (or lease expiries) make room.
+    pub held_back: Vec<String>,
+}
+
+fn same_targets(a: &NodePlan, b: &NodePlan) -> bool {
+    a.budget == b.budget
+        && a.overhead_watts == b.overhead_watts
+        && a.gpus.len() == b.gpus.len()
+        && a.gpus.iter().zip(&b.gpus).all(|(x, y)| {
+            x.index == y.index
+                && x.power_limit_watts == y.power_limit_watts
+                && x.sm_clock_mhz == y.sm_clock_mhz
+                && x.floor_watts == y.floor_watts
+                && x.pod == y.pod
+        })
+}
+
+/// The next step towards `targets`. `budgets_of` gives each node's budgets (its chain, or the union of
+/// chains for a node selected by unrelated budgets) and `caps` each budget's planning cap.
+pub fn next_step(
+    targets: &BTreeMap<String, NodePlan>,
+    views: &BTreeMap<String, AgentView>,
+    budgets_of: &BTreeMap<String, Vec<String>>,
+    caps: &BTreeMap<String, f64>,
+) -> Step {
+    let empty = AgentView::default();
+    let view = |node: &str| views.get(node).unwrap_or(&empty);
+    let mut step = Step::default();
+
+    // Phase one: every node goes to min(written, target). Only lowers, so always safe.
+    let mut after: BTreeMap<&str, NodePlan> = BTreeMap::new();
+    for (node, target) in targets {
+        let written = view(node).written.as_ref();
+        let first = lowered(view(node), target);
+        if written.is_none_or(|w| !same_targets(w, &first)) {
+            step.writes.insert(node.clone(), first.clone());
+        }
+        after.insert(node, first);
+    }
+
+    // What every budget may carry once phase one is written.
+    let mut used: BTreeMap<&str, f64> = BTreeMap::new();
+    for (node, target) in targets {
+        let watts = possible_node_watts(view(node), after.get(node.as_str()), target);
+        for budget in budgets_of.get(node).into_iter().flatten() {
+            *used.entry(budget).or_default() += watts;
+        }
+    }
+
+    // Phase two: raise each node whose budgets all have room for it, in name order.
+    for (node, target) in targets {
+        let Some(first) = after.get(node.as_str()) else {
+            continue;
+        };
+        if same_targets(first, target) {
+            continue;
+        }
+        let before = possible_node_watts(view(node), Some(first), target);
+        let raised = possible_node_watts(view(node), Some(target), target);
+        let extra = raised - before;
+        let budgets = budgets_of.get(node).map_or(&[][..], Vec::as_slice);
+        let fits = budgets.iter().all(|b| {
+            let cap = caps.get(b).copied().unwrap_or(f64::INFINITY);
+            used.get(b.as_str()).copied().unwrap_or(0.0) + extra <= cap + 1e-6
+        });
+        if fits {
+            for b in budgets {
+                *used.entry(b).or_default() += extra;
+            }
+            step.writes.insert(node.clone(), target.clone());
+        } else {
+            step.held_back.push(node.clone());
+        }
+    }
+    // A node whose raise lands back on what is written needs no write.
+    step.writes.retain(|node, plan| {
+        view(node)
+            .written
+            .as_ref()
+            .is_none_or(|w| !same_targets(w, plan))
+    });
+    step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kilowatt_crds::plan::GpuTarget;
+    use proptest::prelude::*;
+
+    fn plan(limits: &[f64]) -> NodePlan {
+        NodePlan {
+            revision: 0,
+            budget: "rack".into(),
+            overhead_watts: 100.0,
+            gpus: limits
+                .iter()
+                .enumerate()
+                .map(|(i, &watts)| GpuTarget {
+                    id: format!("n/gpu{i}"),
+                    index: i as u32,
+                    power_limit_watts: watts,
+                    sm_clock_mhz: None,
+                    floor_watts: 200.0,
+                    pod: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn live(written: &[f64], acked: Option<&[f64]>) -> AgentView {
+        AgentView {
+            written: Some(plan(written)),
+            ack: acked.map(|a| Acknowledgement {
+                revision: 1,
+                power_limits_watts: a.to_vec(),
+            }),
+            max_limits_watts: Some(vec![700.0; written.len()]),
+        }
+    }
+
+    fn rack(nodes: &[&str]) -> BTreeMap<String, Vec<String>> {
+        nodes
+            .iter()
+            .map(|n| (n.to_string(), vec!["rack".to_string()]))
+            .collect()
+    }
+
+    #[test]
+    fn a_raise_waits_until_the_decrease_it_depends_on_is_acknowledged() {
+        // 2 × (100 W overhead + 2 GPUs); the cap fits a: 600+600, b: 200+200 only after b lowers.
+        let caps = BTreeMap::from([("rack".to_string(), 100.0 * 2.0 + 1200.0 + 400.0)]);
+        let targets = BTreeMap::from([
+            ("a".to_string(), plan(&[600.0, 600.0])),
+            ("b".to_string(), plan(&[200.0, 200.0])),
+        ]);
+        let views = BTreeMap::from([
+            (
+                "a".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+            (
+                "b".to_string(),
+                live(&[600.0, 600.0], Some(&[600.0, 600.0])),
+            ),
+        ]);
+        let first = next_step(&targets, &views, &rack(&["a", "b"]), &caps);
+        assert_eq!(
+            first.writes.keys().collect::<Vec<_>>(),
+            ["b"],
+            "only the decrease goes out"
+        );
+        assert_eq!(first.held_back, ["a"]);
+
+        let acked = BTreeMap::from([
+            (
+                "a".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+            (
+                "b".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+        ]);
+        let second = next_step(&targets, &acked, &rack(&["a", "b"]), &caps);
+        assert_eq!(second.writes.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(second.held_back.is_empty());
+    }
+
+    #[test]
+    fn a_silent_node_counts_at_its_last_ack_until_its_lease_expires_then_at_its_floor() {
+        let caps = BTreeMap::from([("rack".to_string(), 1800.0)]);
+        let targets = BTreeMap::from([
+            ("a".to_string(), plan(&[600.0, 600.0])),
+            ("b".to_string(), plan(&[200.0, 200.0])),
+        ]);
+        // b was told to lower but never acknowledged: it may still run at 600 W per GPU.
+        let silent = BTreeMap::from([
+            (
+                "a".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+            (
+                "b".to_string(),
+                live(&[200.0, 200.0], Some(&[600.0, 600.0])),
+            ),
+        ]);
+        assert_eq!(
+            next_step(&targets, &silent, &rack(&["a", "b"]), &caps).held_back,
+            ["a"]
+        );
+        // Its lease expired (inventory and ack gone): it has fenced itself to its floors.
+        let expired = BTreeMap::from([
+            (
+                "a".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+            (
+                "b".to_string(),
+                AgentView {
+                    written: Some(plan(&[200.0, 200.0])),
+                    ..AgentView::default()
+                },
+            ),
+        ]);
+        let step = next_step(&targets, &expired, &rack(&["a", "b"]), &caps);
+        assert!(step.held_back.is_empty());
+        assert!(step.writes.contains_key("a"));
+    }
+
+    #[test]
+    fn nodes_already_at_their_targets_are_not_rewritten() {
+        let caps = BTreeMap::from([("rack".to_string(), 10_000.0)]);
+        let targets = BTreeMap::from([
+            ("live".to_string(), plan(&[500.0])),
+            ("gone".to_string(), plan(&[600.0])),
+        ]);
+        let views = BTreeMap::from([
+            ("live".to_string(), live(&[500.0], Some(&[500.0]))),
+            (
+                "gone".to_string(),
+                AgentView {
+                    written: Some(plan(&[600.0])),
+                    ..AgentView::default()
+                },
+            ),
+        ]);
+        assert_eq!(
+            next_step(&targets, &views, &rack(&["live", "gone"]), &caps),
+            Step::default()
+        );
+    }
+
+    #[test]
+    fn a_new_node_starts_at_its_floors() {
+        let caps = BTreeMap::from([("rack".to_string(), 10_000.0)]);
+        let targets = BTreeMap::from([("n".to_string(), plan(&[500.0]))]);
+        let views = BTreeMap::from([(
+            "n".to_string(),
+            AgentView {
+                max_limits_watts: Some(vec![700.0]),
+                ..AgentView::default()
+            },
+        )]);
+        let step = next_step(&targets, &views, &rack(&["n"]), &caps);
+        assert_eq!(
+            step.writes["n"].gpus[0].power_limit_watts, 500.0,
+            "room enough: raised at once"
+        );
+        let tight = BTreeMap::from([("rack".to_string(), 100.0 + 650.0)]);
+        let step = next_step(&targets, &views, &rack(&["n"]), &tight);
+        assert_eq!(
+            step.writes["n"].gpus[0].power_limit_watts, 200.0,
+            "unacknowledged: counted at its max"
+        );
+        assert_eq!(step.held_back, ["n"]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever agents have acknowledged (or whether their leases live), after any step the most
+        /// every node may enforce — max(acknowledged, written) while alive, floor otherwise — fits the
+        /// cap, provided it did before and the targets do.
+        #[test]
+        fn every_step_keeps_the_possible_draw_under_the_cap(
+            nodes in prop::collection::vec(
+                (prop::collection::vec(200.0..700.0f64, 2), prop::collection::vec(200.0..700.0f64, 2),
+                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), any::<bool>()),
+                1..6),
+            slack in 0.0..500.0f64,
+        ) {
+            let mut targets = BTreeMap::new();
+            let mut views = BTreeMap::new();
+            for (i, (written, target, acked, alive)) in nodes.iter().enumerate() {
+                let name = format!("n{i}");
+                targets.insert(name.clone(), plan(target));
+                let view = if *alive { live(written, acked.as_deref()) } else {
+                    AgentView { written: Some(plan(written)), ..AgentView::default() }
+                };
+                views.insert(name, view);
+            }
+            let budgets = rack(&targets.keys().map(String::as_str).collect::<Vec<_>>());
+            let possible = |views: &BTreeMap<String, AgentView>| -> f64 {
+                targets.iter().map(|(n, t)| possible_node_watts(&views[n], views[n].written.as_ref(), t)).sum()
+            };
+            let target_total: f64 = targets.values().map(|t| t.overhead_watts + t.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>()).sum();
+            let cap = possible(&views).max(target_total) + slack;
+            let caps = BTreeMap::from([("rack".to_string(), cap)]);
+            let step = next_step(&targets, &views, &budgets, &caps);
+            let mut after = views.clone();
+            for (node, plan) in &step.writes {
+                after.get_mut(node).expect("node").written = Some(plan.clone());
+            }
+            prop_assert!(possible(&after) <= cap + 1e-6, "{} W over a {cap} W cap", possible(&after));
+        }
+    }
+}
