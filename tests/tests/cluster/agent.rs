@@ -18,12 +18,14 @@ const NODE: &str = "gpu-node-1";
 
 /// Simulated GPUs the test can inspect and disturb while the agent drives them.
 #[derive(Clone)]
-struct SharedGpus(Arc<Mutex<SimulatedGpus>>);
+pub(crate) struct SharedGpus(pub(crate) Arc<Mutex<SimulatedGpus>>);
 
 impl SharedGpus {
-    fn limits(&self) -> Vec<f64> {
+    /// The limit every GPU enforces now.
+    pub(crate) fn limits(&self) -> Vec<f64> {
         let gpus = self.0.lock().expect("gpus");
-        (0..4)
+        let count = gpus.inventory().expect("inventory").len() as u32;
+        (0..count)
             .map(|i| gpus.power_limit_watts(i).expect("limit"))
             .collect()
     }

@@ -5,3 +5,4 @@
 mod agent;
 mod crds;
 mod operator;
+mod rollout;

@@ -26,7 +26,7 @@ const H100: &str = "NVIDIA-H100-80GB-HBM3";
 const WAIT: Duration = Duration::from_secs(45);
 
 /// A control plane with the CRDs, the operator's RBAC and the `ml` namespace.
-async fn prepared_cluster() -> (ControlPlane, Client) {
+pub(crate) async fn prepared_cluster() -> (ControlPlane, Client) {
     let plane = ControlPlane::start().await.expect("control plane starts");
     let admin = plane.client().await.expect("admin client");
     install_crds(&admin).await.expect("CRDs install");
@@ -47,7 +47,7 @@ async fn prepared_cluster() -> (ControlPlane, Client) {
     (plane, admin)
 }
 
-fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> OperatorOptions {
+pub(crate) fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> OperatorOptions {
     OperatorOptions {
         etcd_endpoints: vec![plane.etcd_endpoint.clone()],
         etcd_prefix: "/kilowatt-test".to_owned(),
@@ -63,7 +63,11 @@ fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> OperatorOp
 }
 
 /// Starts an operator replica in this process, authorised as the operator's ServiceAccount.
-async fn start_operator(plane: &ControlPlane, identity: &str, resync: Duration) -> RunningOperator {
+pub(crate) async fn start_operator(
+    plane: &ControlPlane,
+    identity: &str,
+    resync: Duration,
+) -> RunningOperator {
     let client = plane.client_as(OPERATOR_USER).await.expect("client");
     within(
         "operator start",
@@ -84,7 +88,7 @@ where
 }
 
 /// A GPU node as the kubelet and GPU feature discovery would register it.
-async fn gpu_node(admin: &Client, name: &str, labels: Value, gpus: u32, product: &str) {
+pub(crate) async fn gpu_node(admin: &Client, name: &str, labels: Value, gpus: u32, product: &str) {
     let nodes: Api<Node> = Api::all(admin.clone());
     let mut labels = labels;
     labels["nvidia.com/gpu.product"] = json!(product);
@@ -104,7 +108,7 @@ async fn gpu_node(admin: &Client, name: &str, labels: Value, gpus: u32, product:
 }
 
 /// A pod holding `gpus` GPUs on `node`, Running, as the scheduler and kubelet would leave it.
-async fn gpu_pod(admin: &Client, name: &str, node: &str, gpus: u32, annotations: Value) {
+pub(crate) async fn gpu_pod(admin: &Client, name: &str, node: &str, gpus: u32, annotations: Value) {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "ml");
     create(
         &pods,
@@ -125,7 +129,7 @@ async fn gpu_pod(admin: &Client, name: &str, node: &str, gpus: u32, annotations:
     .expect("pod status patched");
 }
 
-async fn budget(admin: &Client, name: &str, spec: Value) {
+pub(crate) async fn budget(admin: &Client, name: &str, spec: Value) {
     let budgets: Api<PowerBudget> = Api::all(admin.clone());
     create(
         &budgets,
@@ -134,7 +138,7 @@ async fn budget(admin: &Client, name: &str, spec: Value) {
     .await;
 }
 
-async fn patch_budget(admin: &Client, name: &str, spec: Value) {
+pub(crate) async fn patch_budget(admin: &Client, name: &str, spec: Value) {
     let budgets: Api<PowerBudget> = Api::all(admin.clone());
     within(
         "patch budget",
@@ -148,7 +152,7 @@ async fn patch_budget(admin: &Client, name: &str, spec: Value) {
     .expect("budget patched");
 }
 
-async fn store(plane: &ControlPlane) -> PlanStore {
+pub(crate) async fn store(plane: &ControlPlane) -> PlanStore {
     within(
         "etcd",
         PlanStore::connect(
@@ -162,7 +166,7 @@ async fn store(plane: &ControlPlane) -> PlanStore {
 }
 
 /// The plan in etcd once `accept` holds for it.
-async fn plan_where(
+pub(crate) async fn plan_where(
     store: &PlanStore,
     what: &str,
     accept: impl Fn(&PublishedPlan) -> bool,
