@@ -76,6 +76,30 @@ pub struct NodePlan {
     pub gpus: Vec<GpuTarget>,
 }
 
+impl NodePlan {
+    /// A plan with one target per GPU index, no clocks and no pods, every GPU with the same floor;
+    /// for examples and tests.
+    pub fn with_limits(node: &str, revision: u64, limits: &[f64], floor_watts: f64) -> NodePlan {
+        NodePlan {
+            revision,
+            budget: String::new(),
+            overhead_watts: 0.0,
+            gpus: limits
+                .iter()
+                .zip(0u32..)
+                .map(|(&watts, index)| GpuTarget {
+                    id: format!("{node}/gpu{index}"),
+                    index,
+                    power_limit_watts: watts,
+                    sm_clock_mhz: None,
+                    floor_watts,
+                    pod: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What an agent found on its node, registered under its etcd lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

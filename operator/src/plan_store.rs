@@ -135,23 +135,11 @@ impl PlanStore {
 
     /// Node plans stored under the node prefix, by node name (tests and diagnostics).
     pub async fn node_plans(&self) -> Result<Vec<(String, NodePlan)>, StoreError> {
-        let prefix = self.keys.node_prefix();
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|source| StoreError::Read {
-                key: prefix.clone(),
-                source,
-            })?;
-        Ok(response
-            .kvs()
-            .iter()
-            .filter_map(|e| {
-                let key = e.key_str().ok()?;
-                let node = key.strip_prefix(&prefix)?.strip_suffix("/plan")?;
-                Some((node.to_owned(), serde_json::from_slice(e.value()).ok()?))
-            })
+        Ok(self
+            .read_views()
+            .await?
+            .into_iter()
+            .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
             .collect())
     }
 

@@ -169,26 +169,12 @@ pub fn next_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kilowatt_crds::plan::GpuTarget;
     use proptest::prelude::*;
 
     fn plan(limits: &[f64]) -> NodePlan {
         NodePlan {
-            revision: 0,
-            budget: "rack".into(),
             overhead_watts: 100.0,
-            gpus: limits
-                .iter()
-                .enumerate()
-                .map(|(i, &watts)| GpuTarget {
-                    id: format!("n/gpu{i}"),
-                    index: i as u32,
-                    power_limit_watts: watts,
-                    sm_clock_mhz: None,
-                    floor_watts: 200.0,
-                    pod: None,
-                })
-                .collect(),
+            ..NodePlan::with_limits("n", 0, limits, 200.0)
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::Client;
-use kilowatt_crds::plan::{Acknowledgement, GpuTarget, Inventory, KeyLayout, NodePlan};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan};
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_node_agent::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
@@ -63,21 +63,9 @@ impl GpuBackend for SharedGpus {
 
 fn node_plan(revision: u64, limits: [f64; 4]) -> NodePlan {
     NodePlan {
-        revision,
         budget: "rack".into(),
         overhead_watts: 1000.0,
-        gpus: limits
-            .iter()
-            .enumerate()
-            .map(|(i, &watts)| GpuTarget {
-                id: format!("{NODE}/gpu{i}"),
-                index: i as u32,
-                power_limit_watts: watts,
-                sm_clock_mhz: None,
-                floor_watts: 200.0,
-                pod: None,
-            })
-            .collect(),
+        ..NodePlan::with_limits(NODE, revision, &limits, 200.0)
     }
 }
 

@@ -70,6 +70,19 @@ fn draw(fleet: &[SharedGpus]) -> f64 {
         .sum()
 }
 
+/// Waits until the fleet's enforced total passes `watts` (a plan near the cap is in force).
+async fn draw_exceeds(fleet: &[SharedGpus], watts: f64, what: &str) {
+    eventually(what, Duration::from_secs(45), || async {
+        let total = draw(fleet);
+        if total > watts {
+            Ok(())
+        } else {
+            Err(format!("{total} W"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cap_cut_and_raise_roll_out_through_acknowledgements_without_exceeding_the_cap() {
     let (plane, admin) = prepared_cluster().await;
@@ -147,15 +160,7 @@ async fn a_cap_cut_and_raise_roll_out_through_acknowledgements_without_exceeding
         all_acknowledged(first.revision.min(1))
     })
     .await;
-    eventually("first plan enforced", Duration::from_secs(45), || async {
-        let total = draw(&fleet);
-        if total > 8000.0 {
-            Ok(())
-        } else {
-            Err(format!("{total} W"))
-        }
-    })
-    .await;
+    draw_exceeds(&fleet, 8000.0, "first plan enforced").await;
 
     // The sampler, on its own thread: every 2 ms, the enforced total against the cap in force for it.
     let cap = Arc::new(Mutex::new(9000.0_f64));
@@ -206,15 +211,7 @@ async fn a_cap_cut_and_raise_roll_out_through_acknowledgements_without_exceeding
         all_acknowledged(raised.revision)
     })
     .await;
-    eventually("raise enforced", Duration::from_secs(45), || async {
-        let total = draw(&fleet);
-        if total > 8000.0 {
-            Ok(())
-        } else {
-            Err(format!("{total} W"))
-        }
-    })
-    .await;
+    draw_exceeds(&fleet, 8000.0, "raise enforced").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     running.store(false, Ordering::Relaxed);
