@@ -2,11 +2,13 @@
 //! Pods), kept current by kube-runtime reflectors that wake the reconcile loop on every change. Does
 //! Kubernetes IO in the spawned watch tasks; reading a snapshot is in memory.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
+use kilowatt_crds::plan::Inventory;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -28,8 +30,12 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// The cluster as cached now, translated at `now`.
-    pub fn translate(&self, now: Timestamp) -> Translation {
+    /// The cluster as cached now, with the agents' GPU inventories, translated at `now`.
+    pub fn translate(
+        &self,
+        now: Timestamp,
+        inventories: &BTreeMap<String, Inventory>,
+    ) -> Translation {
         let (budgets, profiles, nodes, pods) = (
             self.budgets.state(),
             self.profiles.state(),
@@ -42,6 +48,7 @@ impl Caches {
                 profiles: &profiles,
                 nodes: &nodes,
                 pods: &pods,
+                inventories,
             },
             now,
         )

@@ -27,9 +27,10 @@ use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::plan_store::{Loaded, PlanStore, StoreError};
 use crate::published::{self, KeyLayout, NodePlan, PublishedPlan};
-use crate::rollout;
+use crate::rollout::{self, AgentView};
 use crate::status::{EventNote, budget_events, budget_status};
 use crate::translate::{PodWarning, ProfileSource, Translation};
+use kilowatt_crds::plan::Inventory;
 
 /// Field manager of the operator's status writes.
 const MANAGER: &str = "kilowatt-operator";
@@ -371,7 +372,10 @@ impl Reconciler {
     /// One pass, as leader.
     async fn pass(&mut self, leader: &watch::Receiver<bool>) -> Result<(), PassError> {
         let now = Timestamp::now();
-        let mut translation = self.caches.translate(now);
+        // What etcd says about every node's agent: plans written, acknowledgements, inventories.
+        let views = self.store.read_views().await?;
+        let inventories = inventories(&views);
+        let mut translation = self.caches.translate(now, &inventories);
         self.next_transition = translation.next_transition;
 
         let loaded = match self.loaded.clone() {
@@ -409,7 +413,6 @@ impl Reconciler {
         );
         // The rollout step: lower what must go down, raise only where acknowledgements (or expired
         // leases) prove the room (docs/plan-protocol.md).
-        let views = self.store.read_views().await?;
         let budgets_of = node_budgets(&translation);
         let caps: BTreeMap<String, f64> = candidate
             .budgets
@@ -631,6 +634,14 @@ where
         name: name.to_owned(),
         source,
     })
+}
+
+/// The GPU inventories live agents reported, by node.
+pub fn inventories(views: &BTreeMap<String, AgentView>) -> BTreeMap<String, Inventory> {
+    views
+        .iter()
+        .filter_map(|(node, view)| Some((node.clone(), view.inventory.clone()?)))
+        .collect()
 }
 
 /// Each planned node's budgets: its chain, or the union of the chains of every budget selecting it when

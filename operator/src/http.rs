@@ -17,6 +17,7 @@ use kilowatt_solver::SolveOptions;
 use serde_json::json;
 
 use crate::caches::Caches;
+use crate::controller::inventories;
 use crate::metrics::Metrics;
 use crate::plan_store::PlanStore;
 use crate::whatif::{WhatIfError, WhatIfRequest, what_if};
@@ -105,10 +106,15 @@ async fn whatif(
         Ok(request) => request,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
+    let views = match state.store.read_views().await {
+        Ok(views) => views,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let inventories = inventories(&views);
     let caches = state.caches.clone();
     let options = state.solve_options.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let translation = caches.translate(Timestamp::now());
+        let translation = caches.translate(Timestamp::now(), &inventories);
         what_if(&translation, &request, &options)
     })
     .await;

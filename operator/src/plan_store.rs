@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
-use kilowatt_crds::plan::Inventory;
 
 use crate::published::{KeyLayout, NodePlan, PublishedPlan};
 use crate::rollout::AgentView;
@@ -171,13 +170,7 @@ impl PlanStore {
             match kind {
                 "plan" => view.written = serde_json::from_slice(entry.value()).ok(),
                 "ack" => view.ack = serde_json::from_slice(entry.value()).ok(),
-                "inventory" => {
-                    view.max_limits_watts = serde_json::from_slice::<Inventory>(entry.value())
-                        .ok()
-                        .map(|inventory| {
-                            inventory.gpus.iter().map(|g| g.max_limit_watts).collect()
-                        });
-                }
+                "inventory" => view.inventory = serde_json::from_slice(entry.value()).ok(),
                 _ => {}
             }
         }

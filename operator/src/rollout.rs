@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use kilowatt_crds::plan::{Acknowledgement, NodePlan};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
 
 /// What etcd says about one node's agent.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,8 +16,8 @@ pub struct AgentView {
     pub written: Option<NodePlan>,
     /// The agent's acknowledgement (lease-bound: absent once its lease expired).
     pub ack: Option<Acknowledgement>,
-    /// Per-GPU maximum limits from the agent's inventory (lease-bound); `None`: no live agent.
-    pub max_limits_watts: Option<Vec<f64>>,
+    /// The agent's inventory (lease-bound); `None`: no live agent.
+    pub inventory: Option<Inventory>,
 }
 
 /// The most GPU `index` of a node may enforce now, given what is written for it: while its lease
@@ -33,11 +33,11 @@ fn possible_gpu_watts(
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
     let enforced = view
-        .max_limits_watts
+        .inventory
         .as_ref()
-        .and_then(|max_limits| match &view.ack {
+        .and_then(|inventory| match &view.ack {
             Some(ack) => ack.power_limits_watts.get(index).copied(),
-            None => max_limits.get(index).copied(),
+            None => inventory.gpus.get(index).map(|g| g.max_limit_watts),
         });
     [planned, enforced]
         .into_iter()
@@ -60,7 +60,7 @@ fn possible_node_watts(view: &AgentView, written: Option<&NodePlan>, target: &No
 /// itself to its floors, and must find floors when it returns before its watts are counted as free).
 fn lowered(view: &AgentView, target: &NodePlan) -> NodePlan {
     let mut plan = target.clone();
-    match (&view.written, &view.max_limits_watts) {
+    match (&view.written, &view.inventory) {
         (Some(written), Some(_)) => {
             for gpu in &mut plan.gpus {
                 if let Some(old) = written.gpus.iter().find(|g| g.index == gpu.index) {
@@ -178,6 +178,21 @@ mod tests {
         }
     }
 
+    fn inventory(gpus: usize) -> Inventory {
+        Inventory {
+            backend: "simulated".into(),
+            gpus: (0..gpus as u32)
+                .map(|index| kilowatt_crds::plan::InventoryGpu {
+                    index,
+                    uuid: format!("SIM-{index}"),
+                    model: "H100-SXM".into(),
+                    min_limit_watts: 200.0,
+                    max_limit_watts: 700.0,
+                })
+                .collect(),
+        }
+    }
+
     fn live(written: &[f64], acked: Option<&[f64]>) -> AgentView {
         AgentView {
             written: Some(plan(written)),
@@ -185,7 +200,7 @@ mod tests {
                 revision: 1,
                 power_limits_watts: a.to_vec(),
             }),
-            max_limits_watts: Some(vec![700.0; written.len()]),
+            inventory: Some(inventory(written.len())),
         }
     }
 
@@ -308,7 +323,7 @@ mod tests {
         let views = BTreeMap::from([(
             "n".to_string(),
             AgentView {
-                max_limits_watts: Some(vec![700.0]),
+                inventory: Some(inventory(1)),
                 ..AgentView::default()
             },
         )]);

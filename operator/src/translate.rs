@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
+use kilowatt_crds::plan::Inventory;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
 use kilowatt_solver::model::{self, ProfilePoint, WorkloadKind};
 use kube::ResourceExt;
@@ -36,6 +37,9 @@ pub struct Cluster<'a> {
     pub profiles: &'a [Arc<WorkloadProfile>],
     pub nodes: &'a [Arc<Node>],
     pub pods: &'a [Arc<Pod>],
+    /// GPU inventories reported by node agents, by node; they replace the capacity and the model
+    /// table for their nodes.
+    pub inventories: &'a BTreeMap<String, Inventory>,
 }
 
 /// Something wrong with a budget's inputs, shown in its `Degraded` condition.
@@ -517,9 +521,11 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
             .as_ref()
             .and_then(|s| s.capacity.as_ref())
             .and_then(|c| c.get(GPU_RESOURCE));
-        let gpu_total = match capacity {
-            None => 0,
-            Some(q) => gpu_count(&q.0).unwrap_or_else(|| {
+        let reported = cluster.inventories.get(&node_name);
+        let gpu_total = match (reported, capacity) {
+            (Some(inventory), _) => u32::try_from(inventory.gpus.len()).unwrap_or(u32::MAX),
+            (None, None) => 0,
+            (None, Some(q)) => gpu_count(&q.0).unwrap_or_else(|| {
                 if let Some(f) = budgets.get_mut(&home) {
                     f.issues.push(BudgetIssue {
                         reason: "InvalidGpuCapacity",
@@ -533,8 +539,19 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
                 0
             }),
         };
+        // Each GPU's range: what its agent reported, else the model table.
+        let ranges: Vec<(f64, f64)> = (0..gpu_total as usize)
+            .map(|i| {
+                reported
+                    .and_then(|inventory| inventory.gpus.get(i))
+                    .map_or((model.min_watts, model.max_watts), |g| {
+                        (g.min_limit_watts, g.max_limit_watts)
+                    })
+            })
+            .collect();
         if gpu_total > 0
             && !model.known
+            && reported.is_none()
             && let Some(f) = budgets.get_mut(&home)
         {
             {
@@ -590,7 +607,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
                     ));
                 }
             }
-            let floor_watts = overhead_watts + f64::from(gpu_total) * model.min_watts;
+            let floor_watts = overhead_watts + ranges.iter().map(|(min, _)| min).sum::<f64>();
             let affected: BTreeSet<&String> = matched
                 .iter()
                 .flat_map(|b| chains.get(b).into_iter().flatten())
@@ -615,11 +632,13 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
                 f.gpus += gpu_total;
             }
         }
-        let slots = (0..gpu_total)
-            .map(|i| GpuSlot {
+        let slots = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, &(min_watts, max_watts))| GpuSlot {
                 id: format!("{node_name}/gpu{i}"),
-                min_watts: model.min_watts,
-                max_watts: model.max_watts,
+                min_watts,
+                max_watts,
                 pod: None,
             })
             .collect();
@@ -908,6 +927,7 @@ pub(crate) mod tests {
                 profiles,
                 nodes,
                 pods,
+                inventories: &BTreeMap::new(),
             },
             at("2026-11-28T12:00:00Z"),
         )
@@ -1225,6 +1245,49 @@ pub(crate) mod tests {
             pod_facts(&t, "late").workload,
             None,
             "a pod with no GPU slot left plans nothing"
+        );
+    }
+
+    #[test]
+    fn an_agents_inventory_replaces_capacity_and_the_model_table() {
+        let mut unknown = (*node("n1", json!({}), "8")).clone();
+        unknown
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(GPU_PRODUCT_LABEL.into(), "Tesla-T4".into());
+        let inventory = Inventory {
+            backend: "nvml".into(),
+            gpus: (0..2)
+                .map(|index| kilowatt_crds::plan::InventoryGpu {
+                    index,
+                    uuid: format!("GPU-{index}"),
+                    model: "Tesla T4".into(),
+                    min_limit_watts: 60.0,
+                    max_limit_watts: 70.0,
+                })
+                .collect(),
+        };
+        let budgets = [budget(
+            "rack",
+            json!({"capWatts": 9000.0, "nodeSelector": {}}),
+        )];
+        let t = translate(
+            Cluster {
+                budgets: &budgets,
+                profiles: &[],
+                nodes: &[Arc::new(unknown)],
+                pods: &[],
+                inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
+            },
+            at("2026-11-28T12:00:00Z"),
+        );
+        let slots = &t.nodes["n1"].slots;
+        assert_eq!(slots.len(), 2, "the agent's GPU count wins over capacity");
+        assert_eq!((slots[1].min_watts, slots[1].max_watts), (60.0, 70.0));
+        assert!(
+            t.budgets["rack"].issues.is_empty(),
+            "a reported GPU is not unknown"
         );
     }
 
