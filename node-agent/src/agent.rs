@@ -278,7 +278,7 @@ impl Runner {
                 }
             };
             if let Err(error) = outcome {
-                self.telemetry.gpu_error(error.kind());
+                self.telemetry.gpu_error(error.category());
                 tracing::warn!(%error, "GPU command failed");
             }
         }

@@ -61,7 +61,7 @@ pub enum PodResourcesError {
 
 impl PodResourcesError {
     /// A fixed label for metrics and events: `connect`, `call` or `timeout`.
-    pub fn kind(&self) -> &'static str {
+    pub fn category(&self) -> &'static str {
         match self {
             Self::Connect { .. } => "connect",
             Self::Call { .. } => "call",

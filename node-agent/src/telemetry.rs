@@ -178,7 +178,7 @@ impl Telemetry {
             let reading = match reading {
                 Ok(reading) => reading,
                 Err(error) => {
-                    self.gpu_error(error.kind());
+                    self.gpu_error(error.category());
                     continue;
                 }
             };

@@ -234,7 +234,7 @@ async fn a_missing_socket_is_a_connect_error_naming_the_path_and_the_mount() -> 
         matches!(&err, PodResourcesError::Connect { socket: s, .. } if *s == socket),
         "{err:?}"
     );
-    assert_eq!(err.kind(), "connect");
+    assert_eq!(err.category(), "connect");
     let message = err.to_string();
     assert!(message.contains(&socket.display().to_string()), "{message}");
     assert!(
@@ -256,7 +256,7 @@ async fn a_kubelet_refusing_the_call_is_a_call_error_with_its_status() -> anyhow
     let Err(err) = listed else {
         anyhow::bail!("a refused List call succeeded");
     };
-    assert_eq!(err.kind(), "call");
+    assert_eq!(err.category(), "call");
     let PodResourcesError::Call { source } = &err else {
         anyhow::bail!("expected a call error, got {err:?}");
     };
@@ -280,7 +280,7 @@ async fn a_kubelet_that_never_answers_times_out_instead_of_hanging() -> anyhow::
     let Err(err) = listed else {
         anyhow::bail!("a silent kubelet answered");
     };
-    assert_eq!(err.kind(), "timeout");
+    assert_eq!(err.category(), "timeout");
     assert!(
         matches!(&err, PodResourcesError::Timeout { timeout: t, .. } if *t == timeout),
         "{err:?}"

@@ -72,7 +72,7 @@ pub enum GpuError {
 impl GpuError {
     /// A fixed label for metrics and events: `driver_missing`, `no_permission`, `not_supported`,
     /// `no_such_gpu` or `failed`.
-    pub fn kind(&self) -> &'static str {
+    pub fn category(&self) -> &'static str {
         match self {
             Self::DriverMissing { .. } => "driver_missing",
             Self::NoPermission { .. } => "no_permission",
@@ -164,7 +164,7 @@ mod tests {
             error.to_string(),
             "setting the power limit of GPU 0 needs root or CAP_SYS_ADMIN; run the agent privileged"
         );
-        assert_eq!(error.kind(), "no_permission");
+        assert_eq!(error.category(), "no_permission");
     }
 
     #[test]

@@ -320,7 +320,7 @@ mod tests {
             Ok(_) => panic!("NVML cannot load from a path that does not exist"),
             Err(error) => error,
         };
-        assert_eq!(error.kind(), "driver_missing");
+        assert_eq!(error.category(), "driver_missing");
         let message = error.to_string();
         assert!(message.starts_with("NVML is not available ("), "{message}");
         assert!(
@@ -346,19 +346,19 @@ mod tests {
     fn nvml_errors_map_to_the_fixed_kinds() {
         let op = "setting the power limit";
         assert_eq!(
-            classify(op, 1, NvmlError::NoPermission).kind(),
+            classify(op, 1, NvmlError::NoPermission).category(),
             "no_permission"
         );
         assert_eq!(
-            classify(op, 1, NvmlError::NotSupported).kind(),
+            classify(op, 1, NvmlError::NotSupported).category(),
             "not_supported"
         );
         assert_eq!(
-            classify(op, 1, NvmlError::FunctionNotFound).kind(),
+            classify(op, 1, NvmlError::FunctionNotFound).category(),
             "not_supported"
         );
         let failed = classify(op, 1, NvmlError::Unknown);
-        assert_eq!(failed.kind(), "failed");
+        assert_eq!(failed.category(), "failed");
         assert_eq!(
             failed.to_string(),
             "setting the power limit of GPU 1 failed: NVML: an internal driver error occurred"

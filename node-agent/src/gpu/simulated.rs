@@ -674,14 +674,14 @@ mod tests {
         let error = clocked
             .lock_sm_clock(0, 1500)
             .expect_err("not a supported clock");
-        assert_eq!(error.kind(), "failed");
+        assert_eq!(error.category(), "failed");
         assert!(error.to_string().contains("990-1980 MHz"), "{error}");
 
         let mut unclocked = h100s(Some(PRETRAIN));
         let error = unclocked
             .lock_sm_clock(0, 1410)
             .expect_err("no clocks to lock");
-        assert_eq!(error.kind(), "not_supported");
+        assert_eq!(error.category(), "not_supported");
     }
 
     #[test]
@@ -691,7 +691,7 @@ mod tests {
             let error = gpus
                 .set_power_limit_watts(0, watts)
                 .expect_err("outside 200-700 W");
-            assert_eq!(error.kind(), "failed", "{watts} W");
+            assert_eq!(error.category(), "failed", "{watts} W");
         }
         assert_eq!(gpus.power_limit_watts(0).expect("GPU 0"), 700.0);
         gpus.set_power_limit_watts(0, 200.0)
@@ -733,7 +733,10 @@ mod tests {
     #[test]
     fn unknown_gpus_are_reported_as_such() {
         let gpus = h100s(None);
-        assert_eq!(gpus.read(2).expect_err("two GPUs").kind(), "no_such_gpu");
+        assert_eq!(
+            gpus.read(2).expect_err("two GPUs").category(),
+            "no_such_gpu"
+        );
     }
 
     #[test]
