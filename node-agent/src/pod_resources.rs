@@ -17,9 +17,6 @@ pub mod proto {
     tonic::include_proto!("v1");
 }
 
-/// Where the kubelet serves the pod-resources API on a node.
-pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
-
 /// One device of the asked-for resource and the container the kubelet assigned it to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GpuAssignment {

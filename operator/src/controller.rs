@@ -344,6 +344,8 @@ impl Reconciler {
             self.metrics.reconciles.inc();
             match self.pass(&leader).await {
                 Ok(()) => {
+                    // The pass read and (maybe) wrote etcd: it is reachable again.
+                    self.health.etcd_ok.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(500);
                     // A rollout waiting for acknowledgements is looked at again shortly.
                     retry_in = (self.held_back > 0)
@@ -382,7 +384,6 @@ impl Reconciler {
             Some(loaded) => loaded,
             None => {
                 let loaded = self.store.load().await?;
-                self.health.etcd_ok.store(true, Ordering::Relaxed);
                 if let Some(plan) = &loaded.plan {
                     tracing::info!(revision = plan.revision, "read the plan in force from etcd");
                     self.solve_time = plan.solved_at.parse().ok().map(Time);

@@ -197,6 +197,13 @@ pub fn build(
         .iter()
         .map(|w| (w.name.as_str(), w))
         .collect();
+    // Every pod of a gang runs on its first pod's profile.
+    let mut profiles: BTreeMap<&str, &ProfileSource> = BTreeMap::new();
+    for pod in &translation.pods {
+        if let (Some(workload), Some(source)) = (&pod.workload, &pod.profile) {
+            profiles.entry(workload.as_str()).or_insert(source);
+        }
+    }
     let mut throughput: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     let mut workloads = Vec::new();
     for workload in &translation.problem.workloads {
@@ -219,11 +226,8 @@ pub fn build(
             .get(&workload.name)
             .cloned()
             .unwrap_or_default();
-        let profile = translation
-            .pods
-            .iter()
-            .find(|p| p.workload.as_deref() == Some(workload.name.as_str()))
-            .and_then(|p| p.profile.as_ref())
+        let profile = profiles
+            .get(workload.name.as_str())
             .map_or_else(String::new, |source| match source {
                 ProfileSource::Named(n)
                 | ProfileSource::Selected(n)

@@ -265,6 +265,7 @@ mod tests {
             generation: Some(3),
             parent: None,
             spec_cap_watts: 10000.0,
+            node_overhead_watts: None,
             effective: EffectiveCap {
                 cap_watts: 10000.0,
                 open_windows: Vec::new(),

@@ -57,6 +57,8 @@ pub struct BudgetFacts {
     /// Parent after validation (`None` when the spec's parent is missing or in a cycle).
     pub parent: Option<String>,
     pub spec_cap_watts: f64,
+    /// The spec's `nodeOverheadWatts`, inherited by nodes whose nearer budgets do not set it.
+    pub node_overhead_watts: Option<f64>,
     pub effective: EffectiveCap,
     pub safety_margin_watts: f64,
     /// Effective cap minus safety margin: what the plan must fit under.
@@ -395,6 +397,7 @@ fn budget_forest(
                 generation: budget.metadata.generation,
                 parent,
                 spec_cap_watts: spec.cap_watts,
+                node_overhead_watts: spec.node_overhead_watts,
                 planning_cap_watts: (effective.cap_watts - margin).max(0.0),
                 effective,
                 safety_margin_watts: margin,
@@ -570,13 +573,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
             .get(&home)
             .into_iter()
             .flatten()
-            .find_map(|b| {
-                cluster
-                    .budgets
-                    .iter()
-                    .find(|pb| pb.name_any() == *b)
-                    .and_then(|pb| pb.spec.node_overhead_watts)
-            })
+            .find_map(|b| budgets.get(b).and_then(|f| f.node_overhead_watts))
             .unwrap_or(0.0);
         let overhead_watts = match node.annotations().get(OVERHEAD_ANNOTATION) {
             None => default_overhead,

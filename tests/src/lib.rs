@@ -54,6 +54,12 @@ pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
         .map(|home| PathBuf::from(home).join(".cache/kilowatt"))
         .unwrap_or_else(|| std::env::temp_dir().join("kilowatt-cache"));
     let binary = cache.join(format!("kube-apiserver-{KUBERNETES_VERSION}"));
+    // NB: the tests of one binary start control planes in parallel; on a fresh machine only the first
+    // builds, the others wait for it instead of running the same half-hour `go build` side by side.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if binary.exists() {
         return Ok(binary);
     }
@@ -62,7 +68,12 @@ pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
         "building kube-apiserver {KUBERNETES_VERSION} with go into {} (once; 10-30 minutes on 2 cores)",
         binary.display()
     );
-    let partial = cache.join(format!("kube-apiserver-{KUBERNETES_VERSION}.partial"));
+    // A per-process name, so another test process building at the same time cannot clobber it; the
+    // rename into place is atomic.
+    let partial = cache.join(format!(
+        "kube-apiserver-{KUBERNETES_VERSION}.partial-{}",
+        std::process::id()
+    ));
     let status = Command::new("go")
         .args(["build", "-o"])
         .arg(&partial)

@@ -94,7 +94,7 @@ pub trait GpuBackend: Send {
     /// The limit the GPU enforces, read back from the device.
     fn power_limit_watts(&self, index: u32) -> Result<f64, GpuError>;
 
-    /// Sets the power limit. The caller clamps to the device range first (see [`clamp_to_device`]);
+    /// Sets the power limit. The caller clamps to the device range first (the agent's protocol does);
     /// a value outside it is rejected with [`GpuError::Failed`].
     fn set_power_limit_watts(&mut self, index: u32, watts: f64) -> Result<(), GpuError>;
 
@@ -112,18 +112,6 @@ pub trait GpuBackend: Send {
     fn advance(&mut self, now: Duration);
 }
 
-/// Clamps `watts` into the GPU's accepted range, returning the value and whether it had to change.
-/// A NaN clamps to the minimum, the safe side of any budget.
-pub fn clamp_to_device(info: &GpuInfo, watts: f64) -> (f64, bool) {
-    if watts.is_nan() || watts < info.min_limit_watts {
-        (info.min_limit_watts, true)
-    } else if watts > info.max_limit_watts {
-        (info.max_limit_watts, true)
-    } else {
-        (watts, false)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,20 +126,6 @@ mod tests {
             default_limit_watts: 700.0,
             supported_sm_clocks_mhz: vec![990, 1980],
         }
-    }
-
-    #[test]
-    fn limits_inside_the_device_range_pass_unchanged() {
-        assert_eq!(clamp_to_device(&h100(), 450.0), (450.0, false));
-        assert_eq!(clamp_to_device(&h100(), 200.0), (200.0, false));
-        assert_eq!(clamp_to_device(&h100(), 700.0), (700.0, false));
-    }
-
-    #[test]
-    fn limits_outside_the_device_range_are_clamped_and_flagged() {
-        assert_eq!(clamp_to_device(&h100(), 150.0), (200.0, true));
-        assert_eq!(clamp_to_device(&h100(), 900.0), (700.0, true));
-        assert_eq!(clamp_to_device(&h100(), f64::NAN), (200.0, true));
     }
 
     #[test]

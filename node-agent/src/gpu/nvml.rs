@@ -132,7 +132,7 @@ impl GpuBackend for NvmlBackend {
                     operation: OPERATION,
                     index,
                     message: format!(
-                        "NVML rejected {watts} W as outside the GPU's range; clamp with clamp_to_device first"
+                        "NVML rejected {watts} W as outside the GPU's range; the limit must be clamped to the range the inventory reports"
                     ),
                 },
                 other => classify(OPERATION, index, other),

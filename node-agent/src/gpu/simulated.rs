@@ -132,11 +132,6 @@ impl Curve {
         )
     }
 
-    /// The points, sorted by power.
-    pub fn points(&self) -> &[CurvePoint] {
-        &self.points
-    }
-
     /// Whether the points carry SM clocks (the plan locks a clock) rather than power limits alone.
     pub fn is_locked_clock(&self) -> bool {
         self.points.iter().any(|p| p.sm_clock_mhz.is_some())
@@ -425,7 +420,7 @@ impl GpuBackend for SimulatedGpus {
                 operation: "setting the power limit",
                 index,
                 message: format!(
-                    "{watts} W is outside the {min}-{max} W range the GPU accepts; clamp with clamp_to_device first"
+                    "{watts} W is outside the {min}-{max} W range the GPU accepts; the limit must be clamped to it first"
                 ),
             });
         }
@@ -757,7 +752,7 @@ mod tests {
             let path = entry.expect("directory entry").path();
             if path.extension().is_some_and(|ext| ext == "yaml") {
                 let curve = load_profile(&path).unwrap_or_else(|e| panic!("{e:?}"));
-                assert!(!curve.points().is_empty());
+                assert!(!curve.points.is_empty());
                 loaded += 1;
             }
         }
