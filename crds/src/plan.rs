@@ -37,9 +37,14 @@ impl KeyLayout {
         format!("{}{node}/inventory", self.node_prefix())
     }
 
-    /// The node's [`Acknowledgement`], bound to its agent's etcd lease.
+    /// The node's [`Acknowledgement`]; not bound to the lease (it outlives a dead agent).
     pub fn node_ack(&self, node: &str) -> String {
         format!("{}{node}/ack", self.node_prefix())
+    }
+
+    /// The node's [`PowerReport`], bound to its agent's etcd lease.
+    pub fn node_power(&self, node: &str) -> String {
+        format!("{}{node}/power", self.node_prefix())
     }
 }
 
@@ -120,14 +125,26 @@ pub struct InventoryGpu {
     pub max_limit_watts: f64,
 }
 
-/// What an agent enforces for a plan revision, written under its etcd lease after reading the limits
-/// back from the GPUs.
+/// What an agent enforces for a plan revision, written after reading the limits back from the GPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Acknowledgement {
     pub revision: u64,
     /// Enforced limit per GPU index.
     pub power_limits_watts: Vec<f64>,
+}
+
+/// What a node's GPUs drew, as its agent measured it, written under its etcd lease every report
+/// period (not every sample: etcd and the operator see one write per node per period).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerReport {
+    /// Mean draw of all the node's GPUs together over the period.
+    pub gpu_watts: f64,
+    /// Energy the GPUs used over the period.
+    pub gpu_energy_joules: f64,
+    /// Length of the period.
+    pub period_seconds: f64,
 }
 
 #[cfg(test)]

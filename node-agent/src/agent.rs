@@ -3,6 +3,8 @@
 //! backend (reading limits back after every batch), writes acknowledgements, samples telemetry, and
 //! keeps ticking — and so fencing — while etcd is unreachable. Does etcd, GPU and network IO.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,11 +12,14 @@ use etcd_client::{
     Client, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
     WatchStream,
 };
-use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, KeyLayout, NodePlan};
+use kilowatt_crds::plan::{
+    Acknowledgement, Inventory, InventoryGpu, KeyLayout, NodePlan, PowerReport,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::gpu::{GpuBackend, GpuError, GpuInfo};
+use crate::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use crate::pod_resources::{self, PodName};
 use crate::protocol::{Agent, Command, Event, GpuBounds};
 use crate::telemetry::Telemetry;
 
@@ -25,7 +30,7 @@ pub struct AgentOptions {
     pub node: String,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
-    /// TTL of the etcd lease the inventory and acknowledgements are bound to.
+    /// TTL of the etcd lease the inventory is bound to (the agent's liveness).
     pub lease_ttl: Duration,
     /// Fraction of the TTL without a renewal after which the agent lowers every GPU to its floor.
     pub fence_fraction: f64,
@@ -33,7 +38,18 @@ pub struct AgentOptions {
     pub drift_check: Duration,
     /// How often telemetry is sampled (and the protocol ticks).
     pub sample_period: Duration,
+    /// How often the node's measured GPU power is written to etcd for the operator.
+    pub report_period: Duration,
+    /// The kubelet's pod-resources socket, to attribute GPU power and energy to pods; `None`: no
+    /// per-pod metrics.
+    pub pod_resources_socket: Option<PathBuf>,
+    /// The extended resource name GPUs are requested by, e.g. `nvidia.com/gpu`.
+    pub gpu_resource_name: String,
 }
+
+/// How often the kubelet is asked which pods hold the GPUs: pods come and go in seconds at the
+/// fastest, and each ask is one local gRPC call.
+const POD_REFRESH: Duration = Duration::from_secs(10);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,17 +82,23 @@ enum SessionEvent {
     Lost(String),
 }
 
-/// Keeps the lease alive every `period` and forwards renewals and plan changes until something fails.
+/// Keeps the lease alive every `period` and forwards renewals and plan changes until something fails
+/// or no renewal came for a whole `ttl` (the lease is gone; a cut link may never make a stream fail).
 async fn session_task(
     mut keeper: LeaseKeeper,
     mut keep_alive: LeaseKeepAliveStream,
     mut watch: WatchStream,
     period: Duration,
+    ttl: Duration,
     events: mpsc::Sender<SessionEvent>,
 ) {
     let mut renew = tokio::time::interval(period);
+    let mut lease_gone_at = Instant::now() + ttl;
     let lost = loop {
         tokio::select! {
+            () = tokio::time::sleep_until(lease_gone_at) => {
+                break format!("no lease renewal for {ttl:?}");
+            }
             _ = renew.tick() => {
                 if let Err(error) = keeper.keep_alive().await {
                     break format!("lease keep-alive failed: {error}");
@@ -84,6 +106,7 @@ async fn session_task(
             }
             message = keep_alive.message() => match message {
                 Ok(Some(response)) if response.ttl() > 0 => {
+                    lease_gone_at = Instant::now() + ttl;
                     if events.send(SessionEvent::Renewed).await.is_err() {
                         return;
                     }
@@ -202,6 +225,7 @@ async fn open_session(
         keep_alive,
         watch,
         options.lease_ttl / 3,
+        options.lease_ttl,
         events,
     ));
     Ok((
@@ -214,6 +238,80 @@ async fn open_session(
     ))
 }
 
+/// The node's GPU energy over the current report period: from the GPUs' energy counters when every
+/// GPU has one, else the sampled power integrated over the samples.
+#[derive(Debug, Default)]
+struct PowerPeriod {
+    started: Option<Duration>,
+    last_sample: Option<Duration>,
+    counter_at_start: Option<f64>,
+    counter_now: Option<f64>,
+    integrated_joules: f64,
+}
+
+impl PowerPeriod {
+    /// Takes one sample at `now`; returns the report when `period` has passed since the first.
+    fn observe(
+        &mut self,
+        now: Duration,
+        readings: &[Result<GpuReading, GpuError>],
+        period: Duration,
+    ) -> Option<PowerReport> {
+        let ok: Vec<&GpuReading> = readings.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let counter = (ok.len() == readings.len())
+            .then(|| ok.iter().map(|r| r.energy_joules).sum::<Option<f64>>())
+            .flatten();
+        let power: f64 = ok.iter().filter_map(|r| r.power_watts).sum();
+        let Some(started) = self.started else {
+            *self = PowerPeriod {
+                started: Some(now),
+                last_sample: Some(now),
+                counter_at_start: counter,
+                counter_now: counter,
+                integrated_joules: 0.0,
+            };
+            return None;
+        };
+        let step = now.saturating_sub(self.last_sample.unwrap_or(now));
+        self.integrated_joules += power * step.as_secs_f64();
+        self.last_sample = Some(now);
+        self.counter_now = counter.filter(|_| self.counter_at_start.is_some());
+        let elapsed = now.saturating_sub(started);
+        if elapsed < period || elapsed.is_zero() {
+            return None;
+        }
+        let joules = match (self.counter_at_start, self.counter_now) {
+            (Some(start), Some(end)) if end >= start => end - start,
+            _ => self.integrated_joules,
+        };
+        let seconds = elapsed.as_secs_f64();
+        *self = PowerPeriod {
+            started: Some(now),
+            last_sample: Some(now),
+            counter_at_start: counter,
+            counter_now: counter,
+            integrated_joules: 0.0,
+        };
+        Some(PowerReport {
+            gpu_watts: joules / seconds,
+            gpu_energy_joules: joules,
+            period_seconds: seconds,
+        })
+    }
+}
+
+/// An error with its sources, one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The agent's running state.
 struct Runner {
     options: AgentOptions,
@@ -223,9 +321,40 @@ struct Runner {
     agent: Agent,
     telemetry: Telemetry,
     started: Instant,
+    power: PowerPeriod,
+    /// Pods holding each GPU, by UUID, as the kubelet last said.
+    pods: BTreeMap<String, Vec<PodName>>,
+    /// Whether the last ask to the kubelet failed (to log changes, not every failure).
+    pods_failing: bool,
 }
 
 impl Runner {
+    /// Asks the kubelet which pods hold the GPUs; on failure keeps the last answer.
+    async fn refresh_pods(&mut self, socket: &std::path::Path) {
+        let asked = pod_resources::list_gpu_assignments(
+            socket,
+            &self.options.gpu_resource_name,
+            Duration::from_secs(2),
+        )
+        .await;
+        match asked {
+            Ok(assignments) => {
+                if self.pods_failing {
+                    tracing::info!("the kubelet's pod-resources API answers again");
+                }
+                self.pods_failing = false;
+                self.pods = pod_resources::pods_by_gpu(&assignments);
+            }
+            Err(error) => {
+                self.telemetry.pod_resources_error(error.category());
+                if !self.pods_failing {
+                    tracing::warn!(error = %error_chain(&error), "cannot tell which pods hold the GPUs; per-pod metrics keep the last answer");
+                }
+                self.pods_failing = true;
+            }
+        }
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -238,9 +367,8 @@ impl Runner {
         session: &mut Option<Session>,
     ) -> Result<(), AgentError> {
         let commands = self.agent.handle(event, self.now());
-        if self.run(commands, session).await? {
-            let count = self.gpus.len();
-            let limits = with_backend(&self.backend, move |b| read_limits(b, count)).await?;
+        if let Some(set) = self.run(commands, session).await? {
+            let limits = self.read_back_settled(&set).await?;
             let follow_up = self.agent.handle(Event::ReadBack(limits), self.now());
             self.run(follow_up, session).await?;
         }
@@ -248,21 +376,51 @@ impl Runner {
         Ok(())
     }
 
-    /// Runs commands in order; returns whether any touched a GPU.
+    /// Reads every limit back, polling briefly until the GPUs enforce the limits just `set`: a real
+    /// GPU applies a new limit some milliseconds after NVML accepted it (measured on an H200, see
+    /// BENCHMARKS.md), and acknowledging only after a drift check would hold rollouts for seconds.
+    async fn read_back_settled(&self, set: &[(u32, f64)]) -> Result<Vec<f64>, AgentError> {
+        const POLLS: u32 = 20;
+        const POLL_EVERY: Duration = Duration::from_millis(50);
+        let count = self.gpus.len();
+        let mut limits = Vec::new();
+        for poll in 0..POLLS {
+            if poll > 0 {
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+            limits = with_backend(&self.backend, move |b| read_limits(b, count)).await?;
+            let settled = set.iter().all(|&(index, watts)| {
+                limits
+                    .get(index as usize)
+                    .is_some_and(|enforced| (enforced - watts).abs() < 0.5)
+            });
+            if settled {
+                break;
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Runs commands in order; returns the limits set when any command touched a GPU.
     async fn run(
         &mut self,
         commands: Vec<Command>,
         session: &mut Option<Session>,
-    ) -> Result<bool, AgentError> {
+    ) -> Result<Option<Vec<(u32, f64)>>, AgentError> {
         let mut touched = false;
+        let mut set = Vec::new();
         for command in commands {
             let outcome = match command {
                 Command::SetLimit { index, watts } => {
                     touched = true;
-                    with_backend(&self.backend, move |b| {
+                    let outcome = with_backend(&self.backend, move |b| {
                         b.set_power_limit_watts(index, watts)
                     })
-                    .await?
+                    .await?;
+                    if outcome.is_ok() {
+                        set.push((index, watts));
+                    }
+                    outcome
                 }
                 Command::LockClock { index, mhz } => {
                     touched = true;
@@ -282,7 +440,27 @@ impl Runner {
                 tracing::warn!(%error, "GPU command failed");
             }
         }
-        Ok(touched)
+        Ok(touched.then_some(set))
+    }
+
+    /// Writes the node's measured power under the lease; a failure only costs this report.
+    async fn report_power(&mut self, report: &PowerReport, session: &mut Option<Session>) {
+        let Some(live) = session.as_mut() else {
+            return;
+        };
+        let encoded = serde_json::to_vec(report).unwrap_or_default();
+        let put = live
+            .client
+            .put(
+                self.keys.node_power(&self.options.node),
+                encoded,
+                Some(PutOptions::new().with_lease(live.lease)),
+            )
+            .await;
+        if let Err(error) = put {
+            self.telemetry.etcd_error();
+            tracing::warn!(%error, "could not report the node's power");
+        }
     }
 
     async fn acknowledge(&mut self, ack: &Acknowledgement, session: &mut Option<Session>) {
@@ -290,13 +468,11 @@ impl Runner {
             return;
         };
         let encoded = serde_json::to_vec(ack).unwrap_or_default();
+        // NB: not bound to the lease: after this agent dies the acknowledgement is still what its GPUs
+        // may enforce, and the operator keeps counting it while the node's machine is up.
         let put = live
             .client
-            .put(
-                self.keys.node_ack(&self.options.node),
-                encoded,
-                Some(PutOptions::new().with_lease(live.lease)),
-            )
+            .put(self.keys.node_ack(&self.options.node), encoded, None)
             .await;
         match put {
             Ok(_) => {
@@ -360,6 +536,9 @@ pub async fn run(
         gpus,
         telemetry,
         started,
+        power: PowerPeriod::default(),
+        pods: BTreeMap::new(),
+        pods_failing: false,
     };
 
     let (events_tx, mut events) = mpsc::channel(64);
@@ -367,6 +546,7 @@ pub async fn run(
     let mut next_connect = Instant::now();
     let mut sample = tokio::time::interval(runner.options.sample_period);
     let mut drift = tokio::time::interval(runner.options.drift_check);
+    let mut pod_refresh = tokio::time::interval(POD_REFRESH);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         if session.is_none() && Instant::now() >= next_connect {
@@ -400,8 +580,17 @@ pub async fn run(
                     b.advance(now);
                     (0..count as u32).map(|i| b.read(i)).collect::<Vec<_>>()
                 }).await?;
-                runner.telemetry.observe_gpus(&runner.gpus, &readings);
+                runner.telemetry.observe_gpus(&runner.gpus, &readings, &runner.pods);
+                let period = runner.options.report_period;
+                if let Some(report) = runner.power.observe(now, &readings, period) {
+                    runner.report_power(&report, &mut session).await;
+                }
                 runner.feed(Event::Tick, &mut session).await?;
+            }
+            _ = pod_refresh.tick(), if runner.options.pod_resources_socket.is_some() => {
+                if let Some(socket) = runner.options.pod_resources_socket.clone() {
+                    runner.refresh_pods(&socket).await;
+                }
             }
             _ = drift.tick() => {
                 let count = runner.gpus.len();
@@ -419,5 +608,80 @@ pub async fn run(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(power_watts: f64, energy_joules: Option<f64>) -> Result<GpuReading, GpuError> {
+        Ok(GpuReading {
+            power_watts: Some(power_watts),
+            energy_joules,
+            power_limit_watts: Some(700.0),
+            sm_clock_mhz: None,
+            utilization_percent: None,
+            throttle_reasons: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_power_report_uses_the_energy_counters_over_the_period() {
+        let mut period = PowerPeriod::default();
+        let every = Duration::from_secs(10);
+        let at = Duration::from_secs;
+        assert!(
+            period
+                .observe(
+                    at(0),
+                    &[reading(300.0, Some(1000.0)), reading(100.0, Some(0.0))],
+                    every
+                )
+                .is_none()
+        );
+        assert!(
+            period
+                .observe(
+                    at(5),
+                    &[reading(999.0, Some(2500.0)), reading(999.0, Some(500.0))],
+                    every
+                )
+                .is_none()
+        );
+        let report = period
+            .observe(
+                at(10),
+                &[reading(0.0, Some(4000.0)), reading(0.0, Some(1000.0))],
+                every,
+            )
+            .expect("a report after 10 s");
+        // 3000 J + 1000 J over 10 s, whatever the instantaneous samples said.
+        assert_eq!(report.gpu_energy_joules, 4000.0);
+        assert_eq!(report.gpu_watts, 400.0);
+        assert_eq!(report.period_seconds, 10.0);
+    }
+
+    #[test]
+    fn without_an_energy_counter_a_power_report_integrates_the_samples() {
+        let mut period = PowerPeriod::default();
+        let every = Duration::from_secs(2);
+        let at = Duration::from_secs;
+        let failed = Err(GpuError::NoSuchGpu { index: 1 });
+        assert!(
+            period
+                .observe(at(0), &[reading(200.0, None)], every)
+                .is_none()
+        );
+        assert!(
+            period
+                .observe(at(1), &[reading(200.0, Some(5.0)), failed], every)
+                .is_none()
+        );
+        let report = period
+            .observe(at(2), &[reading(400.0, None)], every)
+            .expect("a report after 2 s");
+        assert_eq!(report.gpu_energy_joules, 600.0);
+        assert_eq!(report.gpu_watts, 300.0);
     }
 }

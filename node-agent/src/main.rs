@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::gpu::GpuBackend;
 use kilowatt_node_agent::gpu::nvml::NvmlBackend;
+use kilowatt_node_agent::gpu::settings_file::FileBackedGpus;
 use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, load_profile};
 use kilowatt_node_agent::telemetry::{self, Telemetry};
 
@@ -47,6 +48,11 @@ struct Args {
     /// without it the GPUs idle.
     #[arg(long, value_name = "FILE")]
     simulated_profile: Option<PathBuf>,
+    /// Simulated backend: keep the GPUs' limits and clocks in this file instead of in memory, so they
+    /// outlive the agent like a real GPU's settings (a restarted agent finds them) and other programs
+    /// can read or change them; the fault tests use it.
+    #[arg(long, value_name = "FILE")]
+    simulated_settings_file: Option<PathBuf>,
     /// etcd endpoints that hold the plan, comma-separated.
     #[arg(
         long,
@@ -71,6 +77,17 @@ struct Args {
     /// Telemetry sampling period.
     #[arg(long, default_value_t = 1000, value_name = "MILLISECONDS", value_parser = clap::value_parser!(u64).range(50..=60000))]
     sample_ms: u64,
+    /// How often the node's measured GPU power is written to etcd (the operator's PowerBudget
+    /// status shows it); one etcd write per node per period.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    report_seconds: u64,
+    /// The kubelet's pod-resources socket; with it, GPU power and energy are also exported per pod.
+    #[arg(long, value_name = "PATH")]
+    pod_resources_socket: Option<PathBuf>,
+    /// The extended resource GPUs are requested by (pod-resources entries of other resources are
+    /// ignored).
+    #[arg(long, default_value = "nvidia.com/gpu", value_name = "NAME")]
+    gpu_resource_name: String,
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9400", value_name = "ADDR:PORT")]
     listen: SocketAddr,
@@ -115,14 +132,18 @@ fn backend(args: &Args) -> anyhow::Result<Box<dyn GpuBackend>> {
                 model = %args.simulated_model,
                 "SIMULATED GPUs: no real GPU is controlled by this agent"
             );
-            Ok(Box::new(SimulatedGpus::uniform(
+            let gpus = SimulatedGpus::uniform(
                 &args.node,
                 args.simulated_gpus,
                 &args.simulated_model,
                 args.simulated_min_watts,
                 args.simulated_max_watts,
                 workload,
-            )))
+            );
+            Ok(match &args.simulated_settings_file {
+                Some(path) => Box::new(FileBackedGpus::open(gpus, path.clone())?),
+                None => Box::new(gpus),
+            })
         }
     }
 }
@@ -153,6 +174,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         fence_fraction: args.fence_fraction,
         drift_check: Duration::from_secs(args.drift_check_seconds),
         sample_period: Duration::from_millis(args.sample_ms),
+        report_period: Duration::from_secs(args.report_seconds),
+        pod_resources_socket: args.pod_resources_socket.clone(),
+        gpu_resource_name: args.gpu_resource_name.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

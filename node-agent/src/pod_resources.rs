@@ -126,6 +126,29 @@ fn gpu_assignments(response: ListPodResourcesResponse, resource_name: &str) -> V
     assignments
 }
 
+/// A pod, as `namespace/name`.
+pub type PodName = String;
+
+/// Which pods hold each GPU, by GPU UUID: device ids with a time-slicing replica suffix (`::N`) count
+/// for the GPU itself, and a pod appears once per GPU however many replicas it holds.
+pub fn pods_by_gpu(
+    assignments: &[GpuAssignment],
+) -> std::collections::BTreeMap<String, Vec<PodName>> {
+    let mut pods: std::collections::BTreeMap<String, Vec<PodName>> = Default::default();
+    for assignment in assignments {
+        let uuid = assignment
+            .device_id
+            .split_once("::")
+            .map_or(assignment.device_id.as_str(), |(uuid, _)| uuid);
+        let holders = pods.entry(uuid.to_owned()).or_default();
+        let pod = format!("{}/{}", assignment.namespace, assignment.pod);
+        if !holders.contains(&pod) {
+            holders.push(pod);
+        }
+    }
+    pods
+}
+
 #[cfg(test)]
 mod tests {
     use super::proto::{ContainerDevices, ContainerResources, PodResources};
@@ -160,5 +183,24 @@ mod tests {
             .map(|a| a.device_id)
             .collect();
         assert_eq!(ids, ["GPU-a", "GPU-b"]);
+    }
+
+    #[test]
+    fn time_sliced_replicas_count_for_their_gpu_and_each_pod_once() {
+        let assignment = |device: &str, pod: &str| GpuAssignment {
+            device_id: device.to_string(),
+            namespace: "ml".to_string(),
+            pod: pod.to_string(),
+            container: "main".to_string(),
+        };
+        let pods = pods_by_gpu(&[
+            assignment("GPU-a::0", "serve"),
+            assignment("GPU-a::1", "serve"),
+            assignment("GPU-a::2", "batch"),
+            assignment("GPU-b", "train"),
+        ]);
+        assert_eq!(pods["GPU-a"], ["ml/serve", "ml/batch"]);
+        assert_eq!(pods["GPU-b"], ["ml/train"]);
+        assert_eq!(pods.len(), 2);
     }
 }

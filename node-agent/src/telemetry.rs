@@ -1,7 +1,9 @@
 //! The agent's Prometheus metrics — per GPU power, energy, limit, clock, utilization and throttling;
-//! the plan revision enforced; drift, clamp and fence counters; GPU and etcd errors by kind — and the
-//! HTTP endpoints that serve them (`/metrics`, `/healthz`). Values live in memory; serving is network IO.
+//! per pod power and energy (a GPU's share split evenly among the pods holding it); the plan revision
+//! enforced; drift, clamp and fence counters; GPU, etcd and kubelet errors by kind — and the HTTP
+//! endpoints that serve them (`/metrics`, `/healthz`). Values live in memory; serving is network IO.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -15,6 +17,7 @@ use prometheus::{
 };
 
 use crate::gpu::{GpuError, GpuInfo, GpuReading};
+use crate::pod_resources::PodName;
 use crate::protocol::{Agent, Counters, Mode};
 
 /// The previous sample, per GPU, and the protocol counters last exported.
@@ -23,6 +26,8 @@ struct Last {
     energy_joules: Vec<Option<f64>>,
     throttle_reasons: Vec<Vec<&'static str>>,
     counters: Counters,
+    /// Pods with exported series, to remove those of pods that left.
+    pods: BTreeSet<PodName>,
 }
 
 /// Every metric the agent exports.
@@ -36,6 +41,9 @@ pub struct Telemetry {
     gpu_utilization_ratio: GaugeVec,
     gpu_throttled: GaugeVec,
     gpu_errors: IntCounterVec,
+    pod_power_watts: GaugeVec,
+    pod_energy_joules: GenericCounterVec<AtomicF64>,
+    pod_resources_errors: IntCounterVec,
     etcd_errors: IntCounter,
     plan_revision: IntGauge,
     fenced: IntGauge,
@@ -76,6 +84,27 @@ impl Telemetry {
             ),
             &["kind"],
         )?;
+        let pod_power_watts = GaugeVec::new(
+            Opts::new(
+                "kilowatt_pod_power_watts",
+                "Power drawn by the GPUs a pod holds (a shared GPU's draw split evenly among its pods)",
+            ),
+            &["namespace", "pod"],
+        )?;
+        let pod_energy_joules = GenericCounterVec::new(
+            Opts::new(
+                "kilowatt_pod_energy_joules_total",
+                "Energy used by the GPUs a pod holds while the agent watched (shared GPUs split evenly)",
+            ),
+            &["namespace", "pod"],
+        )?;
+        let pod_resources_errors = IntCounterVec::new(
+            Opts::new(
+                "kilowatt_agent_pod_resources_errors_total",
+                "Failed asks to the kubelet's pod-resources API, by kind (connect, call, timeout)",
+            ),
+            &["kind"],
+        )?;
         let telemetry = Telemetry {
             gpu_power_watts: per_gpu("kilowatt_gpu_power_watts", "Power a GPU draws")?,
             gpu_power_limit_watts: per_gpu(
@@ -90,6 +119,9 @@ impl Telemetry {
             gpu_energy_joules,
             gpu_throttled,
             gpu_errors,
+            pod_power_watts,
+            pod_energy_joules,
+            pod_resources_errors,
             etcd_errors: IntCounter::new(
                 "kilowatt_agent_etcd_errors_total",
                 "etcd sessions that failed to open or were lost",
@@ -121,6 +153,9 @@ impl Telemetry {
             Box::new(telemetry.gpu_energy_joules.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(telemetry.gpu_throttled.clone()),
             Box::new(telemetry.gpu_errors.clone()),
+            Box::new(telemetry.pod_power_watts.clone()),
+            Box::new(telemetry.pod_energy_joules.clone()),
+            Box::new(telemetry.pod_resources_errors.clone()),
             Box::new(telemetry.etcd_errors.clone()),
             Box::new(telemetry.plan_revision.clone()),
             Box::new(telemetry.fenced.clone()),
@@ -136,6 +171,10 @@ impl Telemetry {
 
     pub fn gpu_error(&self, kind: &'static str) {
         self.gpu_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn pod_resources_error(&self, kind: &'static str) {
+        self.pod_resources_errors.with_label_values(&[kind]).inc();
     }
 
     pub fn etcd_error(&self) {
@@ -164,14 +203,21 @@ impl Telemetry {
         last.counters = now;
     }
 
-    /// Exports one sample of every GPU.
-    pub fn observe_gpus(&self, gpus: &[GpuInfo], readings: &[Result<GpuReading, GpuError>]) {
+    /// Exports one sample of every GPU, and of every pod holding GPUs (`pods`: holders by GPU UUID).
+    pub fn observe_gpus(
+        &self,
+        gpus: &[GpuInfo],
+        readings: &[Result<GpuReading, GpuError>],
+        pods: &BTreeMap<String, Vec<PodName>>,
+    ) {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         last.energy_joules.resize(gpus.len(), None);
         last.throttle_reasons.resize(gpus.len(), Vec::new());
+        let mut pod_power: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut pod_energy: BTreeMap<&str, f64> = BTreeMap::new();
         for (position, (gpu, reading)) in gpus.iter().zip(readings).enumerate() {
             let index = gpu.index.to_string();
             let labels = [index.as_str(), gpu.uuid.as_str()];
@@ -203,18 +249,40 @@ impl Telemetry {
                     .set(if active { 1.0 } else { 0.0 });
             }
             last.throttle_reasons[position] = reading.throttle_reasons.clone();
+            let mut used_joules = 0.0;
             if let Some(energy) = reading.energy_joules {
                 let slot = &mut last.energy_joules[position];
                 if let Some(previous) = *slot
                     && energy > previous
                 {
+                    used_joules = energy - previous;
                     self.gpu_energy_joules
                         .with_label_values(&labels)
-                        .inc_by(energy - previous);
+                        .inc_by(used_joules);
                 }
                 *slot = Some(energy);
             }
+            let holders = pods.get(&gpu.uuid).map_or(&[][..], Vec::as_slice);
+            let share = 1.0 / holders.len().max(1) as f64;
+            for pod in holders {
+                *pod_power.entry(pod).or_default() += reading.power_watts.unwrap_or(0.0) * share;
+                *pod_energy.entry(pod).or_default() += used_joules * share;
+            }
         }
+        for (pod, watts) in &pod_power {
+            let labels = pod_labels(pod);
+            self.pod_power_watts.with_label_values(&labels).set(*watts);
+            self.pod_energy_joules
+                .with_label_values(&labels)
+                .inc_by(pod_energy.get(pod).copied().unwrap_or(0.0));
+        }
+        let present: BTreeSet<PodName> = pod_power.keys().map(|p| (*p).to_owned()).collect();
+        for gone in last.pods.difference(&present) {
+            let labels = pod_labels(gone);
+            let _ = self.pod_power_watts.remove_label_values(&labels);
+            let _ = self.pod_energy_joules.remove_label_values(&labels);
+        }
+        last.pods = present;
     }
 
     /// The text exposition format.
@@ -223,6 +291,12 @@ impl Telemetry {
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
     }
+}
+
+/// `namespace/name` as metric labels.
+fn pod_labels(pod: &str) -> [&str; 2] {
+    pod.split_once('/')
+        .map_or(["", pod], |(ns, name)| [ns, name])
 }
 
 async fn metrics(State(telemetry): State<Telemetry>) -> Response {
@@ -238,4 +312,94 @@ pub fn router(telemetry: Telemetry) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(telemetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, uuid: &str) -> GpuInfo {
+        GpuInfo {
+            index,
+            uuid: uuid.to_owned(),
+            model: "H100-SXM".to_owned(),
+            min_limit_watts: 200.0,
+            max_limit_watts: 700.0,
+            default_limit_watts: 700.0,
+            supported_sm_clocks_mhz: Vec::new(),
+        }
+    }
+
+    fn reading(power_watts: f64, energy_joules: f64) -> Result<GpuReading, GpuError> {
+        Ok(GpuReading {
+            power_watts: Some(power_watts),
+            energy_joules: Some(energy_joules),
+            power_limit_watts: Some(700.0),
+            sm_clock_mhz: Some(1980),
+            utilization_percent: Some(100),
+            throttle_reasons: Vec::new(),
+        })
+    }
+
+    /// The value of the sample whose line starts with `series`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn pods_get_their_gpus_power_and_energy_and_a_shared_gpu_is_split() -> anyhow::Result<()> {
+        let telemetry = Telemetry::new()?;
+        let gpus = [gpu(0, "GPU-a"), gpu(1, "GPU-b")];
+        let pods = BTreeMap::from([
+            (
+                "GPU-a".to_owned(),
+                vec!["ml/serve".to_owned(), "ml/batch".to_owned()],
+            ),
+            ("GPU-b".to_owned(), vec!["ml/serve".to_owned()]),
+        ]);
+        telemetry.observe_gpus(&gpus, &[reading(300.0, 1000.0), reading(500.0, 0.0)], &pods);
+        telemetry.observe_gpus(
+            &gpus,
+            &[reading(300.0, 1600.0), reading(500.0, 1000.0)],
+            &pods,
+        );
+        let text = telemetry.render()?;
+        let serve = r#"{namespace="ml",pod="serve"}"#;
+        let batch = r#"{namespace="ml",pod="batch"}"#;
+        assert_eq!(
+            sample(&text, &format!("kilowatt_pod_power_watts{serve}")),
+            Some(650.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("kilowatt_pod_power_watts{batch}")),
+            Some(150.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("kilowatt_pod_energy_joules_total{serve}")),
+            Some(1300.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("kilowatt_pod_energy_joules_total{batch}")),
+            Some(300.0)
+        );
+
+        // batch leaves: its series go, serve now has GPU-a to itself.
+        let pods = BTreeMap::from([
+            ("GPU-a".to_owned(), vec!["ml/serve".to_owned()]),
+            ("GPU-b".to_owned(), vec!["ml/serve".to_owned()]),
+        ]);
+        telemetry.observe_gpus(
+            &gpus,
+            &[reading(300.0, 1700.0), reading(500.0, 1100.0)],
+            &pods,
+        );
+        let text = telemetry.render()?;
+        assert_eq!(
+            sample(&text, &format!("kilowatt_pod_power_watts{serve}")),
+            Some(800.0)
+        );
+        assert!(!text.contains(r#"pod="batch""#), "{text}");
+        Ok(())
+    }
 }

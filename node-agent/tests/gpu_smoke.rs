@@ -33,13 +33,24 @@ fn nvml_reads_sets_and_restores_gpu_0() -> anyhow::Result<()> {
     println!("power limit: {original_watts} W, setting {target_watts} W");
     match gpus.set_power_limit_watts(gpu.index, target_watts) {
         Ok(()) => {
-            // Restore before checking, so a failed check leaves the GPU as it was.
-            let read_back = gpus.power_limit_watts(gpu.index);
-            gpus.set_power_limit_watts(gpu.index, original_watts)?;
+            // The GPU applies an accepted limit a little later; measure how much later.
+            let set_at = std::time::Instant::now();
+            let mut read_back = gpus.power_limit_watts(gpu.index);
+            while set_at.elapsed() < std::time::Duration::from_secs(2)
+                && read_back
+                    .as_ref()
+                    .is_ok_and(|w| (w - target_watts).abs() >= 0.5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                read_back = gpus.power_limit_watts(gpu.index);
+            }
             println!(
-                "power limit restored: {} W",
-                gpus.power_limit_watts(gpu.index)?
+                "enforced limit read back {:?} after the set call returned",
+                set_at.elapsed()
             );
+            // Restore before checking, so a failed check leaves the GPU as it was.
+            gpus.set_power_limit_watts(gpu.index, original_watts)?;
+            println!("power limit restore to {original_watts} W accepted");
             let read_back = read_back?;
             println!("power limit read back while set: {read_back} W");
             // NB: the enforced limit can sit below ours when another limit (e.g. out-of-band) is lower.

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::plan::Inventory;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -54,6 +54,14 @@ impl Caches {
         )
     }
 
+    /// Whether `node`'s kubelet last reported it Ready, i.e. its machine is up (its GPUs keep whatever
+    /// limits they were given even when the agent is gone).
+    pub fn machine_up(&self, node: &str) -> bool {
+        self.nodes
+            .get(&ObjectRef::new(node))
+            .is_some_and(|node| reports_ready(&node))
+    }
+
     /// Waits until every cache has completed its first list.
     pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.budgets.wait_until_ready().await?;
@@ -61,6 +69,17 @@ impl Caches {
         self.nodes.wait_until_ready().await?;
         self.pods.wait_until_ready().await
     }
+}
+
+fn reports_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
 }
 
 fn watch<K>(

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::plan_store::{Loaded, PlanStore, StoreError};
 use crate::published::{self, KeyLayout, NodePlan, PublishedPlan};
 use crate::rollout::{self, AgentView};
-use crate::status::{EventNote, budget_events, budget_status};
+use crate::status::{EventNote, budget_events, budget_status, measured_per_budget};
 use crate::translate::{PodWarning, ProfileSource, Translation};
 use kilowatt_crds::plan::Inventory;
 
@@ -375,7 +375,10 @@ impl Reconciler {
     async fn pass(&mut self, leader: &watch::Receiver<bool>) -> Result<(), PassError> {
         let now = Timestamp::now();
         // What etcd says about every node's agent: plans written, acknowledgements, inventories.
-        let views = self.store.read_views().await?;
+        let mut views = self.store.read_views().await?;
+        for (node, view) in &mut views {
+            view.machine_up = self.caches.machine_up(node);
+        }
         let inventories = inventories(&views);
         let mut translation = self.caches.translate(now, &inventories);
         self.next_transition = translation.next_transition;
@@ -421,6 +424,12 @@ impl Reconciler {
             .map(|b| (b.name.clone(), b.planning_cap_watts))
             .collect();
         let step = rollout::next_step(&candidate.nodes, &views, &budgets_of, &caps);
+        let measured = measured_per_budget(&views, &budgets_of, |node| {
+            translation
+                .nodes
+                .get(node)
+                .map_or(0.0, |n| n.overhead_watts)
+        });
         let written: BTreeMap<String, NodePlan> = views
             .into_iter()
             .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
@@ -482,7 +491,8 @@ impl Reconciler {
             .collect();
         self.metrics.observe_plan(&in_force, &spec_caps);
 
-        self.write_budget_statuses(&translation, &in_force).await?;
+        self.write_budget_statuses(&translation, &in_force, &measured)
+            .await?;
         self.write_profile_statuses(&translation).await?;
         self.announce_pods(&translation).await;
         Ok(())
@@ -492,6 +502,7 @@ impl Reconciler {
         &mut self,
         translation: &Translation,
         plan: &PublishedPlan,
+        measured: &BTreeMap<String, f64>,
     ) -> Result<(), PassError> {
         let api: Api<PowerBudget> = Api::all(self.client.clone());
         let now = Time(Timestamp::now());
@@ -506,6 +517,7 @@ impl Reconciler {
                 facts,
                 Some(plan),
                 self.solve_time.as_ref(),
+                measured.get(&name).copied(),
                 previous,
                 &now,
             );

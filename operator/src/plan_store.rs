@@ -171,6 +171,7 @@ impl PlanStore {
                 "plan" => view.written = serde_json::from_slice(entry.value()).ok(),
                 "ack" => view.ack = serde_json::from_slice(entry.value()).ok(),
                 "inventory" => view.inventory = serde_json::from_slice(entry.value()).ok(),
+                "power" => view.power = serde_json::from_slice(entry.value()).ok(),
                 _ => {}
             }
         }

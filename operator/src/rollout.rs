@@ -1,28 +1,35 @@
 //! The two-phase rollout rule: which node plans may be written now so that every budget stays under its
 //! cap whatever each agent has applied so far. Lowering is always allowed; a raise is written only when
 //! every budget above the node can hold it with every other node counted at the most it may enforce —
-//! its last acknowledged limits or anything written since, while its lease lives; once the lease is
-//! gone (the agent fenced itself to its floors before that), its plan is lowered to its floors and it
-//! counts at them. Pure.
+//! its last acknowledged limits or anything written since, while its lease lives or its machine is up
+//! (a dead agent fences nothing: its GPUs keep their limits); once the lease is gone and the machine is
+//! not known to be up (the agent fenced itself to its floors before the lease expired, or the machine
+//! is gone), its plan is lowered to its floors and it counts at them. Pure.
 
 use std::collections::BTreeMap;
 
-use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan, PowerReport};
 
 /// What etcd says about one node's agent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentView {
     /// The node plan in etcd now.
     pub written: Option<NodePlan>,
-    /// The agent's acknowledgement (lease-bound: absent once its lease expired).
+    /// The agent's last acknowledgement (kept after its lease expires).
     pub ack: Option<Acknowledgement>,
     /// The agent's inventory (lease-bound); `None`: no live agent.
     pub inventory: Option<Inventory>,
+    /// Whether the node's machine is known to be up (its Kubernetes Node is Ready): then its GPUs may
+    /// still enforce what was last acknowledged even when its agent is gone.
+    pub machine_up: bool,
+    /// The GPU power the agent last measured (lease-bound); not used by the rollout rule.
+    pub power: Option<PowerReport>,
 }
 
 /// The most GPU `index` of a node may enforce now, given what is written for it: while its lease
-/// lives, the larger of its acknowledged limit (or, before any acknowledgement, its maximum) and the
-/// written one; without a live lease, the written one — a returning agent applies what it finds.
+/// lives or its machine is up, the larger of its acknowledged limit (or, before any acknowledgement,
+/// its maximum) and the written one; otherwise the written one — the agent fenced itself, or the
+/// machine is gone, and a returning agent applies what it finds.
 fn possible_gpu_watts(
     view: &AgentView,
     written: Option<&NodePlan>,
@@ -32,13 +39,17 @@ fn possible_gpu_watts(
     let planned = written
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
-    let enforced = view
-        .inventory
+    let acknowledged = view
+        .ack
         .as_ref()
-        .and_then(|inventory| match &view.ack {
-            Some(ack) => ack.power_limits_watts.get(index).copied(),
-            None => inventory.gpus.get(index).map(|g| g.max_limit_watts),
-        });
+        .and_then(|ack| ack.power_limits_watts.get(index).copied());
+    let enforced = match (&view.inventory, view.machine_up) {
+        (Some(inventory), _) => {
+            acknowledged.or_else(|| inventory.gpus.get(index).map(|g| g.max_limit_watts))
+        }
+        (None, true) => acknowledged,
+        (None, false) => None,
+    };
     [planned, enforced]
         .into_iter()
         .flatten()
@@ -201,6 +212,8 @@ mod tests {
                 power_limits_watts: a.to_vec(),
             }),
             inventory: Some(inventory(written.len())),
+            machine_up: false,
+            power: None,
         }
     }
 
@@ -294,6 +307,41 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_agent_died_counts_at_its_last_ack_while_its_machine_is_up() {
+        let caps = BTreeMap::from([("rack".to_string(), 1800.0)]);
+        let targets = BTreeMap::from([
+            ("a".to_string(), plan(&[600.0, 600.0])),
+            ("b".to_string(), plan(&[200.0, 200.0])),
+        ]);
+        // b's agent was killed at 600 W per GPU: its lease and inventory are gone, its GPUs are not.
+        let dead_agent = |machine_up| {
+            BTreeMap::from([
+                (
+                    "a".to_string(),
+                    live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+                ),
+                (
+                    "b".to_string(),
+                    AgentView {
+                        written: Some(plan(&[200.0, 200.0])),
+                        inventory: None,
+                        machine_up,
+                        ..live(&[200.0, 200.0], Some(&[600.0, 600.0]))
+                    },
+                ),
+            ])
+        };
+        let step = next_step(&targets, &dead_agent(true), &rack(&["a", "b"]), &caps);
+        assert_eq!(step.held_back, ["a"]);
+        assert!(step.writes.is_empty());
+        // Once the machine is not known to be up (gone, or partitioned and so fenced), b counts at
+        // what is written for it.
+        let step = next_step(&targets, &dead_agent(false), &rack(&["a", "b"]), &caps);
+        assert!(step.held_back.is_empty());
+        assert!(step.writes.contains_key("a"));
+    }
+
+    #[test]
     fn nodes_already_at_their_targets_are_not_rewritten() {
         let caps = BTreeMap::from([("rack".to_string(), 10_000.0)]);
         let targets = BTreeMap::from([
@@ -344,25 +392,27 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Whatever agents have acknowledged (or whether their leases live), after any step the most
-        /// every node may enforce — max(acknowledged, written) while alive, floor otherwise — fits the
-        /// cap, provided it did before and the targets do.
+        /// Whatever agents have acknowledged (or whether their leases live and machines are up), after
+        /// any step the most every node may enforce — max(acknowledged, written) while alive or up,
+        /// written otherwise — fits the cap, provided it did before and the targets do.
         #[test]
         fn every_step_keeps_the_possible_draw_under_the_cap(
             nodes in prop::collection::vec(
                 (prop::collection::vec(200.0..700.0f64, 2), prop::collection::vec(200.0..700.0f64, 2),
-                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), any::<bool>()),
+                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), any::<bool>(), any::<bool>()),
                 1..6),
             slack in 0.0..500.0f64,
         ) {
             let mut targets = BTreeMap::new();
             let mut views = BTreeMap::new();
-            for (i, (written, target, acked, alive)) in nodes.iter().enumerate() {
+            for (i, (written, target, acked, alive, machine_up)) in nodes.iter().enumerate() {
                 let name = format!("n{i}");
                 targets.insert(name.clone(), plan(target));
-                let view = if *alive { live(written, acked.as_deref()) } else {
-                    AgentView { written: Some(plan(written)), ..AgentView::default() }
-                };
+                let mut view = live(written, acked.as_deref());
+                view.machine_up = *machine_up;
+                if !alive {
+                    view.inventory = None;
+                }
                 views.insert(name, view);
             }
             let budgets = rack(&targets.keys().map(String::as_str).collect::<Vec<_>>());

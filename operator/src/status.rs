@@ -1,10 +1,13 @@
 //! PowerBudget status and conditions from a translation and the published plan, and the Events that
 //! a status change deserves (transitions only, never every pass). Pure: the time is an argument.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kilowatt_crds::PowerBudgetStatus;
 
 use crate::published::PublishedPlan;
+use crate::rollout::AgentView;
 use crate::translate::BudgetFacts;
 
 /// An Event to record on a PowerBudget or Pod.
@@ -42,12 +45,14 @@ fn condition(
 }
 
 /// The status of budget `name` after a pass. `plan` is the plan in force (`None` before the first
-/// publish); `solve_time` is when that plan was solved.
+/// publish); `solve_time` is when that plan was solved; `measured_watts` what the agents under the
+/// budget last reported (see [`measured_per_budget`]).
 pub fn budget_status(
     name: &str,
     facts: &BudgetFacts,
     plan: Option<&PublishedPlan>,
     solve_time: Option<&Time>,
+    measured_watts: Option<f64>,
     previous: Option<&PowerBudgetStatus>,
     now: &Time,
 ) -> PowerBudgetStatus {
@@ -175,7 +180,7 @@ pub fn budget_status(
     PowerBudgetStatus {
         effective_cap_watts: Some(facts.effective.cap_watts),
         allocated_watts: summary.map(|s| s.allocated_watts),
-        measured_watts: previous.and_then(|p| p.measured_watts),
+        measured_watts,
         headroom_watts: summary.map(|s| s.headroom_watts),
         nodes: Some(facts.nodes),
         gpus: Some(facts.gpus),
@@ -190,6 +195,31 @@ pub fn budget_status(
             degraded_condition,
         ],
     }
+}
+
+/// Measured draw per budget: the GPU power each node's agent last reported plus the node's configured
+/// overhead, summed over the reporting nodes under each budget (`budgets_of`: each node's budgets),
+/// rounded to 10 W so that noise alone does not rewrite statuses. Budgets with no reporting node are
+/// absent.
+pub fn measured_per_budget(
+    views: &BTreeMap<String, AgentView>,
+    budgets_of: &BTreeMap<String, Vec<String>>,
+    overhead_of: impl Fn(&str) -> f64,
+) -> BTreeMap<String, f64> {
+    let mut measured: BTreeMap<String, f64> = BTreeMap::new();
+    for (node, budgets) in budgets_of {
+        let Some(report) = views.get(node).and_then(|v| v.power.as_ref()) else {
+            continue;
+        };
+        let watts = report.gpu_watts + overhead_of(node);
+        for budget in budgets {
+            *measured.entry(budget.clone()).or_default() += watts;
+        }
+    }
+    for watts in measured.values_mut() {
+        *watts = (*watts / 10.0).round() * 10.0;
+    }
+    measured
 }
 
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -325,7 +355,15 @@ mod tests {
     #[test]
     fn a_planned_budget_is_ready_and_says_so_once() {
         let t0 = time("2026-11-28T12:00:00Z");
-        let first = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        let first = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
         assert_eq!(find_condition(&first, "Ready").status, "True");
         assert_eq!(first.last_plan_revision, Some(7));
         assert_eq!(first.observed_generation, Some(3));
@@ -341,6 +379,7 @@ mod tests {
             &facts(),
             Some(&plan(false)),
             Some(&t0),
+            None,
             Some(&first),
             &t1,
         );
@@ -355,12 +394,21 @@ mod tests {
     fn infeasibility_flips_conditions_keeps_transition_times_and_warns() {
         let t0 = time("2026-11-28T12:00:00Z");
         let t1 = time("2026-11-28T12:05:00Z");
-        let ok = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        let ok = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
         let bad = budget_status(
             "rack",
             &facts(),
             Some(&plan(true)),
             Some(&t1),
+            None,
             Some(&ok),
             &t1,
         );
@@ -376,6 +424,7 @@ mod tests {
             &facts(),
             Some(&plan(false)),
             Some(&t1),
+            None,
             Some(&bad),
             &t1,
         );
@@ -389,7 +438,15 @@ mod tests {
     #[test]
     fn a_degraded_input_and_a_cap_change_are_announced() {
         let t0 = time("2026-11-28T12:00:00Z");
-        let ok = budget_status("rack", &facts(), Some(&plan(false)), Some(&t0), None, &t0);
+        let ok = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
         let mut degraded = facts();
         degraded.issues.push(BudgetIssue {
             reason: "ParentNotFound",
@@ -401,6 +458,7 @@ mod tests {
             &degraded,
             Some(&plan(false)),
             Some(&t0),
+            None,
             Some(&ok),
             &t0,
         );
@@ -413,5 +471,33 @@ mod tests {
                 .note
                 .contains("10000 W → 8000 W (open windows: dr-event)")
         );
+    }
+
+    #[test]
+    fn measured_power_adds_reported_gpu_draw_and_overheads_up_the_chain() {
+        let report = |watts| AgentView {
+            power: Some(kilowatt_crds::plan::PowerReport {
+                gpu_watts: watts,
+                gpu_energy_joules: watts * 10.0,
+                period_seconds: 10.0,
+            }),
+            ..AgentView::default()
+        };
+        let views = BTreeMap::from([
+            ("a".to_string(), report(1234.0)),
+            ("b".to_string(), report(2000.0)),
+            ("silent".to_string(), AgentView::default()),
+        ]);
+        let chain = |budgets: &[&str]| budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>();
+        let budgets_of = BTreeMap::from([
+            ("a".to_string(), chain(&["rack-1", "row"])),
+            ("b".to_string(), chain(&["rack-2", "row"])),
+            ("silent".to_string(), chain(&["rack-3", "row"])),
+        ]);
+        let measured = measured_per_budget(&views, &budgets_of, |_| 500.0);
+        assert_eq!(measured["rack-1"], 1730.0, "1734 W rounded to 10 W");
+        assert_eq!(measured["rack-2"], 2500.0);
+        assert_eq!(measured["row"], 4230.0);
+        assert!(!measured.contains_key("rack-3"), "no report, no figure");
     }
 }

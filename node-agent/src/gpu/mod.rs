@@ -5,6 +5,7 @@
 //! `spawn_blocking`.
 
 pub mod nvml;
+pub mod settings_file;
 pub mod simulated;
 
 use std::time::Duration;

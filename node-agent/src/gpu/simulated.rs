@@ -367,6 +367,11 @@ impl SimulatedGpus {
         Ok(())
     }
 
+    /// The SM clock locked on a GPU, if any.
+    pub fn locked_sm_clock_mhz(&self, index: u32) -> Result<Option<u32>, GpuError> {
+        Ok(self.gpu(index)?.locked_mhz)
+    }
+
     /// Throughput now, in the curve's unit per second.
     pub fn throughput(&self, index: u32) -> Result<f64, GpuError> {
         Ok(self.gpu(index)?.operating().throughput)

@@ -149,6 +149,9 @@ async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
         fence_fraction: 0.5,
         drift_check: Duration::from_millis(500),
         sample_period: Duration::from_millis(100),
+        report_period: Duration::from_secs(1),
+        pod_resources_socket: None,
+        gpu_resource_name: "nvidia.com/gpu".into(),
     };
     let telemetry = Telemetry::new().expect("telemetry");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

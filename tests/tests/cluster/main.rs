@@ -4,5 +4,6 @@
 
 mod agent;
 mod crds;
+mod faults;
 mod operator;
 mod rollout;

@@ -48,6 +48,9 @@ fn start_agent(
         fence_fraction: 0.5,
         drift_check: Duration::from_secs(1),
         sample_period: Duration::from_millis(100),
+        report_period: Duration::from_secs(1),
+        pod_resources_socket: None,
+        gpu_resource_name: "nvidia.com/gpu".into(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let backend = Box::new(gpus.clone());
