@@ -80,7 +80,7 @@ impl Telemetry {
         let gpu_errors = IntCounterVec::new(
             Opts::new(
                 "kilowatt_gpu_errors_total",
-                "GPU backend calls that failed, by kind (driver_missing, no_permission, not_supported, no_such_gpu, failed)",
+                "GPU backend calls that failed, by kind (driver_missing, no_permission, not_supported, no_such_gpu, failed, settings_file)",
             ),
             &["kind"],
         )?;

@@ -78,7 +78,8 @@ pub struct OperatorArgs {
     /// Changes arriving within this window are planned together.
     #[arg(long, default_value_t = 500, value_name = "MILLISECONDS")]
     pub debounce_ms: u64,
-    /// Solve again at least this often, even without changes.
+    /// Solve again at least this often, even without changes; also how often PowerBudget status picks up
+    /// the power the agents measured.
     #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub resync_seconds: u64,
     /// Solver method (see `kilowatt solve --help`).

@@ -68,11 +68,18 @@ pub enum GpuError {
         index: u32,
         message: String,
     },
+    /// The simulated GPUs' settings file (`--simulated-settings-file`) could not be used.
+    #[error("{action} the simulated GPU settings file {}: {message}", path.display())]
+    SettingsFile {
+        action: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
 }
 
 impl GpuError {
     /// A fixed label for metrics and events: `driver_missing`, `no_permission`, `not_supported`,
-    /// `no_such_gpu` or `failed`.
+    /// `no_such_gpu`, `failed` or `settings_file`.
     pub fn category(&self) -> &'static str {
         match self {
             Self::DriverMissing { .. } => "driver_missing",
@@ -80,6 +87,7 @@ impl GpuError {
             Self::NotSupported { .. } => "not_supported",
             Self::NoSuchGpu { .. } => "no_such_gpu",
             Self::Failed { .. } => "failed",
+            Self::SettingsFile { .. } => "settings_file",
         }
     }
 }

@@ -62,11 +62,11 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn file_error(path: &Path, doing: &str, error: &dyn std::fmt::Display) -> GpuError {
-    GpuError::Failed {
-        operation: "keeping the simulated GPU settings",
-        index: 0,
-        message: format!("{doing} {}: {error}", path.display()),
+fn file_error(path: &Path, action: &'static str, error: &dyn std::fmt::Display) -> GpuError {
+    GpuError::SettingsFile {
+        action,
+        path: path.to_path_buf(),
+        message: error.to_string(),
     }
 }
 

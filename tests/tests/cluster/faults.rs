@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kilowatt_crds::PowerBudget;
 use kilowatt_node_agent::gpu::settings_file::StoredSettings;
 use kilowatt_operator::plan_store::PlanStore;
 use kilowatt_operator::published::{KeyLayout, NodePlan};
@@ -215,7 +216,7 @@ impl NodeUnderTest {
             .args(["--etcd-endpoints", &self.etcd_endpoint])
             .args(["--etcd-prefix", PREFIX])
             .args(["--lease-ttl-seconds", &LEASE_TTL_SECONDS.to_string()])
-            .args(["--drift-check-seconds", "1", "--sample-ms", "200"])
+            .args(["--drift-check-seconds", "1", "--sample-ms", "200", "--report-seconds", "1"])
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -439,7 +440,7 @@ impl OperatorProcess {
                 "--lease-namespace",
                 "kilowatt-system",
             ])
-            .args(["--lease-seconds", "3", "--debounce-ms", "100"])
+            .args(["--lease-seconds", "3", "--debounce-ms", "100", "--resync-seconds", "2"])
             .env("KUBECONFIG", &plane.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -820,6 +821,20 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
     let sampler = Sampler::start(checked_budgets(), &nodes);
     tokio::time::sleep(Duration::from_secs(1)).await;
     sampler.stretch("steady state").await;
+
+    // The agents' measured power reaches PowerBudget status: 16 idle simulated GPUs at 70 W each
+    // plus four 500 W node overheads.
+    let budgets: Api<PowerBudget> = Api::all(admin.clone());
+    eventually("measured power in the row's status", SETTLE, || async {
+        let row = budgets.get("row").await.map_err(|e| e.to_string())?;
+        let measured = row.status.and_then(|s| s.measured_watts);
+        if measured == Some(3120.0) {
+            Ok(())
+        } else {
+            Err(format!("measuredWatts {measured:?}"))
+        }
+    })
+    .await;
 
     // 1. n1's agent is stopped (SIGSTOP) so the rollout that frees its watts sticks between its two
     //    phases; the operator is killed there, n1 resumes and lowers while no operator runs, and a new
