@@ -1,5 +1,6 @@
 //! The plan protocol's wire types, shared by the operator (writer of plans) and the node agent (writer
-//! of inventory and acknowledgements): etcd key layout and JSON documents (docs/plan-protocol.md).
+//! of inventory and acknowledgements): etcd key layout, JSON documents (docs/plan-protocol.md) and the
+//! agent credentials the operator issues.
 //! Types only; no IO.
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,27 @@ pub struct PowerReport {
     pub period_seconds: f64,
 }
 
+/// The etcd credentials the operator issues to a node's agent (`POST /api/v1/agent-credentials`): a
+/// user whose role may write only that node's inventory, acknowledgement and power keys and read its
+/// plan key. `Debug` leaves the password out, so logging the value cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCredentials {
+    pub user: String,
+    pub password: String,
+    /// The node the credentials are bound to: the node of the pod the agent's token is bound to.
+    pub node: String,
+}
+
+impl std::fmt::Debug for AgentCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +179,17 @@ mod tests {
         assert_eq!(keys.plan(), "/kilowatt/v1/plan");
         assert_eq!(keys.node_plan("gpu-17"), "/kilowatt/v1/nodes/gpu-17/plan");
         assert!(keys.node_plan("gpu-17").starts_with(&keys.node_prefix()));
+    }
+
+    #[test]
+    fn agent_credentials_do_not_show_their_password_when_logged() {
+        let credentials = AgentCredentials {
+            user: "kilowatt-agent-n1".into(),
+            password: "secret-hex".into(),
+            node: "n1".into(),
+        };
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("kilowatt-agent-n1"), "{shown}");
+        assert!(!shown.contains("secret-hex"), "{shown}");
     }
 }

@@ -1,7 +1,8 @@
-//! The agent process around the protocol state machine: registers the node's GPU inventory under an
-//! etcd lease and keeps it alive, watches the node's plan key, runs the machine's commands on the GPU
-//! backend (reading limits back after every batch), writes acknowledgements, samples telemetry, and
-//! keeps ticking — and so fencing — while etcd is unreachable. Does etcd, GPU and network IO.
+//! The agent process around the protocol state machine: connects to etcd (as the node's own etcd user
+//! when the operator issues credentials), registers the node's GPU inventory under an etcd lease and
+//! keeps it alive, watches the node's plan key, runs the machine's commands on the GPU backend (reading
+//! limits back after every batch), writes acknowledgements, samples telemetry, and keeps ticking — and
+//! so fencing — while etcd is unreachable. Does etcd, GPU and network IO.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use kilowatt_crds::plan::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::credentials::{self, CredentialsError, CredentialsSource};
 use crate::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 use crate::pod_resources::{self, PodName};
 use crate::protocol::{Agent, Command, Event, GpuBounds};
@@ -30,6 +32,9 @@ pub struct AgentOptions {
     pub node: String,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    /// Where to get this node's etcd credentials before every connection; `None`: connect without
+    /// authentication.
+    pub credentials: Option<CredentialsSource>,
     /// TTL of the etcd lease the inventory is bound to (the agent's liveness).
     pub lease_ttl: Duration,
     /// Fraction of the TTL without a renewal after which the agent lowers every GPU to its floor.
@@ -139,14 +144,47 @@ async fn session_task(
 
 /// Why a session could not be opened or ended.
 #[derive(Debug, thiserror::Error)]
-#[error("{step}: {source}")]
-struct SessionError {
-    step: &'static str,
-    source: etcd_client::Error,
+enum SessionError {
+    #[error("{step}: {source}")]
+    Etcd {
+        step: &'static str,
+        source: etcd_client::Error,
+    },
+    #[error("getting this node's etcd credentials: {0}")]
+    Credentials(#[from] CredentialsError),
+}
+
+impl SessionError {
+    /// How long to wait before trying again: a refusal (of the token by the operator, of the
+    /// credentials by etcd) repeats until someone fixes the agent's token or configuration, and every
+    /// try costs the operator a TokenReview.
+    fn retry_after(&self) -> Duration {
+        match self {
+            SessionError::Credentials(e) if e.is_refusal() => Duration::from_secs(10),
+            SessionError::Etcd { source, .. } if refused_credentials(source) => {
+                Duration::from_secs(10)
+            }
+            _ => Duration::from_secs(1),
+        }
+    }
 }
 
 fn step(step: &'static str) -> impl FnOnce(etcd_client::Error) -> SessionError {
-    move |source| SessionError { step, source }
+    move |source| SessionError::Etcd { step, source }
+}
+
+/// Whether etcd refused a request for the session's credentials (the operator issued this node a new
+/// password since, or its role lost a key): only a new session, with fresh credentials, can cure that.
+fn refused_credentials(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) || status.message().contains("authentication failed")
+        }
+        _ => false,
+    }
 }
 
 type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
@@ -178,9 +216,17 @@ async fn open_session(
     inventory: &Inventory,
     events: mpsc::Sender<SessionEvent>,
 ) -> Result<(Session, Option<NodePlan>), SessionError> {
-    let connect = ConnectOptions::new()
+    let mut connect = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(2));
+    if let Some(source) = &options.credentials {
+        // NB: asked for every session: a reconnecting agent may find its password changed (another
+        // pod of this node asked since), and its token rotates.
+        let issued = credentials::fetch(source, &options.node, Duration::from_secs(5)).await?;
+        connect = connect
+            .with_user(issued.user, issued.password)
+            .with_auto_token_refresh(true);
+    }
     let mut client = Client::connect(&options.etcd_endpoints, Some(connect))
         .await
         .map_err(step("connecting to etcd"))?;
@@ -443,7 +489,8 @@ impl Runner {
         Ok(touched.then_some(set))
     }
 
-    /// Writes the node's measured power under the lease; a failure only costs this report.
+    /// Writes the node's measured power under the lease; a failure only costs this report, unless etcd
+    /// refused the agent's credentials: then the session is dropped, so the next one gets fresh ones.
     async fn report_power(&mut self, report: &PowerReport, session: &mut Option<Session>) {
         let Some(live) = session.as_mut() else {
             return;
@@ -459,7 +506,12 @@ impl Runner {
             .await;
         if let Err(error) = put {
             self.telemetry.etcd_error();
-            tracing::warn!(%error, "could not report the node's power");
+            if refused_credentials(&error) {
+                tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
+                *session = None;
+            } else {
+                tracing::warn!(%error, "could not report the node's power");
+            }
         }
     }
 
@@ -559,8 +611,9 @@ pub async fn run(
                 }
                 Err(error) => {
                     runner.telemetry.etcd_error();
-                    tracing::warn!(%error, "etcd unreachable; retrying (the GPUs fence to their floors if this lasts)");
-                    next_connect = Instant::now() + Duration::from_secs(1);
+                    let retry = error.retry_after();
+                    tracing::warn!(%error, ?retry, "no etcd session; retrying (the GPUs fence to their floors if this lasts)");
+                    next_connect = Instant::now() + retry;
                 }
             }
         }
@@ -624,6 +677,56 @@ mod tests {
             utilization_percent: None,
             throttle_reasons: Vec::new(),
         })
+    }
+
+    fn etcd_status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn etcd_refusing_the_credentials_is_told_from_etcd_being_away() {
+        for refusal in [
+            etcd_status(
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            etcd_status(
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            etcd_status(
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+        ] {
+            assert!(refused_credentials(&refusal), "{refusal}");
+            let error = SessionError::Etcd {
+                step: "registering the inventory",
+                source: refusal,
+            };
+            assert_eq!(error.retry_after(), Duration::from_secs(10));
+        }
+        let away = etcd_status(tonic::Code::Unavailable, "connection refused");
+        assert!(!refused_credentials(&away));
+        let error = SessionError::Etcd {
+            step: "connecting to etcd",
+            source: away,
+        };
+        assert_eq!(error.retry_after(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_refused_token_is_asked_again_later_than_an_unreachable_operator() {
+        let refused = SessionError::Credentials(CredentialsError::Refused {
+            status: 403,
+            message: "the token belongs to someone else".into(),
+        });
+        assert_eq!(refused.retry_after(), Duration::from_secs(10));
+        let unreachable = SessionError::Credentials(CredentialsError::Unreachable {
+            url: "http://operator/api/v1/agent-credentials".into(),
+            message: "connection refused".into(),
+        });
+        assert_eq!(unreachable.retry_after(), Duration::from_secs(1));
     }
 
     #[test]

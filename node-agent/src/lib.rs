@@ -3,6 +3,7 @@
 //! Modules say whether they do IO; the protocol state machine is pure.
 
 pub mod agent;
+pub mod credentials;
 pub mod gpu;
 pub mod pod_resources;
 pub mod protocol;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_node_agent::credentials::{CredentialsSource, check_url};
 use kilowatt_node_agent::gpu::GpuBackend;
 use kilowatt_node_agent::gpu::nvml::NvmlBackend;
 use kilowatt_node_agent::gpu::settings_file::FileBackedGpus;
@@ -65,6 +66,20 @@ struct Args {
     /// Key prefix of the plan keys (the operator's --etcd-prefix).
     #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
     etcd_prefix: String,
+    /// The operator's agent-credentials endpoint (http://HOST:PORT/api/v1/agent-credentials). With
+    /// it, the agent sends its ServiceAccount token there before every etcd connection and connects as
+    /// the etcd user it gets back, which may write only the keys of the node its pod runs on; without
+    /// it, the agent connects to etcd without authentication.
+    #[arg(long, env = "KILOWATT_CREDENTIALS_URL", value_name = "URL", value_parser = parse_credentials_url)]
+    credentials_url: Option<String>,
+    /// The projected ServiceAccount token (audience `kilowatt`) sent to --credentials-url; read again
+    /// for every request, as the kubelet rotates it.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kilowatt/token",
+        value_name = "PATH"
+    )]
+    service_account_token_file: PathBuf,
     /// TTL of the etcd lease that carries this node's inventory and acknowledgements.
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=300))]
     lease_ttl_seconds: u64,
@@ -103,6 +118,12 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{v} is not in (0, 1]"))
     }
+}
+
+fn parse_credentials_url(s: &str) -> Result<String, String> {
+    check_url(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(format: &str) {
@@ -170,6 +191,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         node: args.node.clone(),
         etcd_endpoints: args.etcd_endpoints.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
+        credentials: args.credentials_url.clone().map(|url| CredentialsSource {
+            url,
+            token_file: args.service_account_token_file.clone(),
+        }),
         lease_ttl: Duration::from_secs(args.lease_ttl_seconds),
         fence_fraction: args.fence_fraction,
         drift_check: Duration::from_secs(args.drift_check_seconds),

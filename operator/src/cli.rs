@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use kilowatt_solver::{MethodChoice, MilpLimits, SolveOptions};
 
+use crate::agent_credentials::ServiceAccountRef;
+
 /// Kilowatt keeps a datacenter's GPUs inside its power budget while getting the most work out of
 /// every watt.
 #[derive(Debug, Parser)]
@@ -54,7 +56,29 @@ pub struct OperatorArgs {
     /// Key prefix of every plan key in etcd (layout in docs/plan-protocol.md).
     #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
     pub etcd_prefix: String,
-    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /api/v1/plan, /api/v1/whatif).
+    /// etcd user to connect as, with the root role: it writes every plan key and manages the agents'
+    /// etcd users. Without it the operator connects without authentication and issues no agent
+    /// credentials.
+    #[arg(
+        long,
+        env = "KILOWATT_ETCD_USER",
+        value_name = "USER",
+        requires = "etcd_password_file"
+    )]
+    pub etcd_user: Option<String>,
+    /// File holding --etcd-user's password (a mounted Secret; a trailing newline is ignored).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The agents' ServiceAccount: only its tokens, bound to a pod on a node, earn etcd credentials
+    /// for that node's keys (POST /api/v1/agent-credentials).
+    #[arg(
+        long,
+        default_value = "kilowatt-system/kilowatt-agent",
+        value_name = "NAMESPACE/NAME"
+    )]
+    pub agent_service_account: ServiceAccountRef,
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /api/v1/plan, /api/v1/whatif,
+    /// /api/v1/agent-credentials).
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
     /// This replica's name in the leader Lease and in Events; defaults to $POD_NAME, else $HOSTNAME.

@@ -21,11 +21,12 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::caches::{self, Caches};
 use crate::http::{AppState, Health, router};
 use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
-use crate::plan_store::{Loaded, PlanStore, StoreError};
+use crate::plan_store::{EtcdCredentials, Loaded, PlanStore, StoreError};
 use crate::published::{self, KeyLayout, NodePlan, PublishedPlan};
 use crate::rollout::{self, AgentView};
 use crate::status::{EventNote, budget_events, budget_status, measured_per_budget};
@@ -40,6 +41,11 @@ const MANAGER: &str = "kilowatt-operator";
 pub struct OperatorOptions {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    /// The etcd user (with the root role) to connect as; `None`: etcd without authentication, and no
+    /// agent credentials are issued.
+    pub etcd_credentials: Option<EtcdCredentials>,
+    /// The agents' ServiceAccount: only its tokens earn etcd credentials.
+    pub agent_service_account: ServiceAccountRef,
     pub listen: SocketAddr,
     /// This replica's name in the Lease and in Events (the pod name in a cluster).
     pub identity: String,
@@ -166,12 +172,23 @@ pub async fn start(
 ) -> Result<RunningOperator, StartError> {
     check_crd::<PowerBudget>(&client, "powerbudgets.kilowatt.dev").await?;
     check_crd::<WorkloadProfile>(&client, "workloadprofiles.kilowatt.dev").await?;
-    let store = PlanStore::connect(
+    let keys = KeyLayout::new(&options.etcd_prefix);
+    let store = PlanStore::connect_as(
         &options.etcd_endpoints,
-        KeyLayout::new(&options.etcd_prefix),
+        keys.clone(),
         Duration::from_secs(5),
+        options.etcd_credentials.as_ref(),
     )
     .await?;
+    // Without an etcd user the operator cannot manage users (and etcd has no auth to enforce them).
+    let credentials = options.etcd_credentials.as_ref().map(|_| {
+        CredentialIssuer::new(
+            client.clone(),
+            store.etcd_client(),
+            keys,
+            options.agent_service_account.clone(),
+        )
+    });
     let metrics = Metrics::new()?;
     let health = Arc::new(Health::default());
     health.beat();
@@ -196,6 +213,7 @@ pub async fn start(
         health: health.clone(),
         solve_options: options.solve.clone(),
         resync: options.resync,
+        credentials,
     });
     tasks.spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -489,7 +507,7 @@ impl Reconciler {
             .iter()
             .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
             .collect();
-        self.metrics.observe_plan(&in_force, &spec_caps);
+        self.metrics.observe_plan(&in_force, &spec_caps, &measured);
 
         self.write_budget_statuses(&translation, &in_force, &measured)
             .await?;

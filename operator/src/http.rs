@@ -1,6 +1,8 @@
 //! The operator's HTTP endpoints (axum): `/metrics`, `/healthz`, `/readyz`, the plan in force
-//! (`GET /api/v1/plan`, read-only) and what-if questions (`POST /api/v1/whatif`, changes nothing).
-//! Does network IO; answers come from etcd, the watch caches and the pure what-if.
+//! (`GET /api/v1/plan`, read-only), what-if questions (`POST /api/v1/whatif`, changes nothing) and
+//! node agents' etcd credentials (`POST /api/v1/agent-credentials`, for a ServiceAccount token bound
+//! to a pod on a node). Does network IO; answers come from etcd, the watch caches, the pure what-if and
+//! the API server's TokenReview.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -9,13 +11,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_solver::SolveOptions;
 use serde_json::json;
 
+use crate::agent_credentials::{CredentialIssuer, CredentialsError, bearer_token};
 use crate::caches::Caches;
 use crate::controller::inventories;
 use crate::metrics::Metrics;
@@ -51,6 +54,8 @@ pub struct AppState {
     /// The loop wakes at least this often; a heartbeat older than twice this (plus a minute for a
     /// long solve) means it is stuck.
     pub resync: Duration,
+    /// Issues agents' etcd credentials; `None` when the operator connects to etcd without a user.
+    pub credentials: Option<CredentialIssuer>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -127,6 +132,58 @@ async fn whatif(
     }
 }
 
+async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .agent_credentials
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    let Some(issuer) = &state.credentials else {
+        count("disabled");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this operator connects to etcd without a user (--etcd-user), so etcd enforces no \
+             per-node access and no agent credentials are issued",
+        );
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let issued = match bearer_token(authorization) {
+        Ok(token) => issuer.issue_for_token(token).await,
+        Err(rejection) => Err(CredentialsError::Rejected(rejection)),
+    };
+    match issued {
+        Ok(credentials) => {
+            count("issued");
+            tracing::info!(node = %credentials.node, user = %credentials.user, "issued agent etcd credentials");
+            // NB: the answer holds a password: no cache may keep it.
+            ([(header::CACHE_CONTROL, "no-store")], Json(credentials)).into_response()
+        }
+        Err(e) => {
+            count(e.category());
+            let status = match &e {
+                CredentialsError::Rejected(r) if r.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+                CredentialsError::Rejected(_) => StatusCode::FORBIDDEN,
+                CredentialsError::Review(_) | CredentialsError::Issue(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            tracing::warn!(error = %e, %status, "refused agent etcd credentials");
+            let mut response = error(status, e.to_string());
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
+}
+
 /// The router with every endpoint.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -135,5 +192,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/plan", get(plan))
         .route("/api/v1/whatif", post(whatif))
+        .route("/api/v1/agent-credentials", post(agent_credentials))
         .with_state(state)
 }

@@ -1,7 +1,9 @@
 //! The `kilowatt` command and the operator behind it: watching the cluster, translating it into a
-//! power-allocation problem, solving, publishing plans to etcd, status and events, HTTP endpoints; and
-//! the solver CLI (`solve`, `bench`). Modules say whether they do IO; the solver they call is pure.
+//! power-allocation problem, solving, publishing plans to etcd, status and events, HTTP endpoints,
+//! node agents' etcd credentials; and the solver CLI (`solve`, `bench`). Modules say whether they do
+//! IO; the solver they call is pure.
 
+pub mod agent_credentials;
 pub mod bench;
 pub mod caches;
 pub mod cli;

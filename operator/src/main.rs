@@ -8,6 +8,7 @@ use clap::Parser;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
 use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, WhatifArgs};
 use kilowatt_operator::controller::{self, OperatorOptions};
+use kilowatt_operator::plan_store::EtcdCredentials;
 use kilowatt_operator::solve;
 use kilowatt_operator::whatif::{self, WhatIfRequest};
 use kilowatt_operator::whatif_client::{self, AskError};
@@ -77,6 +78,18 @@ async fn termination() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// The password in `file`, without the trailing newline editors and `kubectl create secret
+/// --from-file` leave.
+fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the etcd password from {}", file.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("the etcd password file {} is empty", file.display());
+    }
+    Ok(password.to_owned())
+}
+
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let identity = args
@@ -84,9 +97,19 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| format!("kilowatt-operator-{}", std::process::id()));
+    let etcd_credentials = match (&args.etcd_user, &args.etcd_password_file) {
+        (Some(user), Some(file)) => Some(EtcdCredentials {
+            user: user.clone(),
+            password: read_password(file)?,
+        }),
+        // NB: clap requires both or neither.
+        _ => None,
+    };
     let options = OperatorOptions {
         etcd_endpoints: args.etcd_endpoints.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
+        etcd_credentials,
+        agent_service_account: args.agent_service_account.clone(),
         listen: args.listen,
         identity,
         lease_namespace: args.lease_namespace.clone(),

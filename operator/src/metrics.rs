@@ -1,5 +1,8 @@
 //! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput), plans (revision,
-//! gap), solve time, reconcile errors by category, leadership. Holds values in memory; no IO.
+//! gap), solve time, reconcile errors by category, leadership, agent credentials issued. Holds values in
+//! memory; no IO.
+
+use std::collections::BTreeMap;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -16,6 +19,7 @@ pub struct Metrics {
     pub budget_effective_cap_watts: GaugeVec,
     pub budget_allocated_watts: GaugeVec,
     pub budget_headroom_watts: GaugeVec,
+    pub budget_measured_watts: GaugeVec,
     pub budget_normalized_throughput: GaugeVec,
     pub budget_gpus: GaugeVec,
     pub plan_revision: IntGauge,
@@ -27,6 +31,7 @@ pub struct Metrics {
     pub reconciles: IntCounter,
     pub reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
+    pub agent_credentials: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +55,10 @@ impl Metrics {
             budget_allocated_watts: budget(
                 "kilowatt_budget_allocated_watts",
                 "Planned GPU limits plus node overheads under a PowerBudget",
+            )?,
+            budget_measured_watts: budget(
+                "kilowatt_budget_measured_watts",
+                "GPU power the agents under a PowerBudget measured over their last report, plus those nodes' overheads",
             )?,
             budget_headroom_watts: budget(
                 "kilowatt_budget_headroom_watts",
@@ -99,6 +108,14 @@ impl Metrics {
                 "kilowatt_leader",
                 "Whether this replica acts as leader (1) or stands by (0)",
             )?,
+            agent_credentials: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_agent_credentials_issued_total",
+                    "Requests for agent etcd credentials by outcome (issued, unauthenticated, \
+                     forbidden, disabled, kube, etcd)",
+                ),
+                &["outcome"],
+            )?,
             registry,
         };
         for collector in [
@@ -111,6 +128,7 @@ impl Metrics {
             Box::new(metrics.reconciles.clone()),
             Box::new(metrics.reconcile_errors.clone()),
             Box::new(metrics.leader.clone()),
+            Box::new(metrics.agent_credentials.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;
@@ -118,13 +136,20 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Sets the budget and plan gauges from the plan in force; budgets no longer in it are dropped.
-    pub fn observe_plan(&self, plan: &PublishedPlan, spec_caps: &[(String, f64)]) {
+    /// Sets the budget and plan gauges from the plan in force and the agents' measurements; budgets no
+    /// longer in it (or no longer measured) are dropped.
+    pub fn observe_plan(
+        &self,
+        plan: &PublishedPlan,
+        spec_caps: &[(String, f64)],
+        measured: &BTreeMap<String, f64>,
+    ) {
         for gauge in [
             &self.budget_cap_watts,
             &self.budget_effective_cap_watts,
             &self.budget_allocated_watts,
             &self.budget_headroom_watts,
+            &self.budget_measured_watts,
             &self.budget_normalized_throughput,
             &self.budget_gpus,
         ] {
@@ -132,6 +157,11 @@ impl Metrics {
         }
         for (name, cap) in spec_caps {
             self.budget_cap_watts.with_label_values(&[name]).set(*cap);
+        }
+        for (name, watts) in measured {
+            self.budget_measured_watts
+                .with_label_values(&[name])
+                .set(*watts);
         }
         for b in &plan.budgets {
             let label = [b.name.as_str()];

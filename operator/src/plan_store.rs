@@ -70,15 +70,50 @@ pub struct PlanStore {
     keys: KeyLayout,
 }
 
+/// An etcd user and password (`--etcd-user`, `--etcd-password-file`). `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 impl PlanStore {
+    /// Connects without authentication (an etcd with auth disabled).
     pub async fn connect(
         endpoints: &[String],
         keys: KeyLayout,
         timeout: Duration,
     ) -> Result<PlanStore, StoreError> {
-        let options = ConnectOptions::new()
+        PlanStore::connect_as(endpoints, keys, timeout, None).await
+    }
+
+    /// Connects as `credentials`' user when given. The operator's user needs the root role: it
+    /// writes every plan key and manages the agents' users and roles.
+    pub async fn connect_as(
+        endpoints: &[String],
+        keys: KeyLayout,
+        timeout: Duration,
+        credentials: Option<&EtcdCredentials>,
+    ) -> Result<PlanStore, StoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if let Some(credentials) = credentials {
+            // NB: etcd's simple auth tokens expire after --auth-token-ttl (5 min) without use; a
+            // long --resync-seconds leaves the client idle that long, so it re-authenticates.
+            options = options
+                .with_user(credentials.user.as_str(), credentials.password.as_str())
+                .with_auto_token_refresh(true);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| StoreError::Connect {
@@ -86,6 +121,11 @@ impl PlanStore {
                 source,
             })?;
         Ok(PlanStore { client, keys })
+    }
+
+    /// The etcd client, connected as the operator's user (for managing agents' credentials).
+    pub fn etcd_client(&self) -> Client {
+        self.client.clone()
     }
 
     /// Reads the current plan and its fence. A plan that does not decode (written by an incompatible

@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 
 /// The Kubernetes version of the API server, the same minor as k8s-openapi's `v1_37` feature.
@@ -134,6 +137,34 @@ impl Etcd {
         etcd.owns_dir = true;
         etcd.wait_healthy().await?;
         Ok(etcd)
+    }
+
+    /// Starts an etcd (as [`Etcd::start`]) with authentication enabled: user `root`, holding the root
+    /// role, logs in with the returned password; a client without a user may do nothing.
+    pub async fn start_with_auth() -> anyhow::Result<(Etcd, String)> {
+        let etcd = Etcd::start().await?;
+        // A test etcd on the loopback: the password only has to differ between runs.
+        let password = format!("root-{}-{}", std::process::id(), free_port()?);
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10));
+        let mut client = within(
+            "etcd client",
+            etcd_client::Client::connect([etcd.endpoint.as_str()], Some(options)),
+        )
+        .await
+        .context("connecting to the new etcd")?;
+        within("add root", client.user_add("root", password.as_str(), None))
+            .await
+            .context("adding etcd user root")?;
+        // NB: etcd has the root role built in; enabling auth requires a root user holding it.
+        within("grant root", client.user_grant_role("root", "root"))
+            .await
+            .context("granting root the root role")?;
+        within("enable auth", client.auth_enable())
+            .await
+            .context("enabling etcd authentication")?;
+        Ok((etcd, password))
     }
 
     fn start_in(dir: PathBuf) -> anyhow::Result<Etcd> {
@@ -363,6 +394,82 @@ impl ControlPlane {
         let mut config = self.config().await?;
         config.auth_info.impersonate = Some(user.to_owned());
         Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Creates ServiceAccount `namespace/name`. Nothing else would: the harness runs no
+    /// controller-manager, and its API server runs without the ServiceAccount admission plugin.
+    pub async fn create_service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        within(
+            "create service account",
+            accounts.create(&PostParams::default(), &account),
+        )
+        .await
+        .with_context(|| format!("creating ServiceAccount {namespace}/{name}"))?;
+        Ok(())
+    }
+
+    /// A token of ServiceAccount `namespace/account` for `audience`. Bound to pod `namespace/pod`
+    /// (which must run as that account) when given, as the kubelet projects it into the pod's volume:
+    /// the API server then records the pod and, for a pod scheduled on a node, that node in the token.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        account: &str,
+        audience: &str,
+        pod: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let client = self.client().await?;
+        let bound_object_ref = match pod {
+            Some(pod) => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+                let uid = within("get pod", pods.get(pod))
+                    .await
+                    .with_context(|| format!("reading pod {namespace}/{pod}"))?
+                    .metadata
+                    .uid
+                    .with_context(|| format!("pod {namespace}/{pod} has no uid"))?;
+                Some(BoundObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Pod".to_owned()),
+                    name: Some(pod.to_owned()),
+                    uid: Some(uid),
+                })
+            }
+            None => None,
+        };
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![audience.to_owned()]),
+                bound_object_ref,
+                // The shortest lifetime the API server grants.
+                expiration_seconds: Some(600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let issued = within(
+            "token request",
+            accounts.create_token_request(account, &PostParams::default(), &request),
+        )
+        .await
+        .with_context(|| format!("requesting a token of {namespace}/{account}"))?;
+        issued
+            .status
+            .and_then(|status| status.token)
+            .filter(|token| !token.is_empty())
+            .with_context(|| {
+                format!("the token request for {namespace}/{account} returned no token")
+            })
     }
 
     async fn config(&self) -> anyhow::Result<kube::Config> {

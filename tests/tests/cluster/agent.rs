@@ -145,6 +145,7 @@ async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
         node: NODE.into(),
         etcd_endpoints: vec![etcd.endpoint.clone()],
         etcd_prefix: "/agent-test".into(),
+        credentials: None,
         lease_ttl: Duration::from_secs(2),
         fence_fraction: 0.5,
         drift_check: Duration::from_millis(500),

@@ -25,7 +25,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-use crate::operator::{budget, gpu_node, gpu_pod, patch_budget, prepared_cluster};
+use crate::operator::{budget, gpu_node, gpu_pod, http_get, patch_budget, prepared_cluster};
 
 const PREFIX: &str = "/kilowatt-faults";
 const GPUS: u32 = 4;
@@ -216,7 +216,14 @@ impl NodeUnderTest {
             .args(["--etcd-endpoints", &self.etcd_endpoint])
             .args(["--etcd-prefix", PREFIX])
             .args(["--lease-ttl-seconds", &LEASE_TTL_SECONDS.to_string()])
-            .args(["--drift-check-seconds", "1", "--sample-ms", "200", "--report-seconds", "1"])
+            .args([
+                "--drift-check-seconds",
+                "1",
+                "--sample-ms",
+                "200",
+                "--report-seconds",
+                "1",
+            ])
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -418,6 +425,7 @@ impl Drop for Sampler {
 /// `kilowatt operator` as a process, on the admin kubeconfig.
 struct OperatorProcess {
     child: Child,
+    address: std::net::SocketAddr,
 }
 
 impl OperatorProcess {
@@ -431,8 +439,9 @@ impl OperatorProcess {
             .append(true)
             .open(log)
             .expect("operator log");
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new(workspace_binary("kilowatt"))
-            .args(["operator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["operator", "--listen", &address.to_string()])
             .args(["--etcd-endpoints", etcd_endpoint, "--etcd-prefix", PREFIX])
             .args([
                 "--identity",
@@ -440,14 +449,21 @@ impl OperatorProcess {
                 "--lease-namespace",
                 "kilowatt-system",
             ])
-            .args(["--lease-seconds", "3", "--debounce-ms", "100", "--resync-seconds", "2"])
+            .args([
+                "--lease-seconds",
+                "3",
+                "--debounce-ms",
+                "100",
+                "--resync-seconds",
+                "2",
+            ])
             .env("KUBECONFIG", &plane.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("operator starts");
-        OperatorProcess { child }
+        OperatorProcess { child, address }
     }
 
     fn kill(mut self) {
@@ -835,6 +851,12 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
         }
     })
     .await;
+    let (status, metrics) = http_get(operator.address, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("kilowatt_budget_measured_watts{budget=\"row\"} 3120"),
+        "{metrics}"
+    );
 
     // 1. n1's agent is stopped (SIGSTOP) so the rollout that frees its watts sticks between its two
     //    phases; the operator is killed there, n1 resumes and lowers while no operator runs, and a new

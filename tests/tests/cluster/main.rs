@@ -3,6 +3,7 @@
 //! (see tests/README.md). One test binary, so the workspace links one more executable, not several.
 
 mod agent;
+mod auth;
 mod crds;
 mod faults;
 mod operator;

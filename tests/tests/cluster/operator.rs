@@ -51,6 +51,10 @@ pub(crate) fn options(plane: &ControlPlane, identity: &str, resync: Duration) ->
     OperatorOptions {
         etcd_endpoints: vec![plane.etcd_endpoint.clone()],
         etcd_prefix: "/kilowatt-test".to_owned(),
+        etcd_credentials: None,
+        agent_service_account: "kilowatt-system/kilowatt-agent"
+            .parse()
+            .expect("service account"),
         listen: "127.0.0.1:0".parse().expect("address"),
         identity: identity.to_owned(),
         lease_namespace: "kilowatt-system".to_owned(),
@@ -68,13 +72,18 @@ pub(crate) async fn start_operator(
     identity: &str,
     resync: Duration,
 ) -> RunningOperator {
+    start_operator_with(plane, options(plane, identity, resync)).await
+}
+
+/// Starts an operator replica with `options`, authorised as the operator's ServiceAccount.
+pub(crate) async fn start_operator_with(
+    plane: &ControlPlane,
+    options: OperatorOptions,
+) -> RunningOperator {
     let client = plane.client_as(OPERATOR_USER).await.expect("client");
-    within(
-        "operator start",
-        controller::start(client, options(plane, identity, resync)),
-    )
-    .await
-    .expect("operator starts")
+    within("operator start", controller::start(client, options))
+        .await
+        .expect("operator starts")
 }
 
 async fn create<K>(api: &Api<K>, value: Value) -> K
@@ -304,7 +313,7 @@ async fn event(admin: &Client, namespace: &str, name: &str, reason: &str) -> Str
 }
 
 /// A plain HTTP/1.1 GET against the operator; returns status code and body.
-async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     within("http get", async {
         let mut stream = tokio::net::TcpStream::connect(address)
             .await

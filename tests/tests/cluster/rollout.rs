@@ -44,6 +44,7 @@ fn start_agent(
         node: node.into(),
         etcd_endpoints: vec![plane.etcd_endpoint.clone()],
         etcd_prefix: "/kilowatt-test".into(),
+        credentials: None,
         lease_ttl: Duration::from_secs(4),
         fence_fraction: 0.5,
         drift_check: Duration::from_secs(1),

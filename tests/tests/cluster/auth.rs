@@ -1,0 +1,397 @@
+//! Node-bound etcd access on a real control plane and a real etcd with authentication: the operator
+//! reviews an agent's pod-bound ServiceAccount token and issues etcd credentials that may write only
+//! the keys of the node that pod runs on; the agent runs with them; other callers are refused.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use k8s_openapi::api::core::v1::Pod;
+use kilowatt_crds::plan::{AgentCredentials, KeyLayout};
+use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource};
+use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
+use kilowatt_node_agent::telemetry::Telemetry;
+use kilowatt_operator::plan_store::{EtcdCredentials, PlanStore};
+use kilowatt_tests::{Etcd, create_from_yaml, eventually, within};
+use kube::Client as KubeClient;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::operator::{
+    budget, gpu_node, gpu_pod, http_get, options, prepared_cluster, start_operator_with,
+};
+
+const PREFIX: &str = "/kilowatt-test";
+const AGENTS: &str = "kilowatt-system";
+const AGENT_ACCOUNT: &str = "kilowatt-agent";
+const WAIT: Duration = Duration::from_secs(45);
+
+/// A pod on `node` running as `account`, as the scheduler would leave it.
+async fn pod_on(admin: &KubeClient, namespace: &str, name: &str, node: &str, account: &str) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"nodeName": node, "serviceAccountName": account,
+                 "containers": [{"name": "main", "image": "registry.invalid/agent:1"}]}
+    }))
+    .expect("pod");
+    within("create pod", pods.create(&PostParams::default(), &pod))
+        .await
+        .expect("pod created");
+}
+
+/// `POST /api/v1/agent-credentials` with `token` as bearer token, if any: (status, body).
+async fn ask(address: std::net::SocketAddr, token: Option<&str>) -> (u16, String) {
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    within("credentials request", async {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST /api/v1/agent-credentials HTTP/1.1\r\nHost: test\r\n{authorization}\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        (code, body)
+    })
+    .await
+}
+
+async fn etcd_as(etcd: &Etcd, user: &str, password: &str) -> Client {
+    let options = ConnectOptions::new()
+        .with_user(user, password)
+        .with_timeout(Duration::from_secs(10));
+    within(
+        "etcd client",
+        Client::connect([etcd.endpoint.as_str()], Some(options)),
+    )
+    .await
+    .expect("etcd accepts the user")
+}
+
+/// Whether a put of `key` as `client` succeeds; panics on any failure other than etcd's refusal.
+async fn may_put(client: &mut Client, key: String) -> bool {
+    match within("put", client.put(key.as_str(), b"{}".to_vec(), None)).await {
+        Ok(_) => true,
+        Err(etcd_client::Error::GRpcStatus(status))
+            if status.code() == tonic::Code::PermissionDenied =>
+        {
+            false
+        }
+        Err(error) => panic!("put {key}: {error}"),
+    }
+}
+
+fn write_token(name: &str, token: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kilowatt-{name}-{}", std::process::id()));
+    std::fs::write(&path, token).expect("token file");
+    path
+}
+
+/// An agent for `node` with 4 simulated GPUs, getting its credentials from `url` with `token_file`.
+fn start_agent(
+    etcd: &Etcd,
+    node: &str,
+    url: &str,
+    token_file: &std::path::Path,
+) -> (
+    Telemetry,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let options = AgentOptions {
+        node: node.into(),
+        etcd_endpoints: vec![etcd.endpoint.clone()],
+        etcd_prefix: PREFIX.into(),
+        credentials: Some(CredentialsSource {
+            url: url.to_owned(),
+            token_file: token_file.to_owned(),
+        }),
+        lease_ttl: Duration::from_secs(4),
+        fence_fraction: 0.5,
+        drift_check: Duration::from_secs(1),
+        sample_period: Duration::from_millis(100),
+        report_period: Duration::from_secs(1),
+        pod_resources_socket: None,
+        gpu_resource_name: "nvidia.com/gpu".into(),
+    };
+    let telemetry = Telemetry::new().expect("telemetry");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let backend = Box::new(SimulatedGpus::uniform(
+        node, 4, "H100-SXM", 200.0, 700.0, None,
+    ));
+    let reporting = telemetry.clone();
+    let task = tokio::spawn(async move {
+        agent::run(backend, options, reporting, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("agent runs");
+    });
+    (telemetry, stop, task)
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
+    let (plane, admin) = prepared_cluster().await;
+    let (etcd, root_password) = within("etcd with auth", Etcd::start_with_auth())
+        .await
+        .expect("etcd with auth starts");
+    create_from_yaml(&admin, "helm/kilowatt/rbac/agent.yaml")
+        .await
+        .expect("agent ServiceAccount applies");
+    for node in ["n1", "n2"] {
+        gpu_node(
+            &admin,
+            node,
+            json!({"rack": "a"}),
+            4,
+            "NVIDIA-H100-80GB-HBM3",
+        )
+        .await;
+    }
+    budget(
+        &admin,
+        "rack-a",
+        json!({"capWatts": 20000.0, "nodeOverheadWatts": 500.0,
+               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
+    )
+    .await;
+    // Work on n1, so its plan raises the GPUs above their floors once its agent acknowledged them.
+    gpu_pod(
+        &admin,
+        "serve-0",
+        "n1",
+        4,
+        json!({"kilowatt.dev/workload": "inference"}),
+    )
+    .await;
+    // The agent's DaemonSet pod on n1, and a workload on n1 with its own ServiceAccount.
+    pod_on(&admin, AGENTS, "kilowatt-agent-n1", "n1", AGENT_ACCOUNT).await;
+    plane
+        .create_service_account("ml", "trainer")
+        .await
+        .expect("trainer account");
+    pod_on(&admin, "ml", "trainer-0", "n1", "trainer").await;
+    let agent_token = plane
+        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some("kilowatt-agent-n1"))
+        .await
+        .expect("agent token");
+    let trainer_token = plane
+        .service_account_token("ml", "trainer", "kilowatt", Some("trainer-0"))
+        .await
+        .expect("trainer token");
+    // The agent's account, but a token bound to no pod, so to no node.
+    let unbound_token = plane
+        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", None)
+        .await
+        .expect("unbound token");
+    // The agent's pod, but a token for the API server rather than for Kilowatt.
+    let api_token = plane
+        .service_account_token(
+            AGENTS,
+            AGENT_ACCOUNT,
+            "https://kubernetes.default.svc",
+            Some("kilowatt-agent-n1"),
+        )
+        .await
+        .expect("API server token");
+
+    let root = EtcdCredentials {
+        user: "root".to_owned(),
+        password: root_password,
+    };
+    let mut operator_options = options(&plane, "replica-0", Duration::from_secs(2));
+    operator_options.etcd_endpoints = vec![etcd.endpoint.clone()];
+    operator_options.etcd_credentials = Some(root.clone());
+    let operator = start_operator_with(&plane, operator_options).await;
+    let url = format!("http://{}/api/v1/agent-credentials", operator.address);
+    let keys = KeyLayout::new(PREFIX);
+
+    // No token, an unknown token, a token for another audience, another ServiceAccount's token, a
+    // token bound to no node: refused, saying why.
+    let (status, body) = ask(operator.address, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = ask(operator.address, Some("not-a-token")).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = ask(operator.address, Some(&api_token)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = ask(operator.address, Some(&trainer_token)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("system:serviceaccount:ml:trainer"), "{body}");
+    let (status, body) = ask(operator.address, Some(&unbound_token)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not bound to a pod on a node"), "{body}");
+
+    // The agent's token earns credentials for n1, the node its pod runs on.
+    let (status, body) = ask(operator.address, Some(&agent_token)).await;
+    assert_eq!(status, 200, "{body}");
+    let issued: AgentCredentials = serde_json::from_str(&body).expect("credentials");
+    assert_eq!(issued.node, "n1");
+    assert_eq!(issued.user, "kilowatt-agent-n1");
+
+    // With them etcd lets n1's keys be written, and nothing else: not n2's, not the plans.
+    let mut as_n1 = etcd_as(&etcd, &issued.user, &issued.password).await;
+    assert!(may_put(&mut as_n1, keys.node_ack("n1")).await);
+    assert!(!may_put(&mut as_n1, keys.node_ack("n2")).await);
+    assert!(!may_put(&mut as_n1, keys.node_inventory("n2")).await);
+    assert!(!may_put(&mut as_n1, keys.plan()).await);
+    assert!(!may_put(&mut as_n1, keys.node_plan("n1")).await);
+    within("read own plan", as_n1.get(keys.node_plan("n1"), None))
+        .await
+        .expect("n1's plan is readable");
+    // Remove the test's write: n1's acknowledgement is its agent's to make.
+    let mut as_root = etcd_as(&etcd, &root.user, &root.password).await;
+    within("delete test ack", as_root.delete(keys.node_ack("n1"), None))
+        .await
+        .expect("deleted");
+
+    // An agent that claims to be n2 with n1's token gets n1's credentials, sees that, and writes
+    // nothing for n2.
+    let token_file = write_token("agent-token", &agent_token);
+    let claimed = credentials::fetch(
+        &CredentialsSource {
+            url: url.clone(),
+            token_file: token_file.clone(),
+        },
+        "n2",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        matches!(&claimed, Err(CredentialsError::WrongNode { issued, node }) if issued == "n1" && node == "n2"),
+        "{claimed:?}"
+    );
+    let (impostor, stop_impostor, impostor_task) = start_agent(&etcd, "n2", &url, &token_file);
+    eventually("the impostor agent fails to register", WAIT, || async {
+        let text = impostor.render().map_err(|e| e.to_string())?;
+        if metric(&text, "kilowatt_agent_etcd_errors_total") >= 1.0 {
+            Ok(())
+        } else {
+            Err("no failed session yet".to_owned())
+        }
+    })
+    .await;
+    stop_impostor.send(()).expect("impostor listening");
+    within("impostor stops", impostor_task)
+        .await
+        .expect("impostor task");
+    let n2_keys = within(
+        "n2 keys",
+        as_root.get(
+            keys.node_prefix() + "n2/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        ),
+    )
+    .await
+    .expect("read n2's keys");
+    let written: Vec<String> = n2_keys
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok().map(str::to_owned))
+        .filter(|key| *key != keys.node_plan("n2"))
+        .collect();
+    assert!(
+        written.is_empty(),
+        "written for n2 besides its plan: {written:?}"
+    );
+
+    // The real agent of n1 registers its inventory and, reading and watching its plan key, follows
+    // the operator's rollout from the floors up to the raised plan, acknowledging each step.
+    let (_telemetry, stop_agent, agent_task) = start_agent(&etcd, "n1", &url, &token_file);
+    let store = within(
+        "plan store",
+        PlanStore::connect_as(
+            std::slice::from_ref(&etcd.endpoint),
+            keys.clone(),
+            Duration::from_secs(5),
+            Some(&root),
+        ),
+    )
+    .await
+    .expect("root connects");
+    let acknowledged = eventually("n1 acknowledges its raised plan", WAIT, || async {
+        let views = store.read_views().await.map_err(|e| e.to_string())?;
+        let view = views.get("n1").ok_or("no keys for n1")?;
+        let inventory = view.inventory.as_ref().ok_or("no inventory")?;
+        let (Some(plan), Some(ack)) = (&view.written, &view.ack) else {
+            return Err(format!("plan {:?} ack {:?}", view.written, view.ack));
+        };
+        let planned: Vec<f64> = plan.gpus.iter().map(|g| g.power_limit_watts).collect();
+        let raised = plan
+            .gpus
+            .iter()
+            .all(|g| g.power_limit_watts > g.floor_watts);
+        if raised && ack.revision == plan.revision && ack.power_limits_watts == planned {
+            Ok((inventory.gpus.len(), planned))
+        } else {
+            Err(format!("plan {} {planned:?}, ack {ack:?}", plan.revision))
+        }
+    })
+    .await;
+    assert_eq!(acknowledged.0, 4);
+
+    // Credentials issued again for n1 (a second agent pod on n1 asked) change its password: etcd
+    // refuses the running agent's next report, and it registers again with credentials of its own.
+    let inventory_lease = || {
+        let mut root_client = as_root.clone();
+        let key = keys.node_inventory("n1");
+        async move {
+            let response = root_client
+                .get(key.as_str(), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let entry = response.kvs().first().ok_or("no inventory")?;
+            Ok::<i64, String>(entry.lease())
+        }
+    };
+    let first_lease = within("inventory lease", inventory_lease())
+        .await
+        .expect("n1 registered");
+    let (status, body) = ask(operator.address, Some(&agent_token)).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("n1 registers again under a new lease", WAIT, || async {
+        match inventory_lease().await {
+            Ok(lease) if lease != first_lease => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await;
+
+    let (status, metrics) = http_get(operator.address, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let outcome = |o: &str| {
+        metric(
+            &metrics,
+            &format!("kilowatt_agent_credentials_issued_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    // The test's two requests, the impostor's (refused by the agent itself, after issue) and the real
+    // agent's two sessions.
+    assert!(outcome("issued") >= 5.0, "{metrics}");
+    assert_eq!(outcome("unauthenticated"), 3.0, "{metrics}");
+    assert_eq!(outcome("forbidden"), 2.0, "{metrics}");
+
+    stop_agent.send(()).expect("agent listening");
+    within("agent stops", agent_task).await.expect("agent task");
+    operator.shutdown().await;
+    let _ = std::fs::remove_file(&token_file);
+    println!("acknowledged limits on n1: {:?}", acknowledged.1);
+}
