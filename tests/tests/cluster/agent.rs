@@ -13,6 +13,29 @@ use kilowatt_node_agent::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_tests::{Etcd, eventually, within};
 
+/// Options of an in-process test agent: no credentials, no pod-resources socket, fence at half the
+/// `lease_ttl`, drift checks every second, samples every 100 ms, power reports every second.
+pub(crate) fn agent_options(
+    node: &str,
+    etcd_endpoint: &str,
+    prefix: &str,
+    lease_ttl: Duration,
+) -> AgentOptions {
+    AgentOptions {
+        node: node.into(),
+        etcd_endpoints: vec![etcd_endpoint.to_owned()],
+        etcd_prefix: prefix.into(),
+        credentials: None,
+        lease_ttl,
+        fence_fraction: 0.5,
+        drift_check: Duration::from_secs(1),
+        sample_period: Duration::from_millis(100),
+        report_period: Duration::from_secs(1),
+        pod_resources_socket: None,
+        gpu_resource_name: "nvidia.com/gpu".into(),
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 const NODE: &str = "gpu-node-1";
 
@@ -142,17 +165,8 @@ async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
         Some(curve),
     ))));
     let options = AgentOptions {
-        node: NODE.into(),
-        etcd_endpoints: vec![etcd.endpoint.clone()],
-        etcd_prefix: "/agent-test".into(),
-        credentials: None,
-        lease_ttl: Duration::from_secs(2),
-        fence_fraction: 0.5,
         drift_check: Duration::from_millis(500),
-        sample_period: Duration::from_millis(100),
-        report_period: Duration::from_secs(1),
-        pod_resources_socket: None,
-        gpu_resource_name: "nvidia.com/gpu".into(),
+        ..agent_options(NODE, &etcd.endpoint, "/agent-test", Duration::from_secs(2))
     };
     let telemetry = Telemetry::new().expect("telemetry");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -16,10 +16,11 @@ use kilowatt_tests::{Etcd, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::agent::agent_options;
 use crate::operator::{
-    budget, gpu_node, gpu_pod, http_get, options, prepared_cluster, start_operator_with,
+    budget, gpu_node, gpu_pod, http_exchange, http_get, options, prepared_cluster,
+    start_operator_with,
 };
 
 const PREFIX: &str = "/kilowatt-test";
@@ -44,27 +45,13 @@ async fn pod_on(admin: &KubeClient, namespace: &str, name: &str, node: &str, acc
 /// `POST /api/v1/agent-credentials` with `token` as bearer token, if any: (status, body).
 async fn ask(address: std::net::SocketAddr, token: Option<&str>) -> (u16, String) {
     let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    within("credentials request", async {
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        let request = format!(
+    http_exchange(
+        address,
+        &format!(
             "POST /api/v1/agent-credentials HTTP/1.1\r\nHost: test\r\n{authorization}\
              Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_owned());
-        (code, body)
-    })
+        ),
+    )
     .await
 }
 
@@ -111,20 +98,11 @@ fn start_agent(
     tokio::task::JoinHandle<()>,
 ) {
     let options = AgentOptions {
-        node: node.into(),
-        etcd_endpoints: vec![etcd.endpoint.clone()],
-        etcd_prefix: PREFIX.into(),
         credentials: Some(CredentialsSource {
             url: url.to_owned(),
             token_file: token_file.to_owned(),
         }),
-        lease_ttl: Duration::from_secs(4),
-        fence_fraction: 0.5,
-        drift_check: Duration::from_secs(1),
-        sample_period: Duration::from_millis(100),
-        report_period: Duration::from_secs(1),
-        pod_resources_socket: None,
-        gpu_resource_name: "nvidia.com/gpu".into(),
+        ..agent_options(node, &etcd.endpoint, PREFIX, Duration::from_secs(4))
     };
     let telemetry = Telemetry::new().expect("telemetry");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -312,19 +312,23 @@ async fn event(admin: &Client, namespace: &str, name: &str, reason: &str) -> Str
     .await
 }
 
-/// A plain HTTP/1.1 GET against the operator; returns status code and body.
+/// `GET path` on a local HTTP server: (status, body).
 pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    within("http get", async {
+    http_exchange(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends a raw HTTP/1.1 `request` (which must ask to close the connection) and reads the answer:
+/// (status, body).
+pub(crate) async fn http_exchange(address: std::net::SocketAddr, request: &str) -> (u16, String) {
+    within("http exchange", async {
         let mut stream = tokio::net::TcpStream::connect(address)
             .await
             .expect("connect");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
+        stream.write_all(request.as_bytes()).await.expect("write");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
         let code = response

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_node_agent::agent;
 use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_tests::{ControlPlane, eventually, within};
 use serde_json::json;
 
-use crate::agent::SharedGpus;
+use crate::agent::{SharedGpus, agent_options};
 use crate::operator::{
     budget, gpu_node, gpu_pod, patch_budget, plan_where, prepared_cluster, start_operator, store,
 };
@@ -40,19 +40,12 @@ fn start_agent(
         700.0,
         Some(curve),
     ))));
-    let options = AgentOptions {
-        node: node.into(),
-        etcd_endpoints: vec![plane.etcd_endpoint.clone()],
-        etcd_prefix: "/kilowatt-test".into(),
-        credentials: None,
-        lease_ttl: Duration::from_secs(4),
-        fence_fraction: 0.5,
-        drift_check: Duration::from_secs(1),
-        sample_period: Duration::from_millis(100),
-        report_period: Duration::from_secs(1),
-        pod_resources_socket: None,
-        gpu_resource_name: "nvidia.com/gpu".into(),
-    };
+    let options = agent_options(
+        node,
+        &plane.etcd_endpoint,
+        "/kilowatt-test",
+        Duration::from_secs(4),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let backend = Box::new(gpus.clone());
     let task = tokio::spawn(async move {
