@@ -601,6 +601,18 @@ fn row_within(cap: f64) -> impl Fn(&BTreeMap<String, NodePlan>) -> Result<(), St
     }
 }
 
+/// Waits until the plan written for `node` sets exactly `limits`.
+async fn written_for(store: &PlanStore, node: &str, limits: &[f64], what: &str) {
+    eventually(what, SETTLE, || async {
+        let views = store.read_views().await.map_err(|e| e.to_string())?;
+        match views.get(node).and_then(|v| v.written.as_ref()) {
+            Some(plan) if planned_limits(plan) == limits => Ok(()),
+            other => Err(format!("{:?}", other.map(planned_limits))),
+        }
+    })
+    .await;
+}
+
 fn total_watts(plans: &BTreeMap<String, NodePlan>, nodes: &[&str]) -> f64 {
     nodes
         .iter()
@@ -707,14 +719,7 @@ async fn agents_killed_cut_off_and_vanished_and_an_etcd_restart_never_exceed_a_c
     nodes[0].kill_agent();
     delete_pod(&admin, "serve-1").await;
     let floors = vec![MIN_WATTS; GPUS as usize];
-    eventually("n1's floors written", SETTLE, || async {
-        let views = store.read_views().await.map_err(|e| e.to_string())?;
-        match views.get("n1").and_then(|v| v.written.as_ref()) {
-            Some(plan) if planned_limits(plan) == floors => Ok(()),
-            other => Err(format!("{:?}", other.map(planned_limits))),
-        }
-    })
-    .await;
+    written_for(&store, "n1", &floors, "n1's floors written").await;
     // Well past the lease's expiry, n1 (Ready, so its machine is up) still counts at what it
     // acknowledged, and its GPUs still hold it.
     tokio::time::sleep(Duration::from_secs(3 * LEASE_TTL_SECONDS)).await;
@@ -788,14 +793,7 @@ async fn agents_killed_cut_off_and_vanished_and_an_etcd_restart_never_exceed_a_c
     set_ready(&admin, "n3", false).await;
     // The taint manager evicts the pods of an unreachable node (after 5 minutes by default).
     delete_pod(&admin, "train-3").await;
-    eventually("n3 planned at its floors", SETTLE, || async {
-        let views = store.read_views().await.map_err(|e| e.to_string())?;
-        match views.get("n3").and_then(|v| v.written.as_ref()) {
-            Some(plan) if planned_limits(plan) == floors => Ok(()),
-            other => Err(format!("{:?}", other.map(planned_limits))),
-        }
-    })
-    .await;
+    written_for(&store, "n3", &floors, "n3 planned at its floors").await;
     let survivors = ["n1", "n2", "n4"];
     let last = settled(
         &store,
@@ -864,14 +862,7 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
     kill(nodes[0].agent(), "-STOP");
     delete_pod(&admin, "serve-1").await;
     let floors = vec![MIN_WATTS; GPUS as usize];
-    eventually("phase one written: n1 to its floors", SETTLE, || async {
-        let views = store.read_views().await.map_err(|e| e.to_string())?;
-        match views.get("n1").and_then(|v| v.written.as_ref()) {
-            Some(plan) if planned_limits(plan) == floors => Ok(()),
-            other => Err(format!("{:?}", other.map(planned_limits))),
-        }
-    })
-    .await;
+    written_for(&store, "n1", &floors, "phase one written: n1 to its floors").await;
     operator.kill();
     kill(nodes[0].agent(), "-CONT");
     eventually("n1 lowered with no operator running", SETTLE, || async {
