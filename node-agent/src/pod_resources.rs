@@ -57,6 +57,9 @@ pub enum PodResourcesError {
 }
 
 impl PodResourcesError {
+    /// Every value [`PodResourcesError::category`] returns.
+    pub const CATEGORIES: [&'static str; 3] = ["connect", "call", "timeout"];
+
     /// A fixed label for metrics and events: `connect`, `call` or `timeout`.
     pub fn category(&self) -> &'static str {
         match self {

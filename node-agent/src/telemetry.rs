@@ -166,6 +166,14 @@ impl Telemetry {
         ] {
             telemetry.registry.register(collector)?;
         }
+        // Every known label value starts at 0, so that a series exists (and rate() works) before the
+        // first error, and dashboards find the metric on a healthy agent.
+        for kind in crate::gpu::GpuError::CATEGORIES {
+            telemetry.gpu_errors.with_label_values(&[kind]);
+        }
+        for kind in crate::pod_resources::PodResourcesError::CATEGORIES {
+            telemetry.pod_resources_errors.with_label_values(&[kind]);
+        }
         Ok(telemetry)
     }
 

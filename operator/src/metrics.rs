@@ -11,6 +11,21 @@ use prometheus::{
 
 use crate::published::PublishedPlan;
 
+/// The `category` values of `kilowatt_reconcile_errors_total`.
+const RECONCILE_ERROR_CATEGORIES: [&str; 7] = [
+    "etcd", "fenced", "kube", "solve", "encode", "watch", "event",
+];
+
+/// The `outcome` values of `kilowatt_agent_credentials_issued_total`.
+const CREDENTIAL_OUTCOMES: [&str; 6] = [
+    "issued",
+    "unauthenticated",
+    "forbidden",
+    "disabled",
+    "kube",
+    "etcd",
+];
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -132,6 +147,14 @@ impl Metrics {
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;
+        }
+        // Every known label value starts at 0, so that a series exists (and rate() works) before the
+        // first error, and dashboards find the metric on a healthy operator.
+        for category in RECONCILE_ERROR_CATEGORIES {
+            metrics.reconcile_errors.with_label_values(&[category]);
+        }
+        for outcome in CREDENTIAL_OUTCOMES {
+            metrics.agent_credentials.with_label_values(&[outcome]);
         }
         Ok(metrics)
     }

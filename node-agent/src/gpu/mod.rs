@@ -78,6 +78,16 @@ pub enum GpuError {
 }
 
 impl GpuError {
+    /// Every value [`GpuError::category`] returns.
+    pub const CATEGORIES: [&'static str; 6] = [
+        "driver_missing",
+        "no_permission",
+        "not_supported",
+        "no_such_gpu",
+        "failed",
+        "settings_file",
+    ];
+
     /// A fixed label for metrics and events: `driver_missing`, `no_permission`, `not_supported`,
     /// `no_such_gpu`, `failed` or `settings_file`.
     pub fn category(&self) -> &'static str {

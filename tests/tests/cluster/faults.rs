@@ -56,6 +56,14 @@ fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// A port free on loopback now (a process started right after binds it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 fn kill(child: &Child, signal: &str) {
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -66,7 +74,7 @@ fn kill(child: &Child, signal: &str) {
 
 /// A network namespace with a veth link to the host, and a relay on the host side of the link to
 /// the plan etcd on loopback; taking the link down cuts everything inside off, as a partition would.
-struct Partitionable {
+pub(crate) struct Partitionable {
     name: String,
     host_link: String,
     /// `http://<host side>:<relay port>`, the etcd endpoint as seen from inside.
@@ -169,28 +177,39 @@ impl Drop for Partitionable {
 }
 
 /// One simulated GPU node: its agent process (when running) and the file holding its GPUs' settings.
-struct NodeUnderTest {
-    name: String,
+pub(crate) struct NodeUnderTest {
+    pub(crate) name: String,
     settings: PathBuf,
     log: PathBuf,
     etcd_endpoint: String,
     netns: Option<String>,
+    /// Where the agent serves `/metrics` (inside its network namespace, if it has one).
+    pub(crate) metrics_address: std::net::SocketAddr,
+    /// More `kilowatt-agent` arguments.
+    pub(crate) extra_args: Vec<String>,
     agent: Option<Child>,
 }
 
 impl NodeUnderTest {
-    fn new(name: &str, dir: &Path, etcd_endpoint: &str, netns: Option<&Partitionable>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        dir: &Path,
+        etcd_endpoint: &str,
+        netns: Option<&Partitionable>,
+    ) -> Self {
         NodeUnderTest {
             name: name.to_owned(),
             settings: dir.join(format!("{name}-gpus.json")),
             log: dir.join(format!("{name}-agent.log")),
             etcd_endpoint: netns.map_or_else(|| etcd_endpoint.to_owned(), |n| n.endpoint.clone()),
             netns: netns.map(|n| n.name.clone()),
+            metrics_address: std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
+            extra_args: Vec::new(),
             agent: None,
         }
     }
 
-    fn start_agent(&mut self) {
+    pub(crate) fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "{}: agent already running", self.name);
         let binary = workspace_binary("kilowatt-agent");
         let mut command = match &self.netns {
@@ -224,7 +243,8 @@ impl NodeUnderTest {
                 "--report-seconds",
                 "1",
             ])
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &self.metrics_address.to_string()])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -423,17 +443,14 @@ impl Drop for Sampler {
 }
 
 /// `kilowatt operator` as a process, on the admin kubeconfig.
-struct OperatorProcess {
+pub(crate) struct OperatorProcess {
     child: Child,
-    address: std::net::SocketAddr,
+    pub(crate) address: std::net::SocketAddr,
 }
 
 impl OperatorProcess {
-    fn start(plane: &ControlPlane, etcd_endpoint: &str, log: &Path) -> OperatorProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+    pub(crate) fn start(plane: &ControlPlane, etcd_endpoint: &str, log: &Path) -> OperatorProcess {
+        let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -508,7 +525,7 @@ async fn delete_pod(admin: &Client, name: &str) {
     .expect("pod deleted");
 }
 
-async fn plan_store(endpoint: &str) -> PlanStore {
+pub(crate) async fn plan_store(endpoint: &str) -> PlanStore {
     within(
         "plan etcd",
         PlanStore::connect(
@@ -525,7 +542,7 @@ fn planned_limits(plan: &NodePlan) -> Vec<f64> {
     plan.gpus.iter().map(|g| g.power_limit_watts).collect()
 }
 
-const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
+pub(crate) const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
 
 /// Whether every listed node's agent acknowledged the plan written for it and its GPUs enforce it
 /// (the final state matches the plan); the written plans if so.
@@ -580,7 +597,7 @@ async fn settled_where(
     .await
 }
 
-async fn settled(
+pub(crate) async fn settled(
     store: &PlanStore,
     nodes: &[NodeUnderTest],
     only: &[&str],
@@ -622,7 +639,7 @@ fn total_watts(plans: &BTreeMap<String, NodePlan>, nodes: &[&str]) -> f64 {
 }
 
 /// Four Ready GPU nodes in two racks under a row; n1 and n4 serve, n2 and n3 train one gang.
-async fn fleet(admin: &Client) {
+pub(crate) async fn fleet(admin: &Client) {
     for (node, rack) in [("n1", "a"), ("n2", "a"), ("n3", "b"), ("n4", "b")] {
         gpu_node(
             admin,
@@ -679,7 +696,7 @@ fn checked_budgets() -> Vec<CheckedBudget> {
 }
 
 /// A fresh directory for the settings files and the processes' logs; kept when the test fails.
-fn test_dir(name: &str) -> PathBuf {
+pub(crate) fn test_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kilowatt-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test directory");

@@ -5,6 +5,7 @@
 mod agent;
 mod auth;
 mod crds;
+mod dashboards;
 mod faults;
 mod operator;
 mod rollout;
