@@ -50,17 +50,54 @@ fn repository_root() -> PathBuf {
 /// names a prebuilt binary instead; builds are cached in `~/.cache/kilowatt/` (and Go's own build cache),
 /// so a second run starts in seconds.
 pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("KILOWATT_KUBE_APISERVER") {
+    // NB: the tests of one binary start control planes in parallel; on a fresh machine only the first
+    // builds, the others wait for it instead of running the same half-hour `go build` side by side.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    go_built(
+        &BUILD,
+        "KILOWATT_KUBE_APISERVER",
+        &format!("kube-apiserver-{KUBERNETES_VERSION}"),
+        "tests/apiserver",
+        ".",
+        "10-30 minutes on 2 cores",
+    )
+}
+
+/// The helm CLI the chart tests use, pinned in `tests/helm/go.mod`.
+pub const HELM_VERSION: &str = "v3.22.0";
+
+/// Path of the helm binary, built with `go build` the first time like [`kube_apiserver_binary`];
+/// `KILOWATT_HELM` names a prebuilt one instead.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    go_built(
+        &BUILD,
+        "KILOWATT_HELM",
+        &format!("helm-{HELM_VERSION}"),
+        "tests/helm",
+        "helm.sh/helm/v3/cmd/helm",
+        "5-15 minutes on 2 cores",
+    )
+}
+
+/// A binary built from a pinned Go module in `module_dir` (relative to the repository) into
+/// `~/.cache/kilowatt/<cached_name>`, once; `override_var` names a prebuilt binary instead.
+fn go_built(
+    build: &std::sync::Mutex<()>,
+    override_var: &str,
+    cached_name: &str,
+    module_dir: &str,
+    package: &str,
+    how_long: &str,
+) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(path));
     }
     let cache = std::env::var_os("HOME")
         .map(|home| PathBuf::from(home).join(".cache/kilowatt"))
         .unwrap_or_else(|| std::env::temp_dir().join("kilowatt-cache"));
-    let binary = cache.join(format!("kube-apiserver-{KUBERNETES_VERSION}"));
-    // NB: the tests of one binary start control planes in parallel; on a fresh machine only the first
-    // builds, the others wait for it instead of running the same half-hour `go build` side by side.
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _building = BUILD
+    let binary = cache.join(cached_name);
+    let _building = build
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if binary.exists() {
@@ -68,24 +105,21 @@ pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
     }
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     eprintln!(
-        "building kube-apiserver {KUBERNETES_VERSION} with go into {} (once; 10-30 minutes on 2 cores)",
+        "building {cached_name} with go into {} (once; {how_long})",
         binary.display()
     );
     // A per-process name, so another test process building at the same time cannot clobber it; the
     // rename into place is atomic.
-    let partial = cache.join(format!(
-        "kube-apiserver-{KUBERNETES_VERSION}.partial-{}",
-        std::process::id()
-    ));
+    let partial = cache.join(format!("{cached_name}.partial-{}", std::process::id()));
     let status = Command::new("go")
         .args(["build", "-o"])
         .arg(&partial)
-        .arg(".")
-        .current_dir(repository_root().join("tests/apiserver"))
+        .arg(package)
+        .current_dir(repository_root().join(module_dir))
         .status()
-        .context("running `go build` for kube-apiserver (is Go installed?)")?;
+        .with_context(|| format!("running `go build` for {cached_name} (is Go installed?)"))?;
     if !status.success() {
-        bail!("`go build` of kube-apiserver {KUBERNETES_VERSION} failed ({status})");
+        bail!("`go build` of {cached_name} failed ({status})");
     }
     fs::rename(&partial, &binary)?;
     Ok(binary)

@@ -7,5 +7,6 @@ mod auth;
 mod crds;
 mod dashboards;
 mod faults;
+mod helm;
 mod operator;
 mod rollout;
