@@ -407,7 +407,7 @@ impl Reconciler {
                 let loaded = self.store.load().await?;
                 if let Some(plan) = &loaded.plan {
                     tracing::info!(revision = plan.revision, "read the plan in force from etcd");
-                    self.solve_time = plan.solved_at.parse().ok().map(Time);
+                    self.solve_time = plan.solved_at.parse().ok().map(kube_time);
                 }
                 self.loaded = Some(loaded.clone());
                 loaded
@@ -484,7 +484,7 @@ impl Reconciler {
                 .await?;
             self.loaded = Some(loaded);
             if !unchanged {
-                self.solve_time = Some(Time(now));
+                self.solve_time = Some(kube_time(now));
             }
             self.metrics.plan_publishes.inc();
             tracing::info!(
@@ -523,7 +523,7 @@ impl Reconciler {
         measured: &BTreeMap<String, f64>,
     ) -> Result<(), PassError> {
         let api: Api<PowerBudget> = Api::all(self.client.clone());
-        let now = Time(Timestamp::now());
+        let now = kube_time(Timestamp::now());
         for budget in self.caches.budgets.state() {
             let name = budget.name_any();
             let Some(facts) = translation.budgets.get(&name) else {
@@ -675,6 +675,12 @@ pub fn inventories(views: &BTreeMap<String, AgentView>) -> BTreeMap<String, Inve
         .collect()
 }
 
+/// `t` as Kubernetes stores a `metav1.Time`: whole seconds. A status holding sub-second times would
+/// never equal the one read back, and every pass would patch it again.
+fn kube_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
 /// Each planned node's budgets: its chain, or the union of the chains of every budget selecting it when
 /// it is in conflict (it counts in each).
 fn node_budgets(translation: &Translation) -> BTreeMap<String, Vec<String>> {
@@ -718,5 +724,20 @@ fn mark_dropped(translation: &mut Translation, dropped: &[(String, String)]) {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_times_round_trip_through_the_api_server_unchanged() {
+        let now: Timestamp = "2026-11-28T23:10:15.489793Z".parse().expect("time");
+        let written = kube_time(now);
+        let stored: Time = serde_json::from_value(serde_json::to_value(&written).expect("encode"))
+            .expect("decode");
+        assert_eq!(stored, written);
+        assert_eq!(written.0.to_string(), "2026-11-28T23:10:15Z");
     }
 }

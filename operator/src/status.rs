@@ -178,13 +178,13 @@ pub fn budget_status(
     };
 
     PowerBudgetStatus {
-        effective_cap_watts: Some(facts.effective.cap_watts),
-        allocated_watts: summary.map(|s| s.allocated_watts),
-        measured_watts,
-        headroom_watts: summary.map(|s| s.headroom_watts),
+        effective_cap_watts: Some(milliwatt_precision(facts.effective.cap_watts)),
+        allocated_watts: summary.map(|s| milliwatt_precision(s.allocated_watts)),
+        measured_watts: measured_watts.map(milliwatt_precision),
+        headroom_watts: summary.map(|s| milliwatt_precision(s.headroom_watts)),
         nodes: Some(facts.nodes),
         gpus: Some(facts.gpus),
-        normalized_throughput: summary.map(|s| s.normalized_throughput),
+        normalized_throughput: summary.map(|s| (s.normalized_throughput * 1e6).round() / 1e6),
         last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
         last_solve_time: solve_time.cloned(),
         observed_generation: generation,
@@ -220,6 +220,13 @@ pub fn measured_per_budget(
         *watts = (*watts / 10.0).round() * 10.0;
     }
     measured
+}
+
+/// Watts to the milliwatt. The API server keeps 15 significant digits of a custom resource's numbers;
+/// a status with more would never equal the one read back, and every pass would patch it again.
+/// (Throughput fractions are kept to 6 decimals for the same reason.)
+fn milliwatt_precision(watts: f64) -> f64 {
+    (watts * 1000.0).round() / 1000.0
 }
 
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -499,5 +506,40 @@ mod tests {
         assert_eq!(measured["rack-2"], 2500.0);
         assert_eq!(measured["row"], 4230.0);
         assert!(!measured.contains_key("rack-3"), "no report, no figure");
+    }
+
+    #[test]
+    fn status_numbers_survive_the_api_servers_fifteen_digits() {
+        let mut facts = facts();
+        facts.effective.cap_watts = 102_000.000_000_000_01;
+        let mut plan = plan(false);
+        for budget in &mut plan.budgets {
+            budget.normalized_throughput = 0.990_071_428_571_427_9;
+            budget.allocated_watts = 101_999.999_999_999_99;
+        }
+        let t0 = time("2026-11-28T12:00:00Z");
+        let status = budget_status(
+            "rack",
+            &facts,
+            Some(&plan),
+            Some(&t0),
+            Some(21_200.000_000_3),
+            None,
+            &t0,
+        );
+        // What the API server stores: at most 15 significant digits.
+        let stored =
+            |v: Option<f64>| v.map(|v| format!("{v:.14e}").parse::<f64>().expect("number"));
+        assert_eq!(
+            stored(status.normalized_throughput),
+            status.normalized_throughput
+        );
+        assert_eq!(stored(status.allocated_watts), status.allocated_watts);
+        assert_eq!(
+            stored(status.effective_cap_watts),
+            status.effective_cap_watts
+        );
+        assert_eq!(stored(status.measured_watts), status.measured_watts);
+        assert_eq!(status.normalized_throughput, Some(0.990071));
     }
 }

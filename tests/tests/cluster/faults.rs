@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::operator::{budget, gpu_node, gpu_pod, http_get, patch_budget, prepared_cluster};
 
-const PREFIX: &str = "/kilowatt-faults";
+pub(crate) const PREFIX: &str = "/kilowatt-faults";
 const GPUS: u32 = 4;
 const MIN_WATTS: f64 = 200.0;
 const MAX_WATTS: f64 = 700.0;
@@ -449,7 +449,17 @@ pub(crate) struct OperatorProcess {
 }
 
 impl OperatorProcess {
+    /// With a 3 s leader lease, so that a restarted operator leads again within seconds.
     pub(crate) fn start(plane: &ControlPlane, etcd_endpoint: &str, log: &Path) -> OperatorProcess {
+        Self::start_with_lease(plane, etcd_endpoint, log, 3)
+    }
+
+    pub(crate) fn start_with_lease(
+        plane: &ControlPlane,
+        etcd_endpoint: &str,
+        log: &Path,
+        lease_seconds: u32,
+    ) -> OperatorProcess {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -466,14 +476,8 @@ impl OperatorProcess {
                 "--lease-namespace",
                 "kilowatt-system",
             ])
-            .args([
-                "--lease-seconds",
-                "3",
-                "--debounce-ms",
-                "100",
-                "--resync-seconds",
-                "2",
-            ])
+            .args(["--lease-seconds", &lease_seconds.to_string()])
+            .args(["--debounce-ms", "100", "--resync-seconds", "2"])
             .env("KUBECONFIG", &plane.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -486,6 +490,10 @@ impl OperatorProcess {
     fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

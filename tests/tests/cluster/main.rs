@@ -10,3 +10,4 @@ mod faults;
 mod helm;
 mod operator;
 mod rollout;
+mod scale;

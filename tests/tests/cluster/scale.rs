@@ -1,0 +1,313 @@
+//! The control loop at fleet scale: a real kube-apiserver and etcd, `KILOWATT_SCALE_NODES` Node objects
+//! (default 20, the CI smoke size; the benchmark in BENCHMARKS.md uses 1000) with 8 GPUs and 3 managed
+//! pods each, one in-process agent per node (simulated GPUs) on a separate plan etcd, and the operator
+//! as its own process. Measures, for a 20 % cut of the facility cap and for the raise back, the time
+//! from the PowerBudget update to each agent's acknowledgement of its new plan (p50, p99, max), the API
+//! server writes per second at steady state, and the operator's CPU and RSS.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use kilowatt_node_agent::agent;
+use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
+use kilowatt_node_agent::telemetry::Telemetry;
+use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_tests::{Etcd, eventually};
+use serde_json::json;
+
+use crate::agent::agent_options;
+use crate::faults::{OperatorProcess, PREFIX, plan_store, test_dir};
+use crate::operator::{budget, gpu_node, gpu_pod, patch_budget, prepared_cluster};
+
+const NODES_PER_RACK: usize = 20;
+const GPUS: u32 = 8;
+const OVERHEAD_WATTS: f64 = 500.0;
+
+fn node_count() -> usize {
+    std::env::var("KILOWATT_SCALE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn node_name(i: usize) -> String {
+    format!("gpu-{i:04}")
+}
+
+/// Per node, when its agent first acknowledged a plan at least `revision` since `start`.
+async fn acknowledgement_times(
+    store: &PlanStore,
+    nodes: usize,
+    revision: u64,
+    start: Instant,
+    limit: Duration,
+) -> Vec<Duration> {
+    let mut acknowledged: BTreeMap<String, Duration> = BTreeMap::new();
+    while acknowledged.len() < nodes && start.elapsed() < limit {
+        let views = store.read_views().await.expect("views");
+        let now = start.elapsed();
+        for (node, view) in &views {
+            let done = matches!((&view.written, &view.ack),
+                (Some(w), Some(a)) if a.revision == w.revision && w.revision >= revision);
+            if done && !acknowledged.contains_key(node) {
+                acknowledged.insert(node.clone(), now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        acknowledged.len(),
+        nodes,
+        "only {} of {nodes} agents acknowledged within {limit:?}",
+        acknowledged.len()
+    );
+    let mut times: Vec<Duration> = acknowledged.into_values().collect();
+    times.sort();
+    times
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// The revision of the plan in etcd once its facility budget's effective cap is `cap`.
+async fn plan_revision_with_cap(store: &PlanStore, cap: f64) -> u64 {
+    eventually(
+        "plan with the new cap",
+        Duration::from_secs(120),
+        || async {
+            let loaded = store.load().await.map_err(|e| e.to_string())?;
+            match loaded.plan {
+                Some(plan)
+                    if plan
+                        .budgets
+                        .iter()
+                        .any(|b| b.name == "facility" && b.effective_cap_watts == cap) =>
+                {
+                    Ok(plan.revision)
+                }
+                other => Err(format!("{:?}", other.map(|p| p.revision))),
+            }
+        },
+    )
+    .await
+}
+
+/// Mutating requests (POST, PUT, PATCH, APPLY, DELETE) the API server has served so far, by resource
+/// and subresource, from its own metrics.
+async fn apiserver_writes(client: &kube::Client) -> BTreeMap<String, f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("apiserver metrics");
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut writes: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label(line, "verb").as_str()) {
+            continue;
+        }
+        let subresource = label(line, "subresource");
+        let key = if subresource.is_empty() {
+            label(line, "resource")
+        } else {
+            format!("{}/{subresource}", label(line, "resource"))
+        };
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *writes.entry(key).or_default() += count;
+    }
+    writes
+}
+
+/// utime + stime (seconds) and RSS (MiB) of a process.
+fn cpu_and_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3 of the whole line, utime 14 and stime 15.
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    (ticks / 100.0, rss_kib / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
+    let nodes = node_count();
+    let (plane, admin) = prepared_cluster().await;
+    let etcd = Etcd::start().await.expect("plan etcd starts");
+    let dir = test_dir("scale");
+    let racks = nodes.div_ceil(NODES_PER_RACK);
+    // Uncapped: 500 + 8 × 700 = 6100 W per node.
+    let full_cap = nodes as f64 * 5000.0;
+    budget(
+        &admin,
+        "facility",
+        json!({"capWatts": full_cap, "nodeOverheadWatts": OVERHEAD_WATTS}),
+    )
+    .await;
+    for rack in 0..racks {
+        budget(
+            &admin,
+            &format!("rack-{rack}"),
+            json!({"capWatts": NODES_PER_RACK as f64 * 6000.0, "parent": "facility",
+                   "nodeOverheadWatts": OVERHEAD_WATTS,
+                   "nodeSelector": {"matchLabels": {"rack": rack.to_string()}}}),
+        )
+        .await;
+    }
+    let created = Instant::now();
+    stream::iter(0..nodes)
+        .for_each_concurrent(16, |i| {
+            let admin = admin.clone();
+            async move {
+                let node = node_name(i);
+                let rack = (i / NODES_PER_RACK).to_string();
+                gpu_node(&admin, &node, json!({"rack": rack}), GPUS, "NVIDIA-H100-80GB-HBM3").await;
+                // Per node: a 4-GPU member of a training gang spanning the rack's nodes, and two
+                // 2-GPU inference services.
+                gpu_pod(&admin, &format!("train-{i}"), &node, 4,
+                    json!({"kilowatt.dev/workload": "training", "kilowatt.dev/job": format!("gang-{rack}")})).await;
+                for s in 0..2 {
+                    gpu_pod(&admin, &format!("serve-{i}-{s}"), &node, 2,
+                        json!({"kilowatt.dev/workload": "inference"})).await;
+                }
+            }
+        })
+        .await;
+    let setup = created.elapsed();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut agents = Vec::new();
+    for i in 0..nodes {
+        let node = node_name(i);
+        let options = agent::AgentOptions {
+            sample_period: Duration::from_secs(1),
+            drift_check: Duration::from_secs(10),
+            report_period: Duration::from_secs(10),
+            ..agent_options(&node, &etcd.endpoint, PREFIX, Duration::from_secs(10))
+        };
+        let backend = Box::new(SimulatedGpus::uniform(
+            &node, GPUS, "H100-SXM", 200.0, 700.0, None,
+        ));
+        let mut stopped = stopped.clone();
+        agents.push(tokio::spawn(async move {
+            let telemetry = Telemetry::new().expect("telemetry");
+            agent::run(backend, options, telemetry, async move {
+                let _ = stopped.changed().await;
+            })
+            .await
+            .expect("agent runs");
+        }));
+    }
+    // The default 15 s leader lease: the steady-state writes are then what a real deployment causes.
+    let operator =
+        OperatorProcess::start_with_lease(&plane, &etcd.endpoint, &dir.join("operator.log"), 15);
+    let store = plan_store(&etcd.endpoint).await;
+    let first = plan_revision_with_cap(&store, full_cap).await;
+    let start = Instant::now();
+    acknowledgement_times(&store, nodes, first, start, Duration::from_secs(300)).await;
+    let settled = start.elapsed();
+
+    // Steady state: every agent has reported its power once (so budget statuses hold measured power)
+    // and a resync pass has written them; then what the operator causes with nothing changing.
+    eventually(
+        "every agent reported its power",
+        Duration::from_secs(120),
+        || async {
+            let views = store.read_views().await.map_err(|e| e.to_string())?;
+            let reported = views.values().filter(|v| v.power.is_some()).count();
+            if reported == nodes {
+                Ok(())
+            } else {
+                Err(format!("{reported} of {nodes}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let window = Duration::from_secs(30);
+    let (writes_before, (cpu_before, _)) =
+        (apiserver_writes(&admin).await, cpu_and_rss(operator.pid()));
+    tokio::time::sleep(window).await;
+    let (writes_after, (cpu_after, rss)) =
+        (apiserver_writes(&admin).await, cpu_and_rss(operator.pid()));
+    let by_resource: BTreeMap<String, f64> = writes_after
+        .iter()
+        .map(|(r, after)| {
+            (
+                r.clone(),
+                after - writes_before.get(r).copied().unwrap_or(0.0),
+            )
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    let writes_per_second = by_resource.values().sum::<f64>() / window.as_secs_f64();
+    let operator_cpu = (cpu_after - cpu_before) / window.as_secs_f64();
+    // No API write per telemetry tick: with every agent reporting every 10 s, per-report status writes
+    // would be nodes / 10 per second; what remains is the leader's Lease renewals.
+    assert!(
+        writes_per_second < 1.0,
+        "{writes_per_second:.2} API-server writes/s at steady state: {by_resource:?}"
+    );
+
+    let mut report = vec![format!(
+        "scale: {nodes} nodes, {} GPUs, {} pods; objects created in {setup:?}; first plan acknowledged by every agent {settled:?} after it was written",
+        nodes * GPUS as usize,
+        nodes * 3
+    )];
+    report.push(format!(
+        "scale: steady state over {window:?}: {writes_per_second:.2} API-server writes/s {by_resource:?} (all clients; only the operator runs), operator CPU {:.1} % of a core, RSS {rss:.0} MiB",
+        operator_cpu * 100.0
+    ));
+    for (what, cap) in [("20 % cut", full_cap * 0.8), ("raise back", full_cap)] {
+        let start = Instant::now();
+        patch_budget(&admin, "facility", json!({"capWatts": cap})).await;
+        let revision = plan_revision_with_cap(&store, cap).await;
+        let times =
+            acknowledgement_times(&store, nodes, revision, start, Duration::from_secs(120)).await;
+        report.push(format!(
+            "scale: {what}: PowerBudget update to each agent's acknowledgement p50 {:?}, p99 {:?}, max {:?}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().copied().unwrap_or_default()
+        ));
+    }
+    for line in &report {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+
+    let _ = stop.send(true);
+    for agent in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    }
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = plane;
+}
