@@ -710,7 +710,7 @@ pub(crate) fn test_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("test directory");
     let _ = writeln!(
         std::io::stderr(),
-        "fault suite: agent and operator logs in {}",
+        "{name}: agent, operator and other process logs in {}",
         dir.display()
     );
     dir
