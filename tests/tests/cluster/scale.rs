@@ -154,6 +154,7 @@ fn cpu_and_rss(pid: u32) -> (f64, f64) {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
+    // NB: /proc counts in USER_HZ, which Linux fixes at 100 whatever the kernel's tick rate.
     (ticks / 100.0, rss_kib / 1024.0)
 }
 
