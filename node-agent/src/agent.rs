@@ -13,16 +13,15 @@ use etcd_client::{
     Client, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
     WatchStream,
 };
-use kilowatt_crds::plan::{
-    Acknowledgement, Inventory, InventoryGpu, KeyLayout, NodePlan, PowerReport,
-};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan, PowerReport};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::credentials::{self, CredentialsError, CredentialsSource};
-use crate::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use crate::driver::{self, PowerPeriod};
+use crate::gpu::{GpuBackend, GpuError, GpuInfo};
 use crate::pod_resources::{self, PodName};
-use crate::protocol::{Agent, Command, Event, GpuBounds};
+use crate::protocol::{Agent, Command, Event};
 use crate::telemetry::Telemetry;
 
 /// How the agent runs.
@@ -204,12 +203,6 @@ async fn with_backend<T: Send + 'static>(
     .await
 }
 
-fn read_limits(backend: &mut dyn GpuBackend, count: usize) -> Vec<f64> {
-    (0..count as u32)
-        .map(|i| backend.power_limit_watts(i).unwrap_or(f64::NAN))
-        .collect()
-}
-
 async fn open_session(
     options: &AgentOptions,
     keys: &KeyLayout,
@@ -282,68 +275,6 @@ async fn open_session(
         },
         plan,
     ))
-}
-
-/// The node's GPU energy over the current report period: from the GPUs' energy counters when every
-/// GPU has one, else the sampled power integrated over the samples.
-#[derive(Debug, Default)]
-struct PowerPeriod {
-    started: Option<Duration>,
-    last_sample: Option<Duration>,
-    counter_at_start: Option<f64>,
-    counter_now: Option<f64>,
-    integrated_joules: f64,
-}
-
-impl PowerPeriod {
-    /// Takes one sample at `now`; returns the report when `period` has passed since the first.
-    fn observe(
-        &mut self,
-        now: Duration,
-        readings: &[Result<GpuReading, GpuError>],
-        period: Duration,
-    ) -> Option<PowerReport> {
-        let ok: Vec<&GpuReading> = readings.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let counter = (ok.len() == readings.len())
-            .then(|| ok.iter().map(|r| r.energy_joules).sum::<Option<f64>>())
-            .flatten();
-        let power: f64 = ok.iter().filter_map(|r| r.power_watts).sum();
-        let Some(started) = self.started else {
-            *self = PowerPeriod {
-                started: Some(now),
-                last_sample: Some(now),
-                counter_at_start: counter,
-                counter_now: counter,
-                integrated_joules: 0.0,
-            };
-            return None;
-        };
-        let step = now.saturating_sub(self.last_sample.unwrap_or(now));
-        self.integrated_joules += power * step.as_secs_f64();
-        self.last_sample = Some(now);
-        self.counter_now = counter.filter(|_| self.counter_at_start.is_some());
-        let elapsed = now.saturating_sub(started);
-        if elapsed < period || elapsed.is_zero() {
-            return None;
-        }
-        let joules = match (self.counter_at_start, self.counter_now) {
-            (Some(start), Some(end)) if end >= start => end - start,
-            _ => self.integrated_joules,
-        };
-        let seconds = elapsed.as_secs_f64();
-        *self = PowerPeriod {
-            started: Some(now),
-            last_sample: Some(now),
-            counter_at_start: counter,
-            counter_now: counter,
-            integrated_joules: 0.0,
-        };
-        Some(PowerReport {
-            gpu_watts: joules / seconds,
-            gpu_energy_joules: joules,
-            period_seconds: seconds,
-        })
-    }
 }
 
 /// An error with its sources, one line.
@@ -434,7 +365,7 @@ impl Runner {
             if poll > 0 {
                 tokio::time::sleep(POLL_EVERY).await;
             }
-            limits = with_backend(&self.backend, move |b| read_limits(b, count)).await?;
+            limits = with_backend(&self.backend, move |b| driver::read_limits(b, count)).await?;
             let settled = set.iter().all(|&(index, watts)| {
                 limits
                     .get(index as usize)
@@ -447,46 +378,25 @@ impl Runner {
         Ok(limits)
     }
 
-    /// Runs commands in order; returns the limits set when any command touched a GPU.
+    /// Runs commands in order on one blocking thread, then writes the acknowledgements among them;
+    /// returns the limits set when any command touched a GPU.
     async fn run(
         &mut self,
         commands: Vec<Command>,
         session: &mut Option<Session>,
     ) -> Result<Option<Vec<(u32, f64)>>, AgentError> {
-        let mut touched = false;
-        let mut set = Vec::new();
-        for command in commands {
-            let outcome = match command {
-                Command::SetLimit { index, watts } => {
-                    touched = true;
-                    let outcome = with_backend(&self.backend, move |b| {
-                        b.set_power_limit_watts(index, watts)
-                    })
-                    .await?;
-                    if outcome.is_ok() {
-                        set.push((index, watts));
-                    }
-                    outcome
-                }
-                Command::LockClock { index, mhz } => {
-                    touched = true;
-                    with_backend(&self.backend, move |b| b.lock_sm_clock(index, mhz)).await?
-                }
-                Command::ResetClock { index } => {
-                    touched = true;
-                    with_backend(&self.backend, move |b| b.reset_sm_clock(index)).await?
-                }
-                Command::Acknowledge(ack) => {
-                    self.acknowledge(&ack, session).await;
-                    Ok(())
-                }
-            };
-            if let Err(error) = outcome {
-                self.telemetry.gpu_error(error.category());
-                tracing::warn!(%error, "GPU command failed");
-            }
+        if commands.is_empty() {
+            return Ok(None);
         }
-        Ok(touched.then_some(set))
+        let executed = with_backend(&self.backend, move |b| driver::execute(b, commands)).await?;
+        for error in &executed.errors {
+            self.telemetry.gpu_error(error.category());
+            tracing::warn!(%error, "GPU command failed");
+        }
+        for ack in &executed.acknowledgements {
+            self.acknowledge(ack, session).await;
+        }
+        Ok(executed.touched.then_some(executed.set))
     }
 
     /// Writes the node's measured power under the lease; a failure only costs this report, unless etcd
@@ -550,32 +460,14 @@ pub async fn run(
     let backend: SharedBackend = Arc::new(Mutex::new(backend));
     let (gpus, enforced, name) = with_backend(&backend, |b| {
         let gpus = b.inventory()?;
-        let enforced = read_limits(b, gpus.len());
+        let enforced = driver::read_limits(b, gpus.len());
         Ok::<_, GpuError>((gpus, enforced, b.name()))
     })
     .await?
     .map_err(AgentError::Inventory)?;
-    let inventory = Inventory {
-        backend: name.to_owned(),
-        gpus: gpus
-            .iter()
-            .map(|g| InventoryGpu {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                model: g.model.clone(),
-                min_limit_watts: g.min_limit_watts,
-                max_limit_watts: g.max_limit_watts,
-            })
-            .collect(),
-    };
+    let inventory = driver::inventory(name, &gpus);
     tracing::info!(backend = name, gpus = gpus.len(), limits = ?enforced, "adopted the limits in force");
-    let bounds = gpus
-        .iter()
-        .map(|g| GpuBounds {
-            min_watts: g.min_limit_watts,
-            max_watts: g.max_limit_watts,
-        })
-        .collect();
+    let bounds = driver::bounds(&gpus);
     let fence_after = options
         .lease_ttl
         .mul_f64(options.fence_fraction.clamp(0.05, 1.0));
@@ -647,7 +539,7 @@ pub async fn run(
             }
             _ = drift.tick() => {
                 let count = runner.gpus.len();
-                let limits = with_backend(&runner.backend, move |b| read_limits(b, count)).await?;
+                let limits = with_backend(&runner.backend, move |b| driver::read_limits(b, count)).await?;
                 runner.feed(Event::ReadBack(limits), &mut session).await?;
             }
             Some(event) = events.recv() => match event {
@@ -667,17 +559,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reading(power_watts: f64, energy_joules: Option<f64>) -> Result<GpuReading, GpuError> {
-        Ok(GpuReading {
-            power_watts: Some(power_watts),
-            energy_joules,
-            power_limit_watts: Some(700.0),
-            sm_clock_mhz: None,
-            utilization_percent: None,
-            throttle_reasons: Vec::new(),
-        })
-    }
 
     fn etcd_status(code: tonic::Code, message: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
@@ -727,64 +608,5 @@ mod tests {
             message: "connection refused".into(),
         });
         assert_eq!(unreachable.retry_after(), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn a_power_report_uses_the_energy_counters_over_the_period() {
-        let mut period = PowerPeriod::default();
-        let every = Duration::from_secs(10);
-        let at = Duration::from_secs;
-        assert!(
-            period
-                .observe(
-                    at(0),
-                    &[reading(300.0, Some(1000.0)), reading(100.0, Some(0.0))],
-                    every
-                )
-                .is_none()
-        );
-        assert!(
-            period
-                .observe(
-                    at(5),
-                    &[reading(999.0, Some(2500.0)), reading(999.0, Some(500.0))],
-                    every
-                )
-                .is_none()
-        );
-        let report = period
-            .observe(
-                at(10),
-                &[reading(0.0, Some(4000.0)), reading(0.0, Some(1000.0))],
-                every,
-            )
-            .expect("a report after 10 s");
-        // 3000 J + 1000 J over 10 s, whatever the instantaneous samples said.
-        assert_eq!(report.gpu_energy_joules, 4000.0);
-        assert_eq!(report.gpu_watts, 400.0);
-        assert_eq!(report.period_seconds, 10.0);
-    }
-
-    #[test]
-    fn without_an_energy_counter_a_power_report_integrates_the_samples() {
-        let mut period = PowerPeriod::default();
-        let every = Duration::from_secs(2);
-        let at = Duration::from_secs;
-        let failed = Err(GpuError::NoSuchGpu { index: 1 });
-        assert!(
-            period
-                .observe(at(0), &[reading(200.0, None)], every)
-                .is_none()
-        );
-        assert!(
-            period
-                .observe(at(1), &[reading(200.0, Some(5.0)), failed], every)
-                .is_none()
-        );
-        let report = period
-            .observe(at(2), &[reading(400.0, None)], every)
-            .expect("a report after 2 s");
-        assert_eq!(report.gpu_energy_joules, 600.0);
-        assert_eq!(report.gpu_watts, 300.0);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod credentials;
+pub mod driver;
 pub mod gpu;
 pub mod pod_resources;
 pub mod protocol;

@@ -55,9 +55,24 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Creates and registers every metric. Fails only on a programming error (duplicate names).
+    /// Creates and registers every metric, with the process's CPU and memory. Fails only on a
+    /// programming error (duplicate names).
     pub fn new() -> Result<Telemetry, prometheus::Error> {
-        let registry = Registry::new();
+        let telemetry = Telemetry::with_registry(Registry::new())?;
+        telemetry.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(telemetry)
+    }
+
+    /// Every metric labelled `node` and no process metrics: one of many agents in one process
+    /// (`kilowatt simulate`), merged with the others' through [`Telemetry::gather`].
+    pub fn for_node(node: &str) -> Result<Telemetry, prometheus::Error> {
+        let labels = std::collections::HashMap::from([("node".to_owned(), node.to_owned())]);
+        Telemetry::with_registry(Registry::new_custom(None, Some(labels))?)
+    }
+
+    fn with_registry(registry: Registry) -> Result<Telemetry, prometheus::Error> {
         let per_gpu = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
             let gauge = GaugeVec::new(Opts::new(name, help), &["gpu", "uuid"])?;
             registry.register(Box::new(gauge.clone()))?;
@@ -162,7 +177,6 @@ impl Telemetry {
             Box::new(telemetry.drifts.clone()),
             Box::new(telemetry.clamps.clone()),
             Box::new(telemetry.fences.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             telemetry.registry.register(collector)?;
         }
@@ -291,6 +305,11 @@ impl Telemetry {
             let _ = self.pod_energy_joules.remove_label_values(&labels);
         }
         last.pods = present;
+    }
+
+    /// Every metric family, for merging with other agents' (`kilowatt simulate`).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The text exposition format.

@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use kilowatt_solver::{MethodChoice, MilpLimits, SolveOptions};
 
 use crate::agent_credentials::ServiceAccountRef;
+use crate::simulate::Settings;
+use crate::simulate_run::{SimulateRequest, Speed};
 
 /// Kilowatt keeps a datacenter's GPUs inside its power budget while getting the most work out of
 /// every watt.
@@ -40,6 +42,88 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (PowerBudget, WorkloadProfile) as YAML, or write them to a
     /// directory (`crds/` in the repository holds the committed copies).
     Crdgen(CrdgenArgs),
+    /// See Kilowatt work with no cluster and no GPU: run the operator's planning pass and one node agent
+    /// per node (simulated GPUs) in this process on simulated time, over a scenario (budget tree, nodes,
+    /// workloads, a cap timeline), side by side with uniform capping and with no capping. Serves a
+    /// live page and /metrics on 127.0.0.1 while it runs; prints a summary (or JSON) at the end.
+    /// Scenario format: docs/simulate.md. Exit codes: 0 the run kept every cap; 1 a bad scenario or
+    /// command line, or the run failed; 2 Kilowatt's limits exceeded a cap (a bug: please report it).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Scenario file (YAML, format in docs/simulate.md); default: the built-in scenario
+    /// (examples/scenarios/two-rows.yaml: 2 rows, 4 racks, 32 nodes × 8 GPUs, a demand-response dip to
+    /// 60 % of the facility cap).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Simulated seconds to run; default: the scenario's durationSeconds.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub duration: Option<f64>,
+    /// Simulated seconds per real second, or `max` to run as fast as the machine goes.
+    #[arg(long, default_value = "60", value_name = "X|max", value_parser = parse_speed)]
+    pub speed: Speed,
+    /// Port of the live page and /metrics on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// Serve nothing.
+    #[arg(long, conflicts_with_all = ["port", "hold"])]
+    pub no_serve: bool,
+    /// Keep serving the page after the run ends, until Ctrl-C.
+    #[arg(long)]
+    pub hold: bool,
+    /// Print the report as JSON on stdout instead of a summary (capViolations, energyJoules,
+    /// normalizedThroughput, the same for `uniform` and `uncapped`, and every run's figures).
+    #[arg(long)]
+    pub json: bool,
+    /// Write a chart (SVG) of the root budget's cap, allocated, enforced and measured power over time,
+    /// and of normalized throughput for Kilowatt, uniform capping and no capping.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Kilowatt's solver method (see `kilowatt solve --help`).
+    #[arg(long, default_value = "auto", value_parser = parse_method)]
+    pub method: MethodChoice,
+    /// The simulated operator solves again at least this often (simulated seconds).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub resync_seconds: f64,
+}
+
+impl SimulateArgs {
+    pub fn request(&self) -> SimulateRequest {
+        SimulateRequest {
+            scenario: self.scenario.clone(),
+            duration_seconds: self.duration,
+            speed: self.speed,
+            port: (!self.no_serve).then_some(self.port),
+            json: self.json,
+            plot: self.plot.clone(),
+            hold: self.hold,
+            settings: Settings {
+                duration_seconds: self.duration.unwrap_or(0.0),
+                solve: SolveOptions {
+                    method: self.method,
+                    ..SolveOptions::default()
+                },
+                resync_seconds: self.resync_seconds,
+                series_every_seconds: 10.0,
+            },
+        }
+    }
+}
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    if s == "max" {
+        return Ok(Speed::Max);
+    }
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is neither a number nor `max`"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(Speed::Times(v))
+    } else {
+        Err(format!("{v} must be above zero"))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
-use kilowatt_solver::{Plan, Problem, SolveError, SolveOptions};
+use kilowatt_solver::SolveOptions;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,11 +26,12 @@ use crate::caches::{self, Caches};
 use crate::http::{AppState, Health, router};
 use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
-use crate::plan_store::{EtcdCredentials, Loaded, PlanStore, StoreError};
-use crate::published::{self, KeyLayout, NodePlan, PublishedPlan};
-use crate::rollout::{self, AgentView};
-use crate::status::{EventNote, budget_events, budget_status, measured_per_budget};
+use crate::pass::{self, PassError, PassInputs};
+use crate::plan_store::{EtcdCredentials, EtcdPlanStore, Loaded, StoreError};
+use crate::published::{KeyLayout, PublishedPlan};
+use crate::status::{EventNote, budget_events, budget_status};
 use crate::translate::{PodWarning, ProfileSource, Translation};
+use crate::web::{Feed, PassRecord};
 use kilowatt_crds::plan::Inventory;
 
 /// Field manager of the operator's status writes.
@@ -81,33 +82,6 @@ pub enum StartError {
     },
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Why one pass failed; the loop retries with backoff.
-#[derive(Debug, thiserror::Error)]
-enum PassError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("solving the plan: {0}")]
-    Solve(#[from] SolveError),
-    #[error("the solver task failed: {0}")]
-    SolverTask(#[from] tokio::task::JoinError),
-    #[error("patching status of {kind} {name}: {source}")]
-    Status {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
-}
-
-impl PassError {
-    fn category(&self) -> &'static str {
-        match self {
-            PassError::Store(e) => e.category(),
-            PassError::Solve(_) | PassError::SolverTask(_) => "solve",
-            PassError::Status { .. } => "kube",
-        }
-    }
 }
 
 async fn check_crd<K>(client: &Client, crd: &'static str) -> Result<(), StartError>
@@ -173,7 +147,7 @@ pub async fn start(
     check_crd::<PowerBudget>(&client, "powerbudgets.kilowatt.dev").await?;
     check_crd::<WorkloadProfile>(&client, "workloadprofiles.kilowatt.dev").await?;
     let keys = KeyLayout::new(&options.etcd_prefix);
-    let store = PlanStore::connect_as(
+    let store = EtcdPlanStore::connect_as(
         &options.etcd_endpoints,
         keys.clone(),
         Duration::from_secs(5),
@@ -206,7 +180,9 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let changed = Arc::new(Notify::new());
     let caches = caches::start(&client, &mut tasks, changed.clone(), &metrics);
+    let feed = Feed::new("operator");
     let app = router(AppState {
+        feed: feed.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
         caches: caches.clone(),
@@ -244,6 +220,7 @@ pub async fn start(
         caches,
         store,
         metrics,
+        feed,
         health,
         recorder,
         options,
@@ -268,8 +245,10 @@ pub async fn start(
 struct Reconciler {
     client: Client,
     caches: Caches,
-    store: PlanStore,
+    store: EtcdPlanStore,
     metrics: Metrics,
+    /// What the live page shows.
+    feed: Arc<Feed>,
     health: Arc<Health>,
     recorder: Recorder,
     options: OperatorOptions,
@@ -281,33 +260,6 @@ struct Reconciler {
     next_transition: Option<Timestamp>,
     /// Nodes whose raise waits for acknowledgements; the loop checks again soon while any do.
     held_back: usize,
-}
-
-/// Solves, taking out any workload whose profile the solver rejects (the rest of the fleet is still
-/// planned; that workload's GPUs sit at their minimum). Returns the plan and what was taken out.
-fn solve_dropping_invalid(
-    mut problem: Problem,
-    options: &SolveOptions,
-) -> Result<(Plan, Vec<(String, String)>), SolveError> {
-    let mut dropped = Vec::new();
-    loop {
-        match kilowatt_solver::solve(&problem, options) {
-            Err(SolveError::Invalid(invalid)) => {
-                let index = invalid
-                    .path
-                    .strip_prefix("workloads[")
-                    .and_then(|rest| rest.split(']').next())
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .filter(|i| *i < problem.workloads.len());
-                let Some(index) = index else {
-                    return Err(SolveError::Invalid(invalid));
-                };
-                let workload = problem.workloads.remove(index);
-                dropped.push((workload.name, invalid.to_string()));
-            }
-            other => return other.map(|plan| (plan, dropped)),
-        }
-    }
 }
 
 fn until(deadline: Timestamp) -> Duration {
@@ -389,130 +341,79 @@ impl Reconciler {
         }
     }
 
-    /// One pass, as leader.
+    /// One pass, as leader: the planning pass against etcd, then metrics, the page, status and events.
     async fn pass(&mut self, leader: &watch::Receiver<bool>) -> Result<(), PassError> {
         let now = Timestamp::now();
-        // What etcd says about every node's agent: plans written, acknowledgements, inventories.
-        let mut views = self.store.read_views().await?;
-        for (node, view) in &mut views {
-            view.machine_up = self.caches.machine_up(node);
-        }
-        let inventories = inventories(&views);
-        let mut translation = self.caches.translate(now, &inventories);
-        self.next_transition = translation.next_transition;
-
-        let loaded = match self.loaded.clone() {
-            Some(loaded) => loaded,
-            None => {
-                let loaded = self.store.load().await?;
-                if let Some(plan) = &loaded.plan {
-                    tracing::info!(revision = plan.revision, "read the plan in force from etcd");
-                    self.solve_time = plan.solved_at.parse().ok().map(kube_time);
-                }
-                self.loaded = Some(loaded.clone());
-                loaded
-            }
-        };
-
-        let problem = translation.problem.clone();
-        let options = self.options.solve.clone();
-        let started = std::time::Instant::now();
-        let (plan, dropped) =
-            tokio::task::spawn_blocking(move || solve_dropping_invalid(problem, &options))
-                .await??;
+        let caches = self.caches.clone();
+        let outcome = pass::run(
+            &self.store,
+            PassInputs {
+                now,
+                translate: |inventories: &BTreeMap<String, Inventory>| {
+                    caches.translate(now, inventories)
+                },
+                machine_up: |node: &str| self.caches.machine_up(node),
+                may_publish: || *leader.borrow(),
+                loaded: self.loaded.take(),
+                solve: &self.options.solve,
+            },
+        )
+        .await?;
         self.metrics
             .solve_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        mark_dropped(&mut translation, &dropped);
-
-        let revision = u64::try_from(loaded.version).unwrap_or(0) + 1;
-        let candidate = published::build(
-            &translation,
-            &plan,
-            revision,
-            now.to_string(),
-            loaded.plan.as_ref(),
-        );
-        // The rollout step: lower what must go down, raise only where acknowledgements (or expired
-        // leases) prove the room (docs/plan-protocol.md).
-        let budgets_of = node_budgets(&translation);
-        let caps: BTreeMap<String, f64> = candidate
-            .budgets
-            .iter()
-            .map(|b| (b.name.clone(), b.planning_cap_watts))
-            .collect();
-        let step = rollout::next_step(&candidate.nodes, &views, &budgets_of, &caps);
-        let measured = measured_per_budget(&views, &budgets_of, |node| {
-            translation
-                .nodes
-                .get(node)
-                .map_or(0.0, |n| n.overhead_watts)
-        });
-        let written: BTreeMap<String, NodePlan> = views
-            .into_iter()
-            .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
-            .collect();
-        let stale_nodes = written.keys().any(|n| !candidate.nodes.contains_key(n));
-        self.held_back = step.held_back.len();
-        let unchanged = loaded
-            .plan
-            .as_ref()
-            .is_some_and(|current| current.same_content(&candidate));
-        let in_force = if unchanged && step.writes.is_empty() && !stale_nodes {
-            loaded.plan.clone().unwrap_or(candidate)
-        } else {
-            // NB: checked right before writing; the etcd fence covers the rest of the race.
-            if !*leader.borrow() {
-                return Ok(());
-            }
-            let desired = if unchanged {
-                PublishedPlan {
-                    revision,
-                    ..loaded.plan.clone().unwrap_or_else(|| candidate.clone())
-                }
-            } else {
-                candidate
-            };
-            let writes: BTreeMap<String, NodePlan> = step
-                .writes
-                .into_iter()
-                .map(|(node, plan)| (node, NodePlan { revision, ..plan }))
-                .collect();
-            let loaded = self
-                .store
-                .publish(&desired, &writes, &written, &loaded)
-                .await?;
-            self.loaded = Some(loaded);
-            if !unchanged {
+            .observe(outcome.solve_seconds);
+        self.loaded = Some(outcome.loaded.clone());
+        self.next_transition = outcome.translation.next_transition;
+        self.held_back = outcome.held_back.len();
+        if let Some(plan) = &outcome.read_plan {
+            tracing::info!(revision = plan.revision, "read the plan in force from etcd");
+            self.solve_time = plan.solved_at.parse().ok().map(kube_time);
+        }
+        // NB: checked again after the publish: a replica that lost the Lease meanwhile writes no status.
+        if !*leader.borrow() {
+            return Ok(());
+        }
+        let in_force = &outcome.in_force;
+        if let Some(published) = &outcome.published {
+            if published.content_changed {
                 self.solve_time = Some(kube_time(now));
             }
             self.metrics.plan_publishes.inc();
             tracing::info!(
-                revision,
-                status = %desired.status,
-                method = %desired.method,
-                objective = desired.objective,
-                gap = desired.gap,
-                nodes_written = writes.len(),
-                held_back = step.held_back.len(),
+                revision = published.revision,
+                status = %in_force.status,
+                method = %in_force.method,
+                objective = in_force.objective,
+                gap = in_force.gap,
+                nodes_written = published.nodes_written,
+                held_back = outcome.held_back.len(),
                 "published plan"
             );
-            if !step.held_back.is_empty() {
-                tracing::info!(nodes = ?step.held_back, "raises held back until acknowledgements make room");
+            if !outcome.held_back.is_empty() {
+                tracing::info!(nodes = ?outcome.held_back, "raises held back until acknowledgements make room");
             }
-            desired
-        };
-        let spec_caps: Vec<(String, f64)> = translation
+        }
+        let spec_caps: BTreeMap<String, f64> = outcome
+            .translation
             .budgets
             .iter()
             .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
             .collect();
-        self.metrics.observe_plan(&in_force, &spec_caps, &measured);
+        let caps: Vec<(String, f64)> = spec_caps.clone().into_iter().collect();
+        self.metrics
+            .observe_plan(in_force, &caps, &outcome.measured);
+        self.feed.record(PassRecord {
+            plan: in_force,
+            spec_caps: &spec_caps,
+            measured: &outcome.measured,
+            solve_seconds: outcome.solve_seconds,
+            now,
+        });
 
-        self.write_budget_statuses(&translation, &in_force, &measured)
+        self.write_budget_statuses(&outcome.translation, in_force, &outcome.measured)
             .await?;
-        self.write_profile_statuses(&translation).await?;
-        self.announce_pods(&translation).await;
+        self.write_profile_statuses(&outcome.translation).await?;
+        self.announce_pods(&outcome.translation).await;
         Ok(())
     }
 
@@ -667,64 +568,10 @@ where
     })
 }
 
-/// The GPU inventories live agents reported, by node.
-pub fn inventories(views: &BTreeMap<String, AgentView>) -> BTreeMap<String, Inventory> {
-    views
-        .iter()
-        .filter_map(|(node, view)| Some((node.clone(), view.inventory.clone()?)))
-        .collect()
-}
-
 /// `t` as Kubernetes stores a `metav1.Time`: whole seconds. A status holding sub-second times would
 /// never equal the one read back, and every pass would patch it again.
 fn kube_time(t: Timestamp) -> Time {
     Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
-}
-
-/// Each planned node's budgets: its chain, or the union of the chains of every budget selecting it when
-/// it is in conflict (it counts in each).
-fn node_budgets(translation: &Translation) -> BTreeMap<String, Vec<String>> {
-    translation
-        .nodes
-        .iter()
-        .map(|(name, facts)| {
-            let homes: &[String] = if facts.pinned {
-                &facts.selected_by
-            } else {
-                std::slice::from_ref(&facts.budget)
-            };
-            let mut budgets: Vec<String> = homes
-                .iter()
-                .flat_map(|home| translation.chains.get(home).into_iter().flatten().cloned())
-                .collect();
-            budgets.sort();
-            budgets.dedup();
-            (name.clone(), budgets)
-        })
-        .collect()
-}
-
-/// Pods of workloads the solver rejected become unmanaged, with a warning naming the reason.
-fn mark_dropped(translation: &mut Translation, dropped: &[(String, String)]) {
-    for (workload, message) in dropped {
-        translation
-            .problem
-            .workloads
-            .retain(|w| w.name != *workload);
-        translation.workload_pods.remove(workload);
-        for pod in &mut translation.pods {
-            if pod.workload.as_deref() == Some(workload.as_str()) {
-                pod.workload = None;
-                pod.warnings.push(PodWarning {
-                    reason: "InvalidProfile",
-                    message: format!(
-                        "the profile of workload {workload} cannot be planned ({message}); the pod's \
-                         GPUs are held at their minimum power limit until the profile is fixed"
-                    ),
-                });
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use kilowatt_solver::model::{ProfilePoint, WorkloadKind};
 
-use crate::profiles::{NamedCurve, parse_example_profile};
+use crate::profiles::{EXAMPLE_PROFILES, NamedCurve, parse_example_profile};
 
 /// The node label GPU feature discovery sets to the GPU product name, e.g. `NVIDIA-H100-80GB-HBM3`.
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
@@ -70,16 +70,11 @@ pub fn from_product_label(label: Option<&str>) -> GpuModel {
 }
 
 static EXAMPLE_CURVES: LazyLock<Vec<NamedCurve>> = LazyLock::new(|| {
-    [
-        include_str!("../../examples/profiles/llm-pretrain-h100.yaml"),
-        include_str!("../../examples/profiles/llm-serve-h100.yaml"),
-        include_str!("../../examples/profiles/vision-train-a100.yaml"),
-        include_str!("../../examples/profiles/recsys-serve-a100.yaml"),
-    ]
-    .into_iter()
-    // The files are part of this build, and a unit test parses each of them.
-    .filter_map(|text| parse_example_profile(text).ok())
-    .collect()
+    EXAMPLE_PROFILES
+        .into_iter()
+        // The files are part of this build, and a unit test parses each of them.
+        .filter_map(|text| parse_example_profile(text).ok())
+        .collect()
 });
 
 /// The default profile of a workload kind on a GPU model, with its name for events and status:
@@ -153,7 +148,7 @@ mod tests {
 
     #[test]
     fn every_compiled_in_example_curve_parses() {
-        assert_eq!(EXAMPLE_CURVES.len(), 4);
+        assert_eq!(EXAMPLE_CURVES.len(), EXAMPLE_PROFILES.len());
     }
 
     #[test]

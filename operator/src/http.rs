@@ -1,8 +1,8 @@
 //! The operator's HTTP endpoints (axum): `/metrics`, `/healthz`, `/readyz`, the plan in force
-//! (`GET /api/v1/plan`, read-only), what-if questions (`POST /api/v1/whatif`, changes nothing) and
-//! node agents' etcd credentials (`POST /api/v1/agent-credentials`, for a ServiceAccount token bound
-//! to a pod on a node). Does network IO; answers come from etcd, the watch caches, the pure what-if and
-//! the API server's TokenReview.
+//! (`GET /api/v1/plan`, read-only), what-if questions (`POST /api/v1/whatif`, changes nothing), node
+//! agents' etcd credentials (`POST /api/v1/agent-credentials`, for a ServiceAccount token bound to a
+//! pod on a node) and the live page (`GET /`, [`crate::web`]). Does network IO; answers come from etcd,
+//! the watch caches, the pure what-if, the API server's TokenReview and the page's feed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,9 +20,10 @@ use serde_json::json;
 
 use crate::agent_credentials::{CredentialIssuer, CredentialsError, bearer_token};
 use crate::caches::Caches;
-use crate::controller::inventories;
 use crate::metrics::Metrics;
-use crate::plan_store::PlanStore;
+use crate::pass::inventories;
+use crate::plan_store::{EtcdPlanStore, PlanStore};
+use crate::web::{self, Feed};
 use crate::whatif::{WhatIfError, WhatIfRequest, what_if};
 
 /// What `/healthz` and `/readyz` report.
@@ -47,7 +48,9 @@ impl Health {
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Metrics,
-    pub store: PlanStore,
+    pub store: EtcdPlanStore,
+    /// What the live page shows.
+    pub feed: Arc<Feed>,
     pub caches: Caches,
     pub health: Arc<Health>,
     pub solve_options: SolveOptions,
@@ -95,8 +98,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn plan(State(state): State<AppState>) -> Response {
-    match state.store.read_raw().await {
+async fn plan<S: PlanStore>(State(store): State<S>) -> Response {
+    match store.read_raw().await {
         Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no plan has been published yet"),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -184,14 +187,24 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
     }
 }
 
+/// `GET /api/v1/plan`: the plan in `store`, as stored.
+pub fn plan_router<S: PlanStore>(store: S) -> Router {
+    Router::new()
+        .route("/api/v1/plan", get(plan::<S>))
+        .with_state(store)
+}
+
 /// The router with every endpoint.
 pub fn router(state: AppState) -> Router {
+    let plan = plan_router(state.store.clone());
+    let page = web::router(state.feed.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/plan", get(plan))
         .route("/api/v1/whatif", post(whatif))
         .route("/api/v1/agent-credentials", post(agent_credentials))
         .with_state(state)
+        .merge(plan)
+        .merge(page)
 }

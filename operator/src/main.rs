@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
-use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, WhatifArgs};
+use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, SimulateArgs, WhatifArgs};
 use kilowatt_operator::controller::{self, OperatorOptions};
 use kilowatt_operator::plan_store::EtcdCredentials;
 use kilowatt_operator::solve;
@@ -176,6 +176,35 @@ fn run_whatif(args: &WhatifArgs) -> u8 {
     }
 }
 
+/// `kilowatt simulate`'s exit code when Kilowatt's enforced limits exceeded a cap.
+const SIMULATE_OVER_CAP: u8 = 2;
+
+fn run_simulate(args: &SimulateArgs) -> ExitCode {
+    init_logging("text");
+    let outcome = runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let mut stdout = std::io::stdout();
+            let mut stderr = std::io::stderr();
+            kilowatt_operator::simulate_run::run(
+                args.request(),
+                &mut stdout,
+                &mut stderr,
+                termination(),
+            )
+            .await
+            .map_err(anyhow::Error::from)
+        })
+    });
+    match outcome {
+        Ok(report) if report.cap_violations > 0 => ExitCode::from(SIMULATE_OVER_CAP),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // NB: clap exits 2 on usage errors, but 2 means "infeasible" for `kilowatt solve`; a bad command
     // line is bad input, exit 1.
@@ -209,6 +238,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Whatif(args) => ExitCode::from(run_whatif(&args)),
+        Command::Simulate(args) => run_simulate(&args),
         Command::Crdgen(args) => match crdgen(args.out_dir.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -213,6 +213,11 @@ impl Metrics {
             .set(plan.workloads.iter().map(|w| w.pods.len() as i64).sum());
     }
 
+    /// Every metric family, for merging with others (`kilowatt simulate`).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

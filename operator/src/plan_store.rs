@@ -1,8 +1,11 @@
-//! The plan in etcd: reads the current plan (a restarted operator does this before publishing) and
-//! publishes new ones in fenced transactions, so a replica that lost leadership cannot overwrite a
-//! newer plan. Does network IO (etcd).
+//! Where plans live: the [`PlanStore`] interface the planning pass reads agents' views from and
+//! publishes to, its etcd implementation ([`EtcdPlanStore`]: fenced transactions, so a replica that lost
+//! leadership cannot overwrite a newer plan) and the pieces both it and the in-memory store of
+//! `kilowatt simulate` share: the order of a publish's writes and the decoding of node keys. The etcd
+//! store does network IO; the shared pieces are pure.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
@@ -48,7 +51,7 @@ impl StoreError {
     }
 }
 
-/// What etcd held at the last read or write.
+/// What the store held at the last read or write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
     /// The plan, when one exists and decodes.
@@ -59,13 +62,139 @@ pub struct Loaded {
     pub version: i64,
 }
 
+/// The plan's home, as the planning pass uses it: etcd in a cluster, memory in `kilowatt simulate`.
+pub trait PlanStore: Clone + Send + Sync + 'static {
+    /// Reads the current plan and its fence. A plan that does not decode (written by an incompatible
+    /// version) counts as absent, but its version still orders the next revision above it.
+    fn load(&self) -> impl Future<Output = Result<Loaded, StoreError>> + Send;
+
+    /// The plan as stored, for `GET /api/v1/plan` (raw JSON, not re-encoded).
+    fn read_raw(&self) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// What the store says about every node's agent: the node plan written, and — bound to the
+    /// agent's lease, so absent once it expired — its inventory and power report; its last
+    /// acknowledgement outlives the lease.
+    fn read_views(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, AgentView>, StoreError>> + Send;
+
+    /// Publishes the desired `plan` and the node plans of this rollout step (`writes`, over what is
+    /// `written` now), in the order [`publish_operations`] gives, each write fenced on the plan key's
+    /// mod revision in `loaded`. Returns the new fence.
+    fn publish(
+        &self,
+        plan: &PublishedPlan,
+        writes: &BTreeMap<String, NodePlan>,
+        written: &BTreeMap<String, NodePlan>,
+        loaded: &Loaded,
+    ) -> impl Future<Output = Result<Loaded, StoreError>> + Send;
+}
+
+/// One write of a publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyWrite {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|source| StoreError::Encode { source })
 }
 
+/// The writes of a publish, in a safe order: lowered nodes first (the deepest cut first), raised ones
+/// after, node keys of nodes no longer planned deleted with the cuts, and the plan key last. A node that
+/// left every budget keeps no plan key; its agent falls back to its own floor.
+pub fn publish_operations(
+    keys: &KeyLayout,
+    plan: &PublishedPlan,
+    writes: &BTreeMap<String, NodePlan>,
+    written: &BTreeMap<String, NodePlan>,
+) -> Result<Vec<KeyWrite>, StoreError> {
+    let total = |n: &NodePlan| n.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>();
+    let mut changed: Vec<(f64, KeyWrite)> = Vec::new();
+    for (node, node_plan) in writes {
+        let delta = total(node_plan) - written.get(node).map_or(f64::INFINITY, total);
+        changed.push((
+            delta,
+            KeyWrite::Put {
+                key: keys.node_plan(node),
+                value: encode(node_plan)?,
+            },
+        ));
+    }
+    for node in written.keys() {
+        if !plan.nodes.contains_key(node) {
+            changed.push((
+                f64::NEG_INFINITY,
+                KeyWrite::Delete {
+                    key: keys.node_plan(node),
+                },
+            ));
+        }
+    }
+    // NB: lower before raise within the step too: an agent reading between two transactions of
+    // a large step sees its decrease only after every other decrease has landed.
+    changed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut operations: Vec<KeyWrite> = changed.into_iter().map(|(_, op)| op).collect();
+    operations.push(KeyWrite::Put {
+        key: keys.plan(),
+        value: encode(plan)?,
+    });
+    Ok(operations)
+}
+
+/// Decodes the node keys under `keys`' node prefix into views, by node. An undecodable document counts
+/// as absent; for an inventory that means "no live agent", so the node's plan is lowered to its floors
+/// rather than trusted.
+pub fn views_from_entries<'a>(
+    keys: &KeyLayout,
+    entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> BTreeMap<String, AgentView> {
+    let prefix = keys.node_prefix();
+    let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
+    for (key, value) in entries {
+        let Some((node, kind)) = key
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.rsplit_once('/'))
+        else {
+            continue;
+        };
+        let view = views.entry(node.to_owned()).or_default();
+        match kind {
+            "plan" => view.written = serde_json::from_slice(value).ok(),
+            "ack" => view.ack = serde_json::from_slice(value).ok(),
+            "inventory" => view.inventory = serde_json::from_slice(value).ok(),
+            "power" => view.power = serde_json::from_slice(value).ok(),
+            _ => {}
+        }
+    }
+    views
+}
+
+/// Decodes the plan key's value; a plan written by an incompatible version counts as absent.
+pub fn decode_plan(key: &str, value: &[u8]) -> Option<PublishedPlan> {
+    match serde_json::from_slice::<PublishedPlan>(value) {
+        Ok(plan) => Some(plan),
+        Err(error) => {
+            tracing::warn!(%key, %error, "the stored plan does not decode; it will be replaced");
+            None
+        }
+    }
+}
+
+/// Node plans stored under the node prefix, by node (tests and diagnostics).
+pub async fn node_plans(store: &impl PlanStore) -> Result<Vec<(String, NodePlan)>, StoreError> {
+    Ok(store
+        .read_views()
+        .await?
+        .into_iter()
+        .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
+        .collect())
+}
+
 /// A connection to the etcd that holds plans.
 #[derive(Clone)]
-pub struct PlanStore {
+pub struct EtcdPlanStore {
     client: Client,
     keys: KeyLayout,
 }
@@ -86,14 +215,14 @@ impl std::fmt::Debug for EtcdCredentials {
     }
 }
 
-impl PlanStore {
+impl EtcdPlanStore {
     /// Connects without authentication (an etcd with auth disabled).
     pub async fn connect(
         endpoints: &[String],
         keys: KeyLayout,
         timeout: Duration,
-    ) -> Result<PlanStore, StoreError> {
-        PlanStore::connect_as(endpoints, keys, timeout, None).await
+    ) -> Result<EtcdPlanStore, StoreError> {
+        EtcdPlanStore::connect_as(endpoints, keys, timeout, None).await
     }
 
     /// Connects as `credentials`' user when given. The operator's user needs the root role: it
@@ -103,7 +232,7 @@ impl PlanStore {
         keys: KeyLayout,
         timeout: Duration,
         credentials: Option<&EtcdCredentials>,
-    ) -> Result<PlanStore, StoreError> {
+    ) -> Result<EtcdPlanStore, StoreError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
@@ -120,7 +249,7 @@ impl PlanStore {
                 endpoints: endpoints.join(","),
                 source,
             })?;
-        Ok(PlanStore { client, keys })
+        Ok(EtcdPlanStore { client, keys })
     }
 
     /// The etcd client, connected as the operator's user (for managing agents' credentials).
@@ -128,18 +257,22 @@ impl PlanStore {
         self.client.clone()
     }
 
-    /// Reads the current plan and its fence. A plan that does not decode (written by an incompatible
-    /// version) counts as absent, but its version still orders the next revision above it.
-    pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let key = self.keys.plan();
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .get(key.as_str(), None)
+    async fn get(&self, key: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        self.client
+            .kv_client()
+            .get(key, None)
             .await
             .map_err(|source| StoreError::Read {
-                key: key.clone(),
+                key: key.to_owned(),
                 source,
-            })?;
+            })
+    }
+}
+
+impl PlanStore for EtcdPlanStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let key = self.keys.plan();
+        let response = self.get(&key).await?;
         let Some(entry) = response.kvs().first() else {
             return Ok(Loaded {
                 plan: None,
@@ -147,112 +280,52 @@ impl PlanStore {
                 version: 0,
             });
         };
-        let plan = match serde_json::from_slice::<PublishedPlan>(entry.value()) {
-            Ok(plan) => Some(plan),
-            Err(error) => {
-                tracing::warn!(%key, %error, "the plan in etcd does not decode; it will be replaced");
-                None
-            }
-        };
         Ok(Loaded {
-            plan,
+            plan: decode_plan(&key, entry.value()),
             mod_revision: entry.mod_revision(),
             version: entry.version(),
         })
     }
 
-    /// The plan as stored, for `GET /api/v1/plan` (raw JSON, not re-encoded).
-    pub async fn read_raw(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.keys.plan();
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .get(key.as_str(), None)
-            .await
-            .map_err(|source| StoreError::Read { key, source })?;
+    async fn read_raw(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let response = self.get(&self.keys.plan()).await?;
         Ok(response.kvs().first().map(|e| e.value().to_vec()))
     }
 
-    /// Node plans stored under the node prefix, by node name (tests and diagnostics).
-    pub async fn node_plans(&self) -> Result<Vec<(String, NodePlan)>, StoreError> {
-        Ok(self
-            .read_views()
-            .await?
-            .into_iter()
-            .filter_map(|(node, view)| view.written.map(|plan| (node, plan)))
-            .collect())
-    }
-
-    /// What etcd says about every node's agent: the node plan written, and — bound to the agent's
-    /// lease, so absent once it expired — its acknowledgement and inventory.
-    pub async fn read_views(&self) -> Result<BTreeMap<String, AgentView>, StoreError> {
+    async fn read_views(&self) -> Result<BTreeMap<String, AgentView>, StoreError> {
         let prefix = self.keys.node_prefix();
-        let mut kv = self.client.kv_client();
-        let response = kv
+        let response = self
+            .client
+            .kv_client()
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|source| StoreError::Read {
                 key: prefix.clone(),
                 source,
             })?;
-        let mut views: BTreeMap<String, AgentView> = BTreeMap::new();
-        for entry in response.kvs() {
-            let Some((node, kind)) = entry
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(&prefix))
-                .and_then(|rest| rest.rsplit_once('/'))
-            else {
-                continue;
-            };
-            let view = views.entry(node.to_owned()).or_default();
-            // NB: an undecodable document counts as absent; for an inventory that means "no live
-            // agent", so the node's plan is lowered to its floors rather than trusted.
-            match kind {
-                "plan" => view.written = serde_json::from_slice(entry.value()).ok(),
-                "ack" => view.ack = serde_json::from_slice(entry.value()).ok(),
-                "inventory" => view.inventory = serde_json::from_slice(entry.value()).ok(),
-                "power" => view.power = serde_json::from_slice(entry.value()).ok(),
-                _ => {}
-            }
-        }
-        Ok(views)
+        Ok(views_from_entries(
+            &self.keys,
+            response
+                .kvs()
+                .iter()
+                .filter_map(|kv| Some((kv.key_str().ok()?, kv.value()))),
+        ))
     }
 
-    /// Publishes the desired `plan` and the node plans of this rollout step (`writes`, over what is
-    /// `written` now); node keys of nodes no longer planned are deleted. Lowered nodes go first, raised
-    /// ones after, the plan key last; every transaction is fenced on the plan key's mod revision, so
-    /// nothing is written once another replica has published. Returns the new fence.
-    pub async fn publish(
+    async fn publish(
         &self,
         plan: &PublishedPlan,
         writes: &BTreeMap<String, NodePlan>,
         written: &BTreeMap<String, NodePlan>,
         loaded: &Loaded,
     ) -> Result<Loaded, StoreError> {
-        let total = |n: &NodePlan| n.gpus.iter().map(|g| g.power_limit_watts).sum::<f64>();
-        let mut changed: Vec<(f64, TxnOp)> = Vec::new();
-        for (node, node_plan) in writes {
-            let delta = total(node_plan) - written.get(node).map_or(f64::INFINITY, total);
-            changed.push((
-                delta,
-                TxnOp::put(self.keys.node_plan(node), encode(node_plan)?, None),
-            ));
-        }
-        // A node that left every budget keeps no plan key; its agent falls back to its own floor.
-        for node in written.keys() {
-            if !plan.nodes.contains_key(node) {
-                changed.push((
-                    f64::NEG_INFINITY,
-                    TxnOp::delete(self.keys.node_plan(node), None),
-                ));
-            }
-        }
-        // NB: lower before raise within the step too: an agent reading between two transactions of
-        // a large step sees its decrease only after every other decrease has landed.
-        changed.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut operations: Vec<TxnOp> = changed.into_iter().map(|(_, op)| op).collect();
-        operations.push(TxnOp::put(self.keys.plan(), encode(plan)?, None));
-
+        let operations: Vec<TxnOp> = publish_operations(&self.keys, plan, writes, written)?
+            .into_iter()
+            .map(|write| match write {
+                KeyWrite::Put { key, value } => TxnOp::put(key, value, None),
+                KeyWrite::Delete { key } => TxnOp::delete(key, None),
+            })
+            .collect();
         let mut kv = self.client.kv_client();
         let fence_key = self.keys.plan();
         let mut last_revision = loaded.mod_revision;

@@ -7,6 +7,16 @@ use std::path::{Path, PathBuf};
 use kilowatt_solver::model::{ProfilePoint, WorkloadKind};
 use serde::Deserialize;
 
+/// The example profiles in `examples/profiles/`, compiled in: the operator's default curves and the
+/// profiles `kilowatt simulate` scenarios may name. The first of each kind and GPU model is the default.
+pub const EXAMPLE_PROFILES: [&str; 5] = [
+    include_str!("../../examples/profiles/llm-pretrain-h100.yaml"),
+    include_str!("../../examples/profiles/llm-serve-h100.yaml"),
+    include_str!("../../examples/profiles/vision-train-a100.yaml"),
+    include_str!("../../examples/profiles/recsys-serve-a100.yaml"),
+    include_str!("../../examples/profiles/llm-finetune-h100-clocks.yaml"),
+];
+
 /// A measured or example throughput curve, ready to become a workload's profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedCurve {

@@ -11,7 +11,7 @@ use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource};
 use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
 use kilowatt_node_agent::telemetry::Telemetry;
-use kilowatt_operator::plan_store::{EtcdCredentials, PlanStore};
+use kilowatt_operator::plan_store::{EtcdCredentials, EtcdPlanStore, PlanStore};
 use kilowatt_tests::{Etcd, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
@@ -296,7 +296,7 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
     let (_telemetry, stop_agent, agent_task) = start_agent(&etcd, "n1", &url, &token_file);
     let store = within(
         "plan store",
-        PlanStore::connect_as(
+        EtcdPlanStore::connect_as(
             std::slice::from_ref(&etcd.endpoint),
             keys.clone(),
             Duration::from_secs(5),

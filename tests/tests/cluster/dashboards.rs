@@ -254,6 +254,43 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let operator = OperatorProcess::start(&plane, &etcd.endpoint, &dir.join("operator.log"));
     let store = plan_store(&etcd.endpoint).await;
     settled(&store, &nodes, &ALL, "first plan enforced everywhere").await;
+    // The operator serves the live page too, fed by its own passes.
+    let (status, page) = http_exchange(
+        operator.address,
+        "GET / HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Kilowatt</title>"), "{page}");
+    let overview = eventually(
+        "the page's data shows every budget with its measured watts",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http_exchange(
+                operator.address,
+                "GET /api/v1/overview HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            let overview: Value =
+                serde_json::from_str(&body).map_err(|e| format!("{status}: {e}"))?;
+            let budgets = overview["budgets"].as_array().cloned().unwrap_or_default();
+            let measured = budgets.iter().all(|b| b["measuredWatts"].is_number());
+            (budgets.len() == 3 && measured)
+                .then_some(overview.clone())
+                .ok_or(format!("{overview}"))
+        },
+    )
+    .await;
+    assert_eq!(overview["source"], "operator");
+    assert!(
+        overview["plan"]["revision"]
+            .as_u64()
+            .is_some_and(|r| r >= 1)
+    );
+    assert!(
+        overview["changes"][0]["reasons"][0].is_string(),
+        "{overview}"
+    );
     let prometheus = Prometheus::start(&dir, operator.address, &nodes);
     eventually("Prometheus listens", Duration::from_secs(60), || async {
         tokio::net::TcpStream::connect(prometheus.address)

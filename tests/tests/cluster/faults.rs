@@ -18,7 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kilowatt_crds::PowerBudget;
 use kilowatt_node_agent::gpu::settings_file::StoredSettings;
-use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_operator::plan_store::{EtcdPlanStore, PlanStore};
 use kilowatt_operator::published::{KeyLayout, NodePlan};
 use kilowatt_tests::{ControlPlane, Etcd, eventually, within};
 use kube::Client;
@@ -41,7 +41,7 @@ const ROW_CAP_WATTS: f64 = 11_000.0;
 
 /// A binary of this workspace, built next to this test's executable (`cargo test --workspace` builds
 /// every member's binaries).
-fn workspace_binary(name: &str) -> PathBuf {
+pub(crate) fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
@@ -533,10 +533,10 @@ async fn delete_pod(admin: &Client, name: &str) {
     .expect("pod deleted");
 }
 
-pub(crate) async fn plan_store(endpoint: &str) -> PlanStore {
+pub(crate) async fn plan_store(endpoint: &str) -> EtcdPlanStore {
     within(
         "plan etcd",
-        PlanStore::connect(
+        EtcdPlanStore::connect(
             &[endpoint.to_owned()],
             KeyLayout::new(PREFIX),
             Duration::from_secs(5),
@@ -555,7 +555,7 @@ pub(crate) const ALL: [&str; 4] = ["n1", "n2", "n3", "n4"];
 /// Whether every listed node's agent acknowledged the plan written for it and its GPUs enforce it
 /// (the final state matches the plan); the written plans if so.
 async fn enforced_plans(
-    store: &PlanStore,
+    store: &EtcdPlanStore,
     nodes: &[NodeUnderTest],
     only: &[&str],
 ) -> Result<BTreeMap<String, NodePlan>, String> {
@@ -591,7 +591,7 @@ async fn enforced_plans(
 
 /// Waits until [`enforced_plans`] holds and `accept` likes the plans; returns them.
 async fn settled_where(
-    store: &PlanStore,
+    store: &EtcdPlanStore,
     nodes: &[NodeUnderTest],
     only: &[&str],
     what: &str,
@@ -606,7 +606,7 @@ async fn settled_where(
 }
 
 pub(crate) async fn settled(
-    store: &PlanStore,
+    store: &EtcdPlanStore,
     nodes: &[NodeUnderTest],
     only: &[&str],
     what: &str,
@@ -627,7 +627,7 @@ fn row_within(cap: f64) -> impl Fn(&BTreeMap<String, NodePlan>) -> Result<(), St
 }
 
 /// Waits until the plan written for `node` sets exactly `limits`.
-async fn written_for(store: &PlanStore, node: &str, limits: &[f64], what: &str) {
+async fn written_for(store: &EtcdPlanStore, node: &str, limits: &[f64], what: &str) {
     eventually(what, SETTLE, || async {
         let views = store.read_views().await.map_err(|e| e.to_string())?;
         match views.get(node).and_then(|v| v.written.as_ref()) {

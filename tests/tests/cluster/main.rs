@@ -11,3 +11,4 @@ mod helm;
 mod operator;
 mod rollout;
 mod scale;
+mod web;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kilowatt_crds::{PowerBudget, PowerBudgetStatus, WorkloadProfile};
 use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator, StartError};
-use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_operator::plan_store::{EtcdPlanStore, PlanStore, node_plans};
 use kilowatt_operator::published::{KeyLayout, NodePlan, PublishedPlan};
 use kilowatt_operator::whatif::WhatIfRequest;
 use kilowatt_operator::whatif_client::{AskError, ask};
@@ -161,10 +161,10 @@ pub(crate) async fn patch_budget(admin: &Client, name: &str, spec: Value) {
     .expect("budget patched");
 }
 
-pub(crate) async fn store(plane: &ControlPlane) -> PlanStore {
+pub(crate) async fn store(plane: &ControlPlane) -> EtcdPlanStore {
     within(
         "etcd",
-        PlanStore::connect(
+        EtcdPlanStore::connect(
             std::slice::from_ref(&plane.etcd_endpoint),
             KeyLayout::new("/kilowatt-test"),
             Duration::from_secs(5),
@@ -176,7 +176,7 @@ pub(crate) async fn store(plane: &ControlPlane) -> PlanStore {
 
 /// The plan in etcd once `accept` holds for it.
 pub(crate) async fn plan_where(
-    store: &PlanStore,
+    store: &EtcdPlanStore,
     what: &str,
     accept: impl Fn(&PublishedPlan) -> bool,
 ) -> PublishedPlan {
@@ -201,8 +201,11 @@ pub(crate) async fn plan_where(
 
 /// The invariant, checked on the per-node keys agents read: for every budget, the limits plus
 /// overheads of the nodes under it fit its planning cap. Returns the watts counted per budget.
-async fn assert_node_plans_fit(store: &PlanStore, plan: &PublishedPlan) -> BTreeMap<String, f64> {
-    let node_plans: BTreeMap<String, NodePlan> = within("node plans", store.node_plans())
+async fn assert_node_plans_fit(
+    store: &EtcdPlanStore,
+    plan: &PublishedPlan,
+) -> BTreeMap<String, f64> {
+    let node_plans: BTreeMap<String, NodePlan> = within("node plans", node_plans(store))
         .await
         .expect("node plans read")
         .into_iter()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use kilowatt_node_agent::agent;
 use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_node_agent::telemetry::Telemetry;
+use kilowatt_operator::plan_store::PlanStore;
 use kilowatt_tests::{ControlPlane, eventually, within};
 use serde_json::json;
 

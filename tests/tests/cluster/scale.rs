@@ -13,7 +13,7 @@ use futures::{StreamExt, stream};
 use kilowatt_node_agent::agent;
 use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
 use kilowatt_node_agent::telemetry::Telemetry;
-use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_operator::plan_store::{EtcdPlanStore, PlanStore};
 use kilowatt_tests::{Etcd, eventually};
 use serde_json::json;
 
@@ -38,7 +38,7 @@ fn node_name(i: usize) -> String {
 
 /// Per node, when its agent first acknowledged a plan at least `revision` since `start`.
 async fn acknowledgement_times(
-    store: &PlanStore,
+    store: &EtcdPlanStore,
     nodes: usize,
     revision: u64,
     start: Instant,
@@ -74,7 +74,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The revision of the plan in etcd once its facility budget's effective cap is `cap`.
-async fn plan_revision_with_cap(store: &PlanStore, cap: f64) -> u64 {
+async fn plan_revision_with_cap(store: &EtcdPlanStore, cap: f64) -> u64 {
     eventually(
         "plan with the new cap",
         Duration::from_secs(120),
