@@ -31,6 +31,9 @@ pub struct AgentOptions {
     pub node: String,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    /// TLS for `https://` etcd endpoints (the CA of etcd's certificate, and a client identity when etcd
+    /// asks for one); `None` for plain endpoints.
+    pub etcd_tls: Option<etcd_client::TlsOptions>,
     /// Where to get this node's etcd credentials before every connection; `None`: connect without
     /// authentication.
     pub credentials: Option<CredentialsSource>,
@@ -212,6 +215,9 @@ async fn open_session(
     let mut connect = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(2));
+    if let Some(tls) = &options.etcd_tls {
+        connect = connect.with_tls(tls.clone());
+    }
     if let Some(source) = &options.credentials {
         // NB: asked for every session: a reconnecting agent may find its password changed (another
         // pod of this node asked since), and its token rotates.

@@ -1,6 +1,7 @@
-//! The agent's etcd credentials: asks the operator (`POST /api/v1/agent-credentials`) with this pod's
-//! projected ServiceAccount token, read afresh for every request because the kubelet rotates it; the
-//! user it gets may write only the keys of the node the token is bound to. Does file and network IO.
+//! The agent's etcd credentials: asks the operator (`POST /api/v1/agent-credentials`, over HTTPS when
+//! a CA file is given) with this pod's projected ServiceAccount token, read afresh for every request
+//! because the kubelet rotates it; the user it gets may write only the keys of the node the token is
+//! bound to. Does file and network IO.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +15,13 @@ use kilowatt_crds::plan::AgentCredentials;
 /// Where the agent gets its etcd credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialsSource {
-    /// The operator's endpoint, `http://HOST:PORT/api/v1/agent-credentials`.
+    /// The operator's endpoint, `https://HOST:PORT/api/v1/agent-credentials` (or `http://`).
     pub url: String,
     /// The pod's projected ServiceAccount token, issued for audience `kilowatt`.
     pub token_file: PathBuf,
+    /// The CA that signed the operator's certificate; required for an `https://` URL, read again for
+    /// every request (a rotated Secret is picked up).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Why no credentials came back.
@@ -30,8 +34,10 @@ pub enum CredentialsError {
     },
     #[error("the ServiceAccount token file {} is empty", path.display())]
     EmptyToken { path: PathBuf },
-    #[error("{url} is not a valid http:// URL: {message}")]
+    #[error("{url} is not a valid URL for the credentials endpoint: {message}")]
     Url { url: String, message: String },
+    #[error("the credentials endpoint's CA: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot reach the operator at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the operator refused credentials ({status}): {message}")]
@@ -56,22 +62,47 @@ impl CredentialsError {
             CredentialsError::Refused { .. }
                 | CredentialsError::WrongNode { .. }
                 | CredentialsError::Url { .. }
+                | CredentialsError::Tls(_)
         )
     }
 }
 
-/// Checks that `url` is one the agent can ask (plain `http://`), for the command line.
-pub fn check_url(url: &str) -> Result<(), CredentialsError> {
+/// Checks that `url` is one the agent can ask with or without a CA file, for the command line: `https://`
+/// needs the CA of the operator's certificate, and a CA file with `http://` would protect nothing.
+pub fn check_url(url: &str, has_ca: bool) -> Result<(), CredentialsError> {
     let bad = |message: &str| CredentialsError::Url {
         url: url.to_owned(),
         message: message.to_owned(),
     };
-    if !url.starts_with("http://") {
-        return Err(bad("only http:// is supported"));
+    match (url.split_once("://").map(|(scheme, _)| scheme), has_ca) {
+        (Some("https"), true) | (Some("http"), false) => {}
+        (Some("https"), false) => {
+            return Err(bad(
+                "https:// needs --credentials-ca-file, the CA that signed the operator's certificate",
+            ));
+        }
+        (Some("http"), true) => {
+            return Err(bad(
+                "--credentials-ca-file is given but the URL is http://; use the operator's https:// listener",
+            ));
+        }
+        _ => return Err(bad("it must start with https:// or http://")),
     }
     url.parse::<hyper::Uri>()
         .map(|_| ())
         .map_err(|e| bad(&e.to_string()))
+}
+
+/// An error with its sources, one line (a TLS failure hides under two layers of hyper errors).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The error text of an operator answer (`{"error": ...}`), or the body as it came.
@@ -90,7 +121,7 @@ pub async fn fetch(
     node: &str,
     timeout: Duration,
 ) -> Result<AgentCredentials, CredentialsError> {
-    check_url(&source.url)?;
+    check_url(&source.url, source.ca_file.is_some())?;
     // NB: a projected token is a small file on a tmpfs: reading it does not block the runtime long.
     let token =
         std::fs::read_to_string(&source.token_file).map_err(|e| CredentialsError::Token {
@@ -115,12 +146,20 @@ pub async fn fetch(
         url: url.to_owned(),
         message,
     };
-    let client = Client::builder(TokioExecutor::new()).build_http();
+    let builder = Client::builder(TokioExecutor::new());
+    let response = match &source.ca_file {
+        Some(ca) => {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(crate::tls::client_config(ca)?)
+                .https_only()
+                .enable_http1()
+                .build();
+            builder.build(connector).request(request)
+        }
+        None => builder.build_http().request(request),
+    };
     let exchange = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| unreachable(format!("{e:#}")))?;
+        let response = response.await.map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -160,13 +199,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
+    fn https_urls_need_a_ca_and_plain_ones_refuse_it() {
+        let url = "kilowatt-operator.kilowatt-system:8443/api/v1/agent-credentials";
+        assert!(check_url(&format!("https://{url}"), true).is_ok());
+        assert!(check_url(&format!("http://{url}"), false).is_ok());
+        let without_ca = check_url(&format!("https://{url}"), false).expect_err("needs a CA");
         assert!(
-            check_url("http://kilowatt-operator.kilowatt-system:8080/api/v1/agent-credentials")
-                .is_ok()
+            without_ca.to_string().contains("--credentials-ca-file"),
+            "{without_ca}"
         );
-        for bad in ["https://op/api", "op:8080/api", "", "http://bad host/"] {
-            assert!(check_url(bad).is_err(), "{bad:?}");
+        assert!(check_url(&format!("http://{url}"), true).is_err());
+        for bad in ["op:8080/api", "", "http://bad host/", "ftp://op/api"] {
+            assert!(check_url(bad, false).is_err(), "{bad:?}");
         }
     }
 
@@ -189,6 +233,7 @@ mod tests {
             // Nothing listens there: the token is checked before any request.
             url: "http://127.0.0.1:9/api/v1/agent-credentials".to_owned(),
             token_file,
+            ca_file: None,
         };
         let missing = fetch(&source(dir.join("absent")), "n1", Duration::from_secs(1)).await;
         assert!(

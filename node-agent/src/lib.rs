@@ -9,3 +9,4 @@ pub mod gpu;
 pub mod pod_resources;
 pub mod protocol;
 pub mod telemetry;
+pub mod tls;

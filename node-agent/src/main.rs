@@ -15,6 +15,7 @@ use kilowatt_node_agent::gpu::nvml::NvmlBackend;
 use kilowatt_node_agent::gpu::settings_file::FileBackedGpus;
 use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, load_profile};
 use kilowatt_node_agent::telemetry::{self, Telemetry};
+use kilowatt_node_agent::tls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -63,15 +64,28 @@ struct Args {
         value_name = "URL[,URL...]"
     )]
     etcd_endpoints: Vec<String>,
+    /// The CA that signed etcd's serving certificate (PEM), for https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// This agent's client certificate (PEM), when etcd requires client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
     /// Key prefix of the plan keys (the operator's --etcd-prefix).
     #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
     etcd_prefix: String,
-    /// The operator's agent-credentials endpoint (http://HOST:PORT/api/v1/agent-credentials). With
-    /// it, the agent sends its ServiceAccount token there before every etcd connection and connects as
-    /// the etcd user it gets back, which may write only the keys of the node its pod runs on; without
-    /// it, the agent connects to etcd without authentication.
-    #[arg(long, env = "KILOWATT_CREDENTIALS_URL", value_name = "URL", value_parser = parse_credentials_url)]
+    /// The operator's agent-credentials endpoint (https://HOST:PORT/api/v1/agent-credentials, the
+    /// operator's --tls-listen; http:// only without TLS). With it, the agent sends its ServiceAccount
+    /// token there before every etcd connection and connects as the etcd user it gets back, which may
+    /// write only the keys of the node its pod runs on; without it, the agent connects to etcd without
+    /// authentication.
+    #[arg(long, env = "KILOWATT_CREDENTIALS_URL", value_name = "URL")]
     credentials_url: Option<String>,
+    /// The CA that signed the operator's certificate (PEM); required for an https:// --credentials-url.
+    #[arg(long, value_name = "FILE", requires = "credentials_url")]
+    credentials_ca_file: Option<PathBuf>,
     /// The projected ServiceAccount token (audience `kilowatt`) sent to --credentials-url; read again
     /// for every request, as the kubelet rotates it.
     #[arg(
@@ -118,12 +132,6 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{v} is not in (0, 1]"))
     }
-}
-
-fn parse_credentials_url(s: &str) -> Result<String, String> {
-    check_url(s)
-        .map(|()| s.to_owned())
-        .map_err(|e| e.to_string())
 }
 
 fn init_logging(format: &str) {
@@ -186,14 +194,27 @@ async fn termination() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
+    if let Some(url) = &args.credentials_url {
+        check_url(url, args.credentials_ca_file.is_some())?;
+    }
+    let etcd_tls = tls::etcd_tls(
+        &args.etcd_endpoints,
+        &tls::EtcdTlsFiles {
+            ca: args.etcd_ca_file.clone(),
+            cert: args.etcd_cert_file.clone(),
+            key: args.etcd_key_file.clone(),
+        },
+    )?;
     let backend = backend(&args)?;
     let options = AgentOptions {
         node: args.node.clone(),
         etcd_endpoints: args.etcd_endpoints.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
+        etcd_tls,
         credentials: args.credentials_url.clone().map(|url| CredentialsSource {
             url,
             token_file: args.service_account_token_file.clone(),
+            ca_file: args.credentials_ca_file.clone(),
         }),
         lease_ttl: Duration::from_secs(args.lease_ttl_seconds),
         fence_fraction: args.fence_fraction,

@@ -49,10 +49,7 @@ pub enum TlsError {
     #[error("{0} needs both a certificate file and a key file")]
     HalfIdentity(&'static str),
     #[error("{what}: {message}")]
-    Config {
-        what: &'static str,
-        message: String,
-    },
+    Config { what: &'static str, message: String },
     #[error(
         "TLS files were given for etcd but endpoint {endpoint} is not https://; use https:// endpoints with --etcd-ca-file"
     )]
@@ -138,8 +135,9 @@ pub fn etcd_tls(
     };
     // Parsed here so that a bad file is reported by name, not as a handshake failure later.
     certificates("the etcd CA file", ca)?;
-    let mut options = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(read("the etcd CA file", ca)?));
+    let mut options = etcd_client::TlsOptions::new().ca_certificate(
+        etcd_client::Certificate::from_pem(read("the etcd CA file", ca)?),
+    );
     match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
             certificates("the etcd client certificate", cert)?;
@@ -209,7 +207,10 @@ mod tests {
     fn plain_endpoints_without_files_need_no_tls_and_mixing_is_refused() {
         let plain = vec!["http://127.0.0.1:2379".to_owned()];
         let secure = vec!["https://etcd:2379".to_owned()];
-        assert!(matches!(etcd_tls(&plain, &EtcdTlsFiles::default()), Ok(None)));
+        assert!(matches!(
+            etcd_tls(&plain, &EtcdTlsFiles::default()),
+            Ok(None)
+        ));
         let with_ca = EtcdTlsFiles {
             ca: Some(PathBuf::from("/nonexistent/ca.crt")),
             ..EtcdTlsFiles::default()

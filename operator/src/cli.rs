@@ -34,7 +34,7 @@ pub enum Command {
     /// plan to etcd, and keep status, events and metrics current. Replicas elect one leader through a
     /// Lease; the others stand by. Connects to Kubernetes through $KUBECONFIG, ~/.kube/config or the
     /// in-cluster service account. Logs go to stderr; RUST_LOG sets the level (default info).
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Ask a running operator what throughput a budget would lose (or gain) at another cap, without
     /// changing anything. Exit codes: 0 answered; 1 bad question (unknown budget, bad cap); 3 the
     /// operator could not be reached or failed.
@@ -153,6 +153,15 @@ pub struct OperatorArgs {
     /// File holding --etcd-user's password (a mounted Secret; a trailing newline is ignored).
     #[arg(long, value_name = "FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
+    /// The CA that signed etcd's serving certificate (PEM), for https:// endpoints.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// The operator's client certificate for etcd (PEM), when etcd requires client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<PathBuf>,
     /// The agents' ServiceAccount: only its tokens, bound to a pod on a node, earn etcd credentials
     /// for that node's keys (POST /api/v1/agent-credentials).
     #[arg(
@@ -162,9 +171,20 @@ pub struct OperatorArgs {
     )]
     pub agent_service_account: ServiceAccountRef,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /api/v1/plan, /api/v1/whatif,
-    /// /api/v1/agent-credentials).
+    /// /api/v1/agent-credentials, the live page / and /api/v1/overview).
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
     pub listen: std::net::SocketAddr,
+    /// Also serve every endpoint over HTTPS here, with --tls-cert-file and --tls-key-file. Agents'
+    /// credentials are then issued only over HTTPS (the plain listener answers 403).
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert_file", "tls_key_file"])]
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// The HTTPS listener's certificate chain (PEM), valid for the name agents use
+    /// (e.g. kilowatt-operator.kilowatt-system.svc).
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_listen")]
+    pub tls_key_file: Option<PathBuf>,
     /// This replica's name in the leader Lease and in Events; defaults to $POD_NAME, else $HOSTNAME.
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,

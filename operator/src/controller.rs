@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::caches::{self, Caches};
-use crate::http::{AppState, Health, router};
+use crate::http::{AppState, Health, router, serve_https};
 use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::pass::{self, PassError, PassInputs};
@@ -45,9 +45,13 @@ pub struct OperatorOptions {
     /// The etcd user (with the root role) to connect as; `None`: etcd without authentication, and no
     /// agent credentials are issued.
     pub etcd_credentials: Option<EtcdCredentials>,
+    /// TLS for `https://` etcd endpoints; `None` for plain ones.
+    pub etcd_tls: Option<etcd_client::TlsOptions>,
     /// The agents' ServiceAccount: only its tokens earn etcd credentials.
     pub agent_service_account: ServiceAccountRef,
     pub listen: SocketAddr,
+    /// The HTTPS listener, serving every endpoint; with it, agents' credentials are issued only there.
+    pub https: Option<HttpsListener>,
     /// This replica's name in the Lease and in Events (the pod name in a cluster).
     pub identity: String,
     pub lease_namespace: String,
@@ -58,6 +62,13 @@ pub struct OperatorOptions {
     /// A pass runs at least this often, changes or not.
     pub resync: Duration,
     pub solve: SolveOptions,
+}
+
+/// Where and with what the operator serves HTTPS.
+#[derive(Debug, Clone)]
+pub struct HttpsListener {
+    pub listen: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// Why the operator could not start.
@@ -100,6 +111,8 @@ where
 pub struct RunningOperator {
     /// Where the HTTP endpoints listen.
     pub address: SocketAddr,
+    /// Where the HTTPS endpoints listen, when configured.
+    pub https_address: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     reconcile_loop: JoinHandle<()>,
     elector: JoinHandle<()>,
@@ -152,6 +165,7 @@ pub async fn start(
         keys.clone(),
         Duration::from_secs(5),
         options.etcd_credentials.as_ref(),
+        options.etcd_tls.as_ref(),
     )
     .await?;
     // Without an etcd user the operator cannot manage users (and etcd has no auth to enforce them).
@@ -176,12 +190,29 @@ pub async fn start(
         address: options.listen,
         source,
     })?;
+    let https_listener = match &options.https {
+        Some(https) => {
+            let bound = tokio::net::TcpListener::bind(https.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address: https.listen,
+                    source,
+                })?;
+            let at = bound.local_addr().map_err(|source| StartError::Listen {
+                address: https.listen,
+                source,
+            })?;
+            Some((bound, at, https.config.clone()))
+        }
+        None => None,
+    };
+    let https_address = https_listener.as_ref().map(|(_, at, _)| *at);
 
     let mut tasks = JoinSet::new();
     let changed = Arc::new(Notify::new());
     let caches = caches::start(&client, &mut tasks, changed.clone(), &metrics);
     let feed = Feed::new("operator");
-    let app = router(AppState {
+    let state = AppState {
         feed: feed.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
@@ -190,6 +221,16 @@ pub async fn start(
         solve_options: options.solve.clone(),
         resync: options.resync,
         credentials,
+        credentials_only_at: None,
+    };
+    if let Some((bound, at, config)) = https_listener {
+        let app = router(state.clone());
+        tasks.spawn(serve_https(bound, config, app));
+        tracing::info!(address = %at, "serving HTTPS");
+    }
+    let app = router(AppState {
+        credentials_only_at: https_address,
+        ..state
     });
     tasks.spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
@@ -234,6 +275,7 @@ pub async fn start(
     tracing::info!(%address, "operator started");
     Ok(RunningOperator {
         address,
+        https_address,
         shutdown,
         reconcile_loop,
         elector,

@@ -59,6 +59,9 @@ pub struct AppState {
     pub resync: Duration,
     /// Issues agents' etcd credentials; `None` when the operator connects to etcd without a user.
     pub credentials: Option<CredentialIssuer>,
+    /// On the plain listener of an operator that also serves HTTPS: the HTTPS address, where alone
+    /// credentials are issued (a token and a password must not cross plain HTTP).
+    pub credentials_only_at: Option<std::net::SocketAddr>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -143,6 +146,16 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
             .with_label_values(&[outcome])
             .inc();
     };
+    if let Some(https) = state.credentials_only_at {
+        count("forbidden");
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "agent credentials are issued over HTTPS only, on port {} of this operator",
+                https.port()
+            ),
+        );
+    }
     let Some(issuer) = &state.credentials else {
         count("disabled");
         return error(
@@ -184,6 +197,50 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
             }
             response
         }
+    }
+}
+
+/// Serves `app` over TLS on `listener` until the task is aborted; a failed handshake costs only its
+/// connection.
+pub async fn serve_https(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "HTTPS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let served =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "HTTPS connection ended with an error");
+            }
+        });
     }
 }
 

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use kilowatt_node_agent::tls;
 use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
 use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, SimulateArgs, WhatifArgs};
-use kilowatt_operator::controller::{self, OperatorOptions};
+use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions};
 use kilowatt_operator::plan_store::EtcdCredentials;
 use kilowatt_operator::solve;
 use kilowatt_operator::whatif::{self, WhatIfRequest};
@@ -105,12 +106,30 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         // NB: clap requires both or neither.
         _ => None,
     };
+    let etcd_tls = tls::etcd_tls(
+        &args.etcd_endpoints,
+        &tls::EtcdTlsFiles {
+            ca: args.etcd_ca_file.clone(),
+            cert: args.etcd_cert_file.clone(),
+            key: args.etcd_key_file.clone(),
+        },
+    )?;
+    let https = match (&args.tls_listen, &args.tls_cert_file, &args.tls_key_file) {
+        (Some(listen), Some(cert), Some(key)) => Some(HttpsListener {
+            listen: *listen,
+            config: std::sync::Arc::new(tls::server_config(cert, key)?),
+        }),
+        // NB: clap requires all three or none.
+        _ => None,
+    };
     let options = OperatorOptions {
         etcd_endpoints: args.etcd_endpoints.clone(),
         etcd_prefix: args.etcd_prefix.clone(),
         etcd_credentials,
+        etcd_tls,
         agent_service_account: args.agent_service_account.clone(),
         listen: args.listen,
+        https,
         identity,
         lease_namespace: args.lease_namespace.clone(),
         lease_name: args.lease_name.clone(),
@@ -230,7 +249,7 @@ fn main() -> ExitCode {
             );
             ExitCode::from(code)
         }
-        Command::Operator(args) => match run_operator(args) {
+        Command::Operator(args) => match run_operator(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -222,20 +222,25 @@ impl EtcdPlanStore {
         keys: KeyLayout,
         timeout: Duration,
     ) -> Result<EtcdPlanStore, StoreError> {
-        EtcdPlanStore::connect_as(endpoints, keys, timeout, None).await
+        EtcdPlanStore::connect_as(endpoints, keys, timeout, None, None).await
     }
 
-    /// Connects as `credentials`' user when given. The operator's user needs the root role: it
-    /// writes every plan key and manages the agents' users and roles.
+    /// Connects as `credentials`' user when given, over TLS when `tls` is given (https:// endpoints).
+    /// The operator's user needs the root role: it writes every plan key and manages the agents' users
+    /// and roles.
     pub async fn connect_as(
         endpoints: &[String],
         keys: KeyLayout,
         timeout: Duration,
         credentials: Option<&EtcdCredentials>,
+        tls: Option<&etcd_client::TlsOptions>,
     ) -> Result<EtcdPlanStore, StoreError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.clone());
+        }
         if let Some(credentials) = credentials {
             // NB: etcd's simple auth tokens expire after --auth-token-ttl (5 min) without use; a
             // long --resync-seconds leaves the client idle that long, so it re-authenticates.

@@ -146,6 +146,98 @@ fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
     Ok(command.stdout(Stdio::null()).stderr(file).spawn()?)
 }
 
+/// PEM files of a test PKI made with openssl: a CA, a serving certificate for 127.0.0.1 and
+/// localhost, and a client certificate, all signed by the CA and valid for two days.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Creates the files in `dir` (which must exist); `name` tells two PKIs apart in their CA's name.
+    pub fn create(dir: &Path, name: &str) -> anyhow::Result<TestPki> {
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca_subject = format!("/CN=kilowatt test CA {name}");
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(key);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            &ca_subject,
+        ]);
+        openssl(&ca, dir)?;
+        for (who, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            let (key_file, csr, cert, ext) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+                format!("{who}.ext"),
+            );
+            fs::write(
+                dir.join(&ext),
+                format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+            )?;
+            let subject = format!("/CN=kilowatt test {who}");
+            let mut request = vec!["req"];
+            request.extend(key);
+            request.extend(["-keyout", &key_file, "-out", &csr, "-subj", &subject]);
+            openssl(&request, dir)?;
+            openssl(
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &cert,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                ],
+                dir,
+            )?;
+        }
+        Ok(TestPki {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
+    }
+
+    /// etcd client TLS options trusting this CA and presenting the client certificate.
+    pub fn etcd_client_tls(&self) -> anyhow::Result<etcd_client::TlsOptions> {
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(fs::read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                fs::read(&self.client_cert)?,
+                fs::read(&self.client_key)?,
+            )))
+    }
+}
+
 /// A single-member etcd on 127.0.0.1 with its own data directory; it can be stopped and started
 /// again on the same ports and data (for partition and restart tests).
 pub struct Etcd {
@@ -155,7 +247,9 @@ pub struct Etcd {
     owns_dir: bool,
     client_port: u16,
     peer_port: u16,
-    /// `http://127.0.0.1:PORT`.
+    /// Serving certificate, key and client CA when it serves TLS and requires client certificates.
+    tls: Option<TestPki>,
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub endpoint: String,
 }
 
@@ -167,7 +261,7 @@ impl Etcd {
             std::process::id(),
             free_port()?
         ));
-        let mut etcd = Etcd::start_in(dir)?;
+        let mut etcd = Etcd::start_in(dir, None)?;
         etcd.owns_dir = true;
         etcd.wait_healthy().await?;
         Ok(etcd)
@@ -177,11 +271,36 @@ impl Etcd {
     /// role, logs in with the returned password; a client without a user may do nothing.
     pub async fn start_with_auth() -> anyhow::Result<(Etcd, String)> {
         let etcd = Etcd::start().await?;
+        Etcd::enable_auth(etcd, None).await
+    }
+
+    /// Starts an etcd serving TLS with `pki`'s server certificate and requiring client certificates
+    /// signed by its CA, with authentication enabled as [`Etcd::start_with_auth`].
+    pub async fn start_with_tls_and_auth(pki: &TestPki) -> anyhow::Result<(Etcd, String)> {
+        let dir = std::env::temp_dir().join(format!(
+            "kilowatt-etcd-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        let mut etcd = Etcd::start_in(dir, Some(pki.clone()))?;
+        etcd.owns_dir = true;
+        etcd.wait_healthy().await?;
+        let tls = pki.etcd_client_tls()?;
+        Etcd::enable_auth(etcd, Some(tls)).await
+    }
+
+    async fn enable_auth(
+        etcd: Etcd,
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> anyhow::Result<(Etcd, String)> {
         // A test etcd on the loopback: the password only has to differ between runs.
         let password = format!("root-{}-{}", std::process::id(), free_port()?);
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         let mut client = within(
             "etcd client",
             etcd_client::Client::connect([etcd.endpoint.as_str()], Some(options)),
@@ -201,36 +320,45 @@ impl Etcd {
         Ok((etcd, password))
     }
 
-    fn start_in(dir: PathBuf) -> anyhow::Result<Etcd> {
+    fn start_in(dir: PathBuf, tls: Option<TestPki>) -> anyhow::Result<Etcd> {
         fs::create_dir_all(&dir)?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
             child: None,
             dir,
             owns_dir: false,
             client_port,
             peer_port,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
+            tls,
         };
         etcd.spawn()?;
         Ok(etcd)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let (client_port, peer_port) = (self.client_port, self.peer_port);
+        let peer_port = self.peer_port;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(pki) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--data-dir")
             .arg(self.dir.join("data"))
-            .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{client_port}"
-            ))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{client_port}"
-            ))
+            .arg(format!("--listen-client-urls={}", self.endpoint))
+            .arg(format!("--advertise-client-urls={}", self.endpoint))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
@@ -311,7 +439,7 @@ impl ControlPlane {
         ));
         fs::create_dir_all(dir.join("certs"))?;
 
-        let etcd = Etcd::start_in(dir.join("etcd"))?;
+        let etcd = Etcd::start_in(dir.join("etcd"), None)?;
         let client_port = etcd.client_port;
 
         openssl(&["genrsa", "-out", "sa.key", "2048"], &dir)?;

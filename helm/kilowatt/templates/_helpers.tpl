@@ -16,8 +16,37 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- if eq .Values.etcd.mode "internal" -}}
 http://kilowatt-etcd.{{ .Release.Namespace }}.svc:2379
 {{- else -}}
-{{- required "etcd.endpoints must list your etcd's client URLs when etcd.mode is external" (join "," .Values.etcd.endpoints) -}}
+{{- $endpoints := required "etcd.endpoints must list your etcd's client URLs when etcd.mode is external" (join "," .Values.etcd.endpoints) -}}
+{{- if .Values.etcd.tls.secretName -}}
+{{- range .Values.etcd.endpoints -}}
+{{- if not (hasPrefix "https://" .) -}}
+{{- fail (printf "etcd.tls.secretName is set, so every etcd endpoint must be https://, not %s" .) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{ $endpoints }}
+{{- end -}}
+{{- end }}
+
+{{/* Whether the operator and the agents speak TLS to etcd. */}}
+{{- define "kilowatt.etcdTls" -}}
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.tls.secretName -}}true{{- end -}}
+{{- end }}
+
+{{/* The etcd TLS flags of both binaries, one list item each (the files are mounted at /etc/kilowatt/etcd-tls). */}}
+{{- define "kilowatt.etcdTlsArgs" -}}
+{{- if include "kilowatt.etcdTls" . }}
+- --etcd-ca-file=/etc/kilowatt/etcd-tls/ca.crt
+{{- if .Values.etcd.tls.clientCertificate }}
+- --etcd-cert-file=/etc/kilowatt/etcd-tls/tls.crt
+- --etcd-key-file=/etc/kilowatt/etcd-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the operator's HTTPS certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "kilowatt.operatorTlsSecret" -}}
+{{ .Values.operator.tls.secretName | default "kilowatt-operator-tls" }}
 {{- end }}
 
 {{/* The Secret holding the etcd root password (key `password`). */}}

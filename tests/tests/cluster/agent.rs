@@ -25,6 +25,7 @@ pub(crate) fn agent_options(
         node: node.into(),
         etcd_endpoints: vec![etcd_endpoint.to_owned()],
         etcd_prefix: prefix.into(),
+        etcd_tls: None,
         credentials: None,
         lease_ttl,
         fence_fraction: 0.5,

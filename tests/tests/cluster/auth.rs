@@ -11,13 +11,15 @@ use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource};
 use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
 use kilowatt_node_agent::telemetry::Telemetry;
+use kilowatt_operator::controller::HttpsListener;
 use kilowatt_operator::plan_store::{EtcdCredentials, EtcdPlanStore, PlanStore};
-use kilowatt_tests::{Etcd, create_from_yaml, eventually, within};
+use kilowatt_tests::{Etcd, TestPki, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::agent::agent_options;
+use crate::faults::test_dir;
 use crate::operator::{
     budget, gpu_node, gpu_pod, http_exchange, http_get, options, prepared_cluster,
     start_operator_with,
@@ -86,12 +88,14 @@ fn write_token(name: &str, token: &str) -> std::path::PathBuf {
     path
 }
 
-/// An agent for `node` with 4 simulated GPUs, getting its credentials from `url` with `token_file`.
+/// An agent for `node` with 4 simulated GPUs, getting its credentials from `url` with `token_file`;
+/// with `pki`, over TLS to etcd (with its client certificate) and to the operator (trusting its CA).
 fn start_agent(
     etcd: &Etcd,
     node: &str,
     url: &str,
     token_file: &std::path::Path,
+    pki: Option<&TestPki>,
 ) -> (
     Telemetry,
     tokio::sync::oneshot::Sender<()>,
@@ -101,7 +105,9 @@ fn start_agent(
         credentials: Some(CredentialsSource {
             url: url.to_owned(),
             token_file: token_file.to_owned(),
+            ca_file: pki.map(|p| p.ca.clone()),
         }),
+        etcd_tls: pki.map(|p| p.etcd_client_tls().expect("etcd client TLS")),
         ..agent_options(node, &etcd.endpoint, PREFIX, Duration::from_secs(4))
     };
     let telemetry = Telemetry::new().expect("telemetry");
@@ -118,6 +124,34 @@ fn start_agent(
         .expect("agent runs");
     });
     (telemetry, stop, task)
+}
+
+/// Waits until `node`'s agent acknowledged a plan that raises every GPU above its floor, with the limits
+/// read back equal to the plan's; returns the GPUs it registered and the planned limits.
+async fn acknowledged_raised_plan(store: &EtcdPlanStore, node: &str) -> (usize, Vec<f64>) {
+    eventually(
+        &format!("{node} acknowledges its raised plan"),
+        WAIT,
+        || async {
+            let views = store.read_views().await.map_err(|e| e.to_string())?;
+            let view = views.get(node).ok_or("no keys for the node")?;
+            let inventory = view.inventory.as_ref().ok_or("no inventory")?;
+            let (Some(plan), Some(ack)) = (&view.written, &view.ack) else {
+                return Err(format!("plan {:?} ack {:?}", view.written, view.ack));
+            };
+            let planned: Vec<f64> = plan.gpus.iter().map(|g| g.power_limit_watts).collect();
+            let raised = plan
+                .gpus
+                .iter()
+                .all(|g| g.power_limit_watts > g.floor_watts);
+            if raised && ack.revision == plan.revision && ack.power_limits_watts == planned {
+                Ok((inventory.gpus.len(), planned))
+            } else {
+                Err(format!("plan {} {planned:?}, ack {ack:?}", plan.revision))
+            }
+        },
+    )
+    .await
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -248,6 +282,7 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
         &CredentialsSource {
             url: url.clone(),
             token_file: token_file.clone(),
+            ca_file: None,
         },
         "n2",
         Duration::from_secs(10),
@@ -257,7 +292,8 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
         matches!(&claimed, Err(CredentialsError::WrongNode { issued, node }) if issued == "n1" && node == "n2"),
         "{claimed:?}"
     );
-    let (impostor, stop_impostor, impostor_task) = start_agent(&etcd, "n2", &url, &token_file);
+    let (impostor, stop_impostor, impostor_task) =
+        start_agent(&etcd, "n2", &url, &token_file, None);
     eventually("the impostor agent fails to register", WAIT, || async {
         let text = impostor.render().map_err(|e| e.to_string())?;
         if metric(&text, "kilowatt_agent_etcd_errors_total") >= 1.0 {
@@ -293,7 +329,7 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
 
     // The real agent of n1 registers its inventory and, reading and watching its plan key, follows
     // the operator's rollout from the floors up to the raised plan, acknowledging each step.
-    let (_telemetry, stop_agent, agent_task) = start_agent(&etcd, "n1", &url, &token_file);
+    let (_telemetry, stop_agent, agent_task) = start_agent(&etcd, "n1", &url, &token_file, None);
     let store = within(
         "plan store",
         EtcdPlanStore::connect_as(
@@ -301,29 +337,12 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
             keys.clone(),
             Duration::from_secs(5),
             Some(&root),
+            None,
         ),
     )
     .await
     .expect("root connects");
-    let acknowledged = eventually("n1 acknowledges its raised plan", WAIT, || async {
-        let views = store.read_views().await.map_err(|e| e.to_string())?;
-        let view = views.get("n1").ok_or("no keys for n1")?;
-        let inventory = view.inventory.as_ref().ok_or("no inventory")?;
-        let (Some(plan), Some(ack)) = (&view.written, &view.ack) else {
-            return Err(format!("plan {:?} ack {:?}", view.written, view.ack));
-        };
-        let planned: Vec<f64> = plan.gpus.iter().map(|g| g.power_limit_watts).collect();
-        let raised = plan
-            .gpus
-            .iter()
-            .all(|g| g.power_limit_watts > g.floor_watts);
-        if raised && ack.revision == plan.revision && ack.power_limits_watts == planned {
-            Ok((inventory.gpus.len(), planned))
-        } else {
-            Err(format!("plan {} {planned:?}, ack {ack:?}", plan.revision))
-        }
-    })
-    .await;
+    let acknowledged = acknowledged_raised_plan(&store, "n1").await;
     assert_eq!(acknowledged.0, 4);
 
     // Credentials issued again for n1 (a second agent pod on n1 asked) change its password: etcd
@@ -372,4 +391,154 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
     operator.shutdown().await;
     let _ = std::fs::remove_file(&token_file);
     println!("acknowledged limits on n1: {:?}", acknowledged.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tls_tokens_passwords_and_plans_cross_only_verified_connections() {
+    let (plane, admin) = prepared_cluster().await;
+    let dir = test_dir("tls");
+    let (ours, theirs) = (dir.join("pki"), dir.join("other-pki"));
+    std::fs::create_dir_all(&ours).expect("pki directory");
+    std::fs::create_dir_all(&theirs).expect("pki directory");
+    let pki = TestPki::create(&ours, "ours").expect("test PKI");
+    let other = TestPki::create(&theirs, "theirs").expect("second test PKI");
+    let (etcd, root_password) = within("etcd with TLS", Etcd::start_with_tls_and_auth(&pki))
+        .await
+        .expect("etcd with TLS and auth starts");
+    assert!(etcd.endpoint.starts_with("https://"));
+    create_from_yaml(&admin, "helm/kilowatt/rbac/agent.yaml")
+        .await
+        .expect("agent ServiceAccount applies");
+    gpu_node(
+        &admin,
+        "n1",
+        json!({"rack": "a"}),
+        4,
+        "NVIDIA-H100-80GB-HBM3",
+    )
+    .await;
+    budget(
+        &admin,
+        "rack-a",
+        json!({"capWatts": 20000.0, "nodeOverheadWatts": 500.0,
+               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
+    )
+    .await;
+    gpu_pod(
+        &admin,
+        "serve-0",
+        "n1",
+        4,
+        json!({"kilowatt.dev/workload": "inference"}),
+    )
+    .await;
+    pod_on(&admin, AGENTS, "kilowatt-agent-n1", "n1", AGENT_ACCOUNT).await;
+    let agent_token = plane
+        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some("kilowatt-agent-n1"))
+        .await
+        .expect("agent token");
+
+    let root = EtcdCredentials {
+        user: "root".to_owned(),
+        password: root_password,
+    };
+    let mut operator_options = options(&plane, "replica-0", Duration::from_secs(2));
+    operator_options.etcd_endpoints = vec![etcd.endpoint.clone()];
+    operator_options.etcd_credentials = Some(root.clone());
+    operator_options.etcd_tls = Some(pki.etcd_client_tls().expect("etcd client TLS"));
+    operator_options.https = Some(HttpsListener {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        config: std::sync::Arc::new(
+            kilowatt_node_agent::tls::server_config(&pki.server_cert, &pki.server_key)
+                .expect("server TLS"),
+        ),
+    });
+    let operator = start_operator_with(&plane, operator_options).await;
+    let https = operator.https_address.expect("an HTTPS listener");
+
+    // The plain listener keeps serving the rest, but issues no credentials.
+    let (status, body) = ask(operator.address, Some(&agent_token)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("over HTTPS only"), "{body}");
+    let (status, _) = http_get(operator.address, "/healthz").await;
+    assert_eq!(status, 200);
+
+    // Over HTTPS, trusting the operator's CA, the agent's token earns n1's credentials; trusting
+    // another CA, the handshake fails before the token is sent.
+    let token_file = write_token("tls-agent-token", &agent_token);
+    let url = format!(
+        "https://127.0.0.1:{}/api/v1/agent-credentials",
+        https.port()
+    );
+    let source = |ca: &std::path::Path| CredentialsSource {
+        url: url.clone(),
+        token_file: token_file.clone(),
+        ca_file: Some(ca.to_owned()),
+    };
+    let issued = credentials::fetch(&source(&pki.ca), "n1", Duration::from_secs(10))
+        .await
+        .expect("credentials over HTTPS");
+    assert_eq!(issued.node, "n1");
+    let refused = credentials::fetch(&source(&other.ca), "n1", Duration::from_secs(10)).await;
+    match refused {
+        Err(CredentialsError::Unreachable { message, .. }) => {
+            assert!(message.contains("certificate"), "{message}")
+        }
+        other => panic!("expected a failed handshake, got {other:?}"),
+    }
+
+    // etcd takes neither a client without a certificate nor plain HTTP.
+    let ca_only = etcd_client::TlsOptions::new().ca_certificate(
+        etcd_client::Certificate::from_pem(std::fs::read(&pki.ca).expect("CA")),
+    );
+    let without_certificate = Client::connect(
+        [etcd.endpoint.as_str()],
+        Some(
+            ConnectOptions::new()
+                .with_tls(ca_only)
+                .with_user("root", root.password.as_str())
+                .with_timeout(Duration::from_secs(5)),
+        ),
+    )
+    .await;
+    assert!(
+        without_certificate.is_err(),
+        "etcd accepted a client without a certificate"
+    );
+    let plain = etcd.endpoint.replacen("https://", "http://", 1);
+    let plain_get = async {
+        let mut client = Client::connect(
+            [plain.as_str()],
+            Some(ConnectOptions::new().with_timeout(Duration::from_secs(3))),
+        )
+        .await?;
+        client.get("/", None).await
+    };
+    assert!(plain_get.await.is_err(), "etcd answered plain HTTP");
+
+    // End to end: the agent gets its credentials over HTTPS, reaches etcd over TLS, and acknowledges
+    // a plan that raises its GPUs.
+    let (_telemetry, stop_agent, agent_task) =
+        start_agent(&etcd, "n1", &url, &token_file, Some(&pki));
+    let store = within(
+        "plan store over TLS",
+        EtcdPlanStore::connect_as(
+            std::slice::from_ref(&etcd.endpoint),
+            KeyLayout::new(PREFIX),
+            Duration::from_secs(5),
+            Some(&root),
+            Some(&pki.etcd_client_tls().expect("etcd client TLS")),
+        ),
+    )
+    .await
+    .expect("root connects over TLS");
+    let (gpus, planned) = acknowledged_raised_plan(&store, "n1").await;
+    assert_eq!(gpus, 4);
+    println!("acknowledged over TLS on n1: {planned:?}");
+
+    stop_agent.send(()).expect("agent listening");
+    within("agent stops", agent_task).await.expect("agent task");
+    operator.shutdown().await;
+    let _ = std::fs::remove_file(&token_file);
+    let _ = std::fs::remove_dir_all(&dir);
 }

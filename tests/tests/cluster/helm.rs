@@ -20,8 +20,10 @@ fn chart() -> PathBuf {
 /// Prometheus operator, which the test's API server does not have).
 const NON_DEFAULT: &[&str] = &[
     "etcd.mode=external",
-    "etcd.endpoints={http://etcd-0.etcd:2379,http://etcd-1.etcd:2379}",
+    "etcd.endpoints={https://etcd-0.etcd:2379,https://etcd-1.etcd:2379}",
+    "etcd.tls.secretName=etcd-client-tls",
     "etcd.auth.rootPasswordSecret=etcd-root",
+    "operator.tls.secretName=kilowatt-operator-cert",
     "etcd.prefix=/kw",
     "agent.gpuBackend=simulated",
     "agent.simulated.gpus=4",
@@ -72,6 +74,56 @@ fn render(values: &[&str]) -> Vec<DynamicObject> {
         .into_iter()
         .filter(|o| o.types.is_some())
         .collect()
+}
+
+/// Completes a TLS handshake and one HTTP request with the chart's generated certificate: the operator's
+/// HTTPS listener (`serve_https`) serving it, and a client trusting only the generated `ca.crt` and
+/// checking the name agents use. Returns the response's status line.
+async fn handshake_with(secret: &DynamicObject, server_name: &str) -> String {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("kilowatt-helm-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("directory");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        let encoded = secret.data["data"][key].as_str().expect(key);
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .expect("base64");
+        std::fs::write(dir.join(key), pem).expect("write");
+    }
+    let server =
+        kilowatt_node_agent::tls::server_config(&dir.join("tls.crt"), &dir.join("tls.key"))
+            .expect("the operator loads the generated certificate and key");
+    let client = kilowatt_node_agent::tls::client_config(&dir.join("ca.crt"))
+        .expect("an agent loads the generated CA");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let serving = tokio::spawn(kilowatt_operator::http::serve_https(
+        listener,
+        std::sync::Arc::new(server),
+        app,
+    ));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
+    let response = within("TLS handshake and request", async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut response = Vec::new();
+        let _ = tls.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await;
+    serving.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    response.lines().next().unwrap_or_default().to_owned()
 }
 
 fn kind(object: &DynamicObject) -> &str {
@@ -181,10 +233,45 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
     assert!(agent.iter().any(|a| a == "--gpu-backend=nvml"), "{agent:?}");
     assert!(
         agent.iter().any(|a| a
-            == "--credentials-url=http://kilowatt-operator.kilowatt-system.svc:8080/api/v1/agent-credentials"),
+            == "--credentials-url=https://kilowatt-operator.kilowatt-system.svc:8443/api/v1/agent-credentials"),
         "{agent:?}"
     );
+    assert!(
+        agent
+            .iter()
+            .any(|a| a == "--credentials-ca-file=/etc/kilowatt/operator-ca/ca.crt"),
+        "{agent:?}"
+    );
+    let agent_set = objects
+        .iter()
+        .find(|o| kind(o) == "DaemonSet")
+        .expect("agent DaemonSet");
+    let ca_volume = agent_set.data["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "operator-ca")
+        .expect("the operator's CA is mounted into the agents");
+    assert_eq!(
+        ca_volume["secret"]["items"],
+        serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}]),
+        "agents get the CA and nothing else of the operator's Secret"
+    );
+    let generated = objects
+        .iter()
+        .find(|o| {
+            kind(o) == "Secret" && o.metadata.name.as_deref() == Some("kilowatt-operator-tls")
+        })
+        .expect("a generated certificate for the operator");
+    assert_eq!(
+        handshake_with(generated, "kilowatt-operator.kilowatt-system.svc").await,
+        "HTTP/1.1 200 OK"
+    );
     let operator = args_of(&objects, "Deployment", "kilowatt-operator");
+    assert!(
+        operator.iter().any(|a| a == "--tls-listen=0.0.0.0:8443"),
+        "{operator:?}"
+    );
     assert!(
         operator.iter().any(|a| a == "--etcd-user=root"),
         "{operator:?}"
@@ -197,23 +284,87 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
     );
     apply(&admin, &objects, real).await;
 
-    // Non-default: external etcd, simulated agents, no dashboards.
+    // Non-default: external etcd over TLS, the operator's certificate from a given Secret, simulated
+    // agents, no dashboards.
     let objects = render(NON_DEFAULT);
     let kinds: Vec<&str> = objects.iter().map(kind).collect();
     assert!(
-        !kinds.contains(&"StatefulSet") && !kinds.contains(&"Job"),
+        !kinds.contains(&"StatefulSet") && !kinds.contains(&"Job") && !kinds.contains(&"Secret"),
         "{kinds:?}"
     );
     assert!(!kinds.contains(&"ConfigMap"), "{kinds:?}");
     let agent = args_of(&objects, "DaemonSet", "kilowatt-agent");
+    let operator = args_of(&objects, "Deployment", "kilowatt-operator");
     assert!(
         agent
             .iter()
-            .any(|a| a == "--etcd-endpoints=http://etcd-0.etcd:2379,http://etcd-1.etcd:2379"),
+            .any(|a| a == "--etcd-endpoints=https://etcd-0.etcd:2379,https://etcd-1.etcd:2379"),
         "{agent:?}"
     );
     assert!(agent.iter().any(|a| a == "--simulated-gpus=4"), "{agent:?}");
+    for args in [&agent, &operator] {
+        for flag in [
+            "--etcd-ca-file=/etc/kilowatt/etcd-tls/ca.crt",
+            "--etcd-cert-file=/etc/kilowatt/etcd-tls/tls.crt",
+            "--etcd-key-file=/etc/kilowatt/etcd-tls/tls.key",
+        ] {
+            assert!(
+                args.iter().any(|a| a == flag),
+                "{flag} missing from {args:?}"
+            );
+        }
+    }
+    let secrets: Vec<String> = objects
+        .iter()
+        .filter(|o| matches!(kind(o), "Deployment" | "DaemonSet"))
+        .flat_map(|o| {
+            o.data["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_owned))
+        .collect();
+    for secret in ["etcd-client-tls", "kilowatt-operator-cert", "etcd-root"] {
+        assert!(
+            secrets.iter().any(|s| s == secret),
+            "{secret} not mounted: {secrets:?}"
+        );
+    }
     apply(&admin, &objects, real).await;
+
+    // Without the HTTPS listener the agents ask over plain HTTP, and TLS files with a plain etcd
+    // endpoint are refused at render time.
+    let objects = render(&["operator.tls.enabled=false"]);
+    let agent = args_of(&objects, "DaemonSet", "kilowatt-agent");
+    assert!(
+        agent.iter().any(|a| a
+            == "--credentials-url=http://kilowatt-operator.kilowatt-system.svc:8080/api/v1/agent-credentials"),
+        "{agent:?}"
+    );
+    assert!(
+        !agent.iter().any(|a| a.starts_with("--credentials-ca-file")),
+        "{agent:?}"
+    );
+    let (ok, _, text) = helm(&[
+        "template",
+        "kilowatt",
+        &chart_dir,
+        "--kube-version",
+        KUBERNETES_VERSION,
+        "--set",
+        "etcd.mode=external",
+        "--set",
+        "etcd.endpoints={http://etcd-0.etcd:2379}",
+        "--set",
+        "etcd.tls.secretName=etcd-client-tls",
+        "--set",
+        "etcd.auth.rootPasswordSecret=etcd-root",
+    ]);
+    assert!(
+        !ok && text.contains("every etcd endpoint must be https://"),
+        "{text}"
+    );
 
     // The ServiceMonitor renders (its CRD is not in this API server, so it is only rendered).
     let objects = render(&["serviceMonitor.enabled=true"]);

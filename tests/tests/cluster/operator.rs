@@ -52,10 +52,12 @@ pub(crate) fn options(plane: &ControlPlane, identity: &str, resync: Duration) ->
         etcd_endpoints: vec![plane.etcd_endpoint.clone()],
         etcd_prefix: "/kilowatt-test".to_owned(),
         etcd_credentials: None,
+        etcd_tls: None,
         agent_service_account: "kilowatt-system/kilowatt-agent"
             .parse()
             .expect("service account"),
         listen: "127.0.0.1:0".parse().expect("address"),
+        https: None,
         identity: identity.to_owned(),
         lease_namespace: "kilowatt-system".to_owned(),
         lease_name: "kilowatt-operator".to_owned(),
