@@ -45,9 +45,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr at RUST_LOG's level, else `default_level`.
+fn init_logging(format: &str, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -92,7 +93,7 @@ fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+    init_logging(&args.log_format, "info");
     let identity = args
         .identity
         .clone()
@@ -199,7 +200,8 @@ fn run_whatif(args: &WhatifArgs) -> u8 {
 const SIMULATE_OVER_CAP: u8 = 2;
 
 fn run_simulate(args: &SimulateArgs) -> ExitCode {
-    init_logging("text");
+    // NB: the simulation's own progress goes to stderr; only its warnings join it.
+    init_logging("text", "warn");
     let outcome = runtime().and_then(|runtime| {
         runtime.block_on(async {
             let mut stdout = std::io::stdout();

@@ -500,3 +500,102 @@ async fn the_operator_process_answers_whatif_and_releases_its_lease_on_sigterm()
     );
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn simulate_reports_json_with_every_cap_kept_and_writes_the_chart() {
+    let dir = std::env::temp_dir().join(format!("kilowatt-cli-simulate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let chart = dir.join("run.svg");
+    // Ten simulated minutes of the built-in scenario: the CI size of the quality benchmark.
+    let output = kilowatt(
+        &[
+            "simulate",
+            "--speed",
+            "max",
+            "--no-serve",
+            "--duration",
+            "600",
+            "--json",
+            "--plot",
+            chart.to_str().expect("path"),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["capViolations"], 0, "{report}");
+    assert_eq!(report["gpus"], 256);
+    assert_eq!(report["simulatedSeconds"], 600.0);
+    for run in ["uniform", "proportional", "uncapped"] {
+        for field in ["capViolations", "energyJoules", "normalizedThroughput"] {
+            assert!(report[run][field].is_number(), "{run}.{field}: {report}");
+        }
+    }
+    assert!(
+        report["normalizedThroughput"].as_f64()
+            > report["uniform"]["normalizedThroughput"].as_f64()
+    );
+    assert!(report["energyJoules"].as_f64() < report["uncapped"]["energyJoules"].as_f64());
+    assert!(
+        report["uncapped"]["capViolations"].as_u64() > Some(0),
+        "no capping breaks the caps"
+    );
+    assert_eq!(report["runs"][0]["capChecks"], 6000);
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("Power of budget facility"),
+        "{svg}"
+    );
+    let progress = stderr(&output);
+    assert!(progress.contains("(100 %)"), "{progress}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn simulate_names_what_is_wrong_with_a_scenario_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("kilowatt-cli-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\nstart: \"2026-12-01T00:00:00Z\"\ndurationSeconds: 60\n\
+         budgets: [{name: f, capWatts: 5000, nodeLabels: {rack: r}}]\n\
+         nodeGroups: [{prefix: n, count: 1, labels: {rack: x}, gpus: 8, gpuProduct: NVIDIA-H100-80GB-HBM3}]\n\
+         workloads: []\n",
+    )
+    .expect("scenario");
+    let output = kilowatt(
+        &[
+            "simulate",
+            "--no-serve",
+            "--scenario",
+            bad.to_str().expect("path"),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("node n0 is in no budget"), "{message}");
+    assert!(message.contains("bad.yaml"), "{message}");
+    let missing = kilowatt(&["simulate", "--scenario", "/nonexistent/s.yaml"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("cannot read the scenario /nonexistent/s.yaml"));
+    let speed = kilowatt(&["simulate", "--speed", "0"], None);
+    assert_eq!(speed.status.code(), Some(1));
+    assert!(stderr(&speed).contains("must be above zero"));
+    let help = kilowatt(&["simulate", "--help"], None);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "--scenario",
+        "--duration",
+        "--speed",
+        "--port",
+        "--json",
+        "--plot",
+        "--hold",
+        "Exit codes",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
