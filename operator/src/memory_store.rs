@@ -112,6 +112,19 @@ impl MemoryPlanStore {
             None => (0, None),
         }
     }
+
+    /// [`MemoryPlanStore::node_plan`] only when the key's mod revision differs from `seen`, as a watch
+    /// delivers only changes (and the plan is decoded only then).
+    pub fn node_plan_change(&self, node: &str, seen: i64) -> Option<(i64, Option<NodePlan>)> {
+        let revision = {
+            let state = self.lock();
+            state
+                .entries
+                .get(&self.keys.node_plan(node))
+                .map_or(0, |e| e.mod_revision)
+        };
+        (revision != seen).then(|| self.node_plan(node))
+    }
 }
 
 impl PlanStore for MemoryPlanStore {

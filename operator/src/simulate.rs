@@ -221,6 +221,10 @@ pub struct Simulation {
     series: Vec<SeriesPoint>,
     feed: Arc<Feed>,
     metrics: Metrics,
+    /// Instants at which some budget's effective cap changes (windows, edits), ascending.
+    cap_boundaries: Vec<f64>,
+    /// The effective caps since the last boundary passed.
+    caps_now: BTreeMap<String, f64>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -231,6 +235,25 @@ fn median(values: &[f64]) -> f64 {
 
 fn seconds(t: f64) -> Duration {
     Duration::from_secs_f64(t.max(0.0))
+}
+
+/// The effective cap of every budget at `t`, from the scenario alone: the spec cap (with edits)
+/// lowered by open windows.
+fn effective_caps(prepared: &Prepared, t: f64) -> BTreeMap<String, f64> {
+    let spec = prepared.spec_caps(t);
+    prepared
+        .scenario
+        .budgets
+        .iter()
+        .map(|b| {
+            let cap = b
+                .windows
+                .iter()
+                .filter(|w| w.start_seconds <= t && t < w.end_seconds)
+                .fold(spec[&b.name], |cap, w| cap.min(w.cap_watts));
+            (b.name.clone(), cap)
+        })
+        .collect()
 }
 
 /// Per budget: enforced limits plus overheads, and what the GPUs draw plus overheads.
@@ -395,6 +418,20 @@ impl Simulation {
             });
         }
         let change_times = prepared.change_times();
+        let mut cap_boundaries: Vec<f64> = prepared
+            .scenario
+            .budgets
+            .iter()
+            .flat_map(|b| {
+                b.windows
+                    .iter()
+                    .flat_map(|w| [w.start_seconds, w.end_seconds])
+            })
+            .chain(prepared.scenario.cap_changes.iter().map(|c| c.at_seconds))
+            .collect();
+        cap_boundaries.sort_by(f64::total_cmp);
+        cap_boundaries.dedup();
+        let caps_now = effective_caps(&prepared, 0.0);
         Ok(Simulation {
             prepared,
             settings,
@@ -407,6 +444,8 @@ impl Simulation {
             series: Vec::new(),
             feed,
             metrics: Metrics::new()?,
+            cap_boundaries,
+            caps_now,
         })
     }
 
@@ -446,31 +485,15 @@ impl Simulation {
         Ok(String::from_utf8_lossy(&buffer).into_owned())
     }
 
-    /// The effective cap of every budget at `t`, from the scenario alone: the spec cap (with edits)
-    /// lowered by open windows.
-    fn effective_caps(&self, t: f64) -> BTreeMap<String, f64> {
-        let spec = self.prepared.spec_caps(t);
-        self.prepared
-            .scenario
-            .budgets
-            .iter()
-            .map(|b| {
-                let cap = b
-                    .windows
-                    .iter()
-                    .filter(|w| w.start_seconds <= t && t < w.end_seconds)
-                    .fold(spec[&b.name], |cap, w| cap.min(w.cap_watts));
-                (b.name.clone(), cap)
-            })
-            .collect()
-    }
-
     /// Advances one tick.
     pub async fn step(&mut self) {
         let before = self.now_seconds();
         self.ticks += 1;
         let t = self.now_seconds();
         let changed = self.change_times.iter().any(|c| before < *c && *c <= t);
+        if self.cap_boundaries.iter().any(|c| before < *c && *c <= t) {
+            self.caps_now = effective_caps(&self.prepared, t);
+        }
         for index in 0..self.runs.len() {
             if changed {
                 self.apply_changes(index, t);
@@ -658,8 +681,7 @@ impl Simulation {
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
                 }
-                let (revision, plan) = store.node_plan(name);
-                if revision != node.plan_seen {
+                if let Some((revision, plan)) = store.node_plan_change(name, node.plan_seen) {
                     node.plan_seen = revision;
                     acknowledgements.extend(node.agent.handle(Event::PlanChanged(plan), now));
                 }
@@ -695,12 +717,12 @@ impl Simulation {
 
     /// The cap check and throughput accounting of run `index` at `t`.
     fn account(&mut self, index: usize, t: f64) {
-        let effective = self.effective_caps(t);
+        let effective = &self.caps_now;
         let prepared = self.prepared.clone();
         let watts = budget_watts(&prepared, &self.runs[index].nodes);
         let run = &mut self.runs[index];
         let mut cut = false;
-        for (name, &cap) in &effective {
+        for (name, &cap) in effective {
             let entry = run.caps.entry(name.clone()).or_insert(CheckedCap {
                 effective: cap,
                 held: None,
@@ -765,7 +787,7 @@ impl Simulation {
         let Some(root) = self.root.clone() else {
             return;
         };
-        let cap_watts = self.effective_caps(t).get(&root).copied().unwrap_or(0.0);
+        let cap_watts = self.caps_now.get(&root).copied().unwrap_or(0.0);
         let watts: Vec<(f64, f64)> = self
             .runs
             .iter()

@@ -256,6 +256,7 @@ fn interpolate(points: &[(f64, f64)], x: f64) -> f64 {
 }
 
 /// What a GPU draws and delivers under its current settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Operating {
     draw_watts: f64,
     throughput: f64,
@@ -279,10 +280,39 @@ struct State {
     locked_mhz: Option<u32>,
     energy_joules: f64,
     work_done: f64,
+    /// What the settings give, computed again whenever one changes ([`State::settle`]): reading a
+    /// GPU is then a copy, not a walk over its curve.
+    operating: Operating,
 }
 
 impl State {
+    fn new(gpu: SimulatedGpu) -> State {
+        let mut state = State {
+            limit_watts: gpu.info.default_limit_watts,
+            locked_mhz: None,
+            energy_joules: 0.0,
+            work_done: 0.0,
+            operating: Operating {
+                draw_watts: 0.0,
+                throughput: 0.0,
+                held_by_limit: false,
+            },
+            gpu,
+        };
+        state.settle();
+        state
+    }
+
+    /// Recomputes the operating point after a setting or the workload changed.
+    fn settle(&mut self) {
+        self.operating = self.compute_operating();
+    }
+
     fn operating(&self) -> Operating {
+        self.operating
+    }
+
+    fn compute_operating(&self) -> Operating {
         match &self.gpu.workload {
             None => Operating {
                 draw_watts: self.gpu.idle_watts.min(self.limit_watts),
@@ -307,16 +337,7 @@ pub struct SimulatedGpus {
 
 impl SimulatedGpus {
     pub fn new(gpus: Vec<SimulatedGpu>) -> Self {
-        let gpus = gpus
-            .into_iter()
-            .map(|gpu| State {
-                limit_watts: gpu.info.default_limit_watts,
-                locked_mhz: None,
-                energy_joules: 0.0,
-                work_done: 0.0,
-                gpu,
-            })
-            .collect();
+        let gpus = gpus.into_iter().map(State::new).collect();
         Self {
             gpus,
             now: Duration::ZERO,
@@ -357,14 +378,23 @@ impl SimulatedGpus {
     /// Sets the limit without the range check, as another tool (or a reboot) would: for tests of
     /// drift detection.
     pub fn force_limit(&mut self, index: u32, watts: f64) -> Result<(), GpuError> {
-        self.gpu_mut(index)?.limit_watts = watts;
+        let state = self.gpu_mut(index)?;
+        state.limit_watts = watts;
+        state.settle();
         Ok(())
     }
 
     /// Starts (`Some`) or stops (`None`) a workload on a GPU.
     pub fn set_workload(&mut self, index: u32, workload: Option<Curve>) -> Result<(), GpuError> {
-        self.gpu_mut(index)?.gpu.workload = workload;
+        let state = self.gpu_mut(index)?;
+        state.gpu.workload = workload;
+        state.settle();
         Ok(())
+    }
+
+    /// What the GPU draws now.
+    pub fn draw_watts(&self, index: u32) -> Result<f64, GpuError> {
+        Ok(self.gpu(index)?.operating().draw_watts)
     }
 
     /// The SM clock locked on a GPU, if any.
@@ -430,6 +460,7 @@ impl GpuBackend for SimulatedGpus {
             });
         }
         state.limit_watts = watts;
+        state.settle();
         Ok(())
     }
 
@@ -453,11 +484,14 @@ impl GpuBackend for SimulatedGpus {
             });
         }
         state.locked_mhz = Some(mhz);
+        state.settle();
         Ok(())
     }
 
     fn reset_sm_clock(&mut self, index: u32) -> Result<(), GpuError> {
-        self.gpu_mut(index)?.locked_mhz = None;
+        let state = self.gpu_mut(index)?;
+        state.locked_mhz = None;
+        state.settle();
         Ok(())
     }
 
@@ -469,7 +503,7 @@ impl GpuBackend for SimulatedGpus {
             .gpu
             .workload
             .as_ref()
-            .and_then(|curve| curve.clocks_mhz().last().copied());
+            .and_then(|curve| curve.points.iter().filter_map(|p| p.sm_clock_mhz).max());
         Ok(GpuReading {
             power_watts: Some(operating.draw_watts),
             energy_joules: Some(state.energy_joules),
