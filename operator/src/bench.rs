@@ -1,5 +1,7 @@
-//! `kilowatt bench solver`: times the solver against uniform and proportional capping and a cold
-//! generic HiGHS MILP on the same generated fleets. Reads profile files and the clock; prints results.
+//! `kilowatt bench solver`: times the solver against uniform and proportional capping, a cold generic
+//! HiGHS MILP and a generic HiGHS LP on the same generated fleets, with each method's peak memory, and
+//! charts time against size. Reads profile files, the clock and the process's memory counters (Linux
+//! `/proc/self`); prints results.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use serde::Serialize;
 use crate::generate::{FleetSpec, generate_fleet};
 use crate::profiles::{NamedCurve, load_example_profiles, load_measured_curves};
 use crate::solve::solve_timed;
+use crate::svg::{self, Line, Panel};
 
 /// Where the benchmark's curves come from.
 #[derive(Debug, Clone)]
@@ -50,6 +53,9 @@ pub struct MethodResult {
     pub gap: Option<f64>,
     pub status: Option<String>,
     pub error: Option<String>,
+    /// The process's peak resident memory while the method ran (the instance included); `None` where
+    /// `/proc/self` cannot tell.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Results for one fleet size.
@@ -79,6 +85,29 @@ fn load_curves(source: &CurveSource) -> anyhow::Result<Vec<NamedCurve>> {
     })
 }
 
+/// Resident memory of this process: the peak since the last [`reset_peak_rss`] (`VmHWM`), or now
+/// (`VmRSS`).
+fn rss_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak resident memory to what is resident now (Linux: `5` into `/proc/self/clear_refs`).
+/// NB: freed memory the allocator keeps counts as resident, so a method that runs after a hungrier one
+/// shows that one's footprint at least; the table runs the cheap methods first.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Runs `measure` and returns its result with the process's peak resident memory during it.
+fn with_peak_rss<T>(measure: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let reset = reset_peak_rss();
+    let result = measure();
+    (result, rss_bytes("VmHWM:").filter(|_| reset))
+}
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
@@ -90,13 +119,16 @@ fn run_method(
     options: &SolveOptions,
     repeat: usize,
 ) -> (MethodResult, Option<Plan>) {
-    let (mut result, first) = solve_timed(problem, options);
-    let mut times = vec![first];
-    for _ in 1..repeat {
-        let (again, elapsed) = solve_timed(problem, options);
-        times.push(elapsed);
-        result = again;
-    }
+    let ((result, times), peak_rss_bytes) = with_peak_rss(|| {
+        let (mut result, first) = solve_timed(problem, options);
+        let mut times = vec![first];
+        for _ in 1..repeat {
+            let (again, elapsed) = solve_timed(problem, options);
+            times.push(elapsed);
+            result = again;
+        }
+        (result, times)
+    });
     let mut row = MethodResult {
         method: label.to_owned(),
         seconds: Some(median(times).as_secs_f64()),
@@ -105,6 +137,7 @@ fn run_method(
         gap: None,
         status: None,
         error: None,
+        peak_rss_bytes,
     };
     match result {
         Ok(plan) => {
@@ -138,8 +171,8 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
             method,
             ..SolveOptions::default()
         };
-        let (auto, auto_plan) =
-            run_method(&problem, "auto", &with(MethodChoice::Auto), settings.repeat);
+        // The baselines first: with the least memory, so that the allocator's retained pages from a
+        // hungrier method do not count in theirs.
         let (uniform, uniform_plan) = run_method(
             &problem,
             "uniform",
@@ -152,6 +185,8 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
             &with(MethodChoice::Proportional),
             settings.repeat,
         );
+        let (auto, auto_plan) =
+            run_method(&problem, "auto", &with(MethodChoice::Auto), settings.repeat);
         let mut methods = vec![auto, uniform, proportional];
         let generic = if gpus <= settings.milp_max_gpus {
             let options = SolveOptions {
@@ -171,9 +206,11 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
             None
         };
         let lp = if gpus <= settings.lp_max_gpus {
-            let started = Instant::now();
-            let result = generic_lp_objective(&problem, settings.lp_time_limit_seconds);
-            let seconds = started.elapsed().as_secs_f64();
+            let ((result, seconds), peak_rss_bytes) = with_peak_rss(|| {
+                let started = Instant::now();
+                let result = generic_lp_objective(&problem, settings.lp_time_limit_seconds);
+                (result, started.elapsed().as_secs_f64())
+            });
             let row = MethodResult {
                 method: "generic-lp".into(),
                 seconds: Some(seconds),
@@ -182,6 +219,7 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
                 gap: None,
                 status: result.as_ref().ok().map(|_| "relaxation-optimum".into()),
                 error: result.err().map(|e| e.to_string()),
+                peak_rss_bytes,
             };
             methods.push(row.clone());
             Some(row)
@@ -220,7 +258,7 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
 /// Renders results as a Markdown table, one row per size and method.
 pub fn render_table(results: &[SizeResult]) -> String {
     let mut out = String::from(
-        "| GPUs | workloads | method | seconds | objective | gap to bound | vs uniform |\n|---|---|---|---|---|---|---|\n",
+        "| GPUs | workloads | method | seconds | peak RSS MiB | objective | gap to bound | vs uniform |\n|---|---|---|---|---|---|---|---|\n",
     );
     for size in results {
         let uniform = size
@@ -233,11 +271,12 @@ pub fn render_table(results: &[SizeResult]) -> String {
                 v.map_or("—".to_string(), |v| format!("{v:.digits$}"))
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 size.gpus,
                 size.workloads,
                 m.method,
                 number(m.seconds, 4),
+                number(m.peak_rss_bytes.map(|b| b as f64 / 1048576.0), 0),
                 m.objective.map_or_else(
                     || m.error.clone().unwrap_or_default(),
                     |o| format!("{o:.1}")
@@ -251,4 +290,52 @@ pub fn render_table(results: &[SizeResult]) -> String {
         }
     }
     out
+}
+
+/// The chart of `--plot`: seconds and peak memory against GPUs, both axes logarithmic, one line per
+/// method.
+pub fn render_chart(results: &[SizeResult]) -> String {
+    const COLORS: [(&str, &str); 5] = [
+        ("auto", "#2e90fa"),
+        ("uniform", "#f79009"),
+        ("proportional", "#667085"),
+        ("generic-lp", "#7a5af8"),
+        ("generic-milp", "#d92d20"),
+    ];
+    let lines = |value: fn(&MethodResult) -> Option<f64>| -> Vec<Line> {
+        COLORS
+            .iter()
+            .map(|(method, color)| Line {
+                name: (*method).to_owned(),
+                color,
+                dashed: method.starts_with("generic"),
+                points: results
+                    .iter()
+                    .filter_map(|size| {
+                        let row = size.methods.iter().find(|m| m.method == *method)?;
+                        Some((size.gpus as f64, value(row)?))
+                    })
+                    .collect(),
+            })
+            .filter(|line| !line.points.is_empty())
+            .collect()
+    };
+    svg::render(&[
+        Panel {
+            title: "Solve time against fleet size".into(),
+            x_label: "GPUs".into(),
+            y_label: "seconds (median)".into(),
+            log: true,
+            y_from_zero: false,
+            lines: lines(|m| m.seconds.filter(|_| m.error.is_none())),
+        },
+        Panel {
+            title: "Peak resident memory of the process".into(),
+            x_label: "GPUs".into(),
+            y_label: "MiB".into(),
+            log: true,
+            y_from_zero: false,
+            lines: lines(|m| m.peak_rss_bytes.map(|b| b as f64 / 1048576.0)),
+        },
+    ])
 }

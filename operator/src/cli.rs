@@ -321,7 +321,8 @@ fn parse_positive_seconds(s: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Time the solver on generated fleets (facility → rows → racks, 8-GPU nodes) against uniform and
-    /// proportional capping, a cold generic HiGHS MILP and a generic HiGHS LP on the same instance.
+    /// proportional capping, a cold generic HiGHS MILP and a generic HiGHS LP on the same instance,
+    /// with each method's peak resident memory (Linux).
     Solver(BenchSolverArgs),
 }
 
@@ -372,4 +373,7 @@ pub struct BenchSolverArgs {
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    /// Also write a log-log chart (SVG) of solve time and peak memory against fleet size.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }

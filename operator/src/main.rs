@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kilowatt_node_agent::tls;
-use kilowatt_operator::bench::{BenchSettings, CurveSource, bench_solver, render_table};
+use kilowatt_operator::bench::{
+    BenchSettings, CurveSource, bench_solver, render_chart, render_table,
+};
 use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, SimulateArgs, WhatifArgs};
 use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions};
 use kilowatt_operator::plan_store::EtcdCredentials;
@@ -283,7 +285,14 @@ fn main() -> ExitCode {
                 lp_max_gpus: args.lp_max_gpus,
                 lp_time_limit_seconds: args.lp_time_limit,
             };
-            match bench_solver(&settings) {
+            let results = bench_solver(&settings).and_then(|results| {
+                if let Some(path) = &args.plot {
+                    std::fs::write(path, render_chart(&results))
+                        .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+                }
+                Ok(results)
+            });
+            match results {
                 Ok(results) if args.json => match serde_json::to_string_pretty(&results) {
                     Ok(json) => {
                         println!("{json}");

@@ -113,17 +113,19 @@ impl MemoryPlanStore {
         }
     }
 
-    /// [`MemoryPlanStore::node_plan`] only when the key's mod revision differs from `seen`, as a watch
-    /// delivers only changes (and the plan is decoded only then).
-    pub fn node_plan_change(&self, node: &str, seen: i64) -> Option<(i64, Option<NodePlan>)> {
-        let revision = {
-            let state = self.lock();
-            state
-                .entries
-                .get(&self.keys.node_plan(node))
-                .map_or(0, |e| e.mod_revision)
-        };
-        (revision != seen).then(|| self.node_plan(node))
+    /// What [`MemoryPlanStore::node_plan`] gives for the node whose plan key is `key`, but only when the
+    /// key's mod revision differs from `seen`: a watch delivers only changes (and the plan is decoded
+    /// only then).
+    pub fn node_plan_change(&self, key: &str, seen: i64) -> Option<(i64, Option<NodePlan>)> {
+        let state = self.lock();
+        let entry = state.entries.get(key);
+        let revision = entry.map_or(0, |e| e.mod_revision);
+        (revision != seen).then(|| {
+            (
+                revision,
+                entry.and_then(|e| serde_json::from_slice(&e.value).ok()),
+            )
+        })
     }
 }
 

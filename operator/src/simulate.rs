@@ -132,6 +132,8 @@ struct NodeState {
     agent: SteppedAgent<SimulatedGpus>,
     /// Mod revision of the node's plan key last delivered to the agent.
     plan_seen: i64,
+    /// The node's plan key, formatted once.
+    plan_key: String,
     last_renewal: f64,
     lease_expired: bool,
     was_partitioned: bool,
@@ -178,7 +180,8 @@ struct Run {
     kind: RunKind,
     operator: Option<Operator>,
     nodes: Vec<NodeState>,
-    caps: BTreeMap<String, CheckedCap>,
+    /// By budget position.
+    caps: Vec<CheckedCap>,
     /// A cut not yet enforced: when it happened.
     cut_pending_since: Option<f64>,
     throughput_weighted: f64,
@@ -217,14 +220,38 @@ pub struct Simulation {
     runs: Vec<Run>,
     ticks: u64,
     change_times: Vec<f64>,
-    root: Option<String>,
+    /// Position of the root budget the series follows.
+    root: Option<usize>,
     series: Vec<SeriesPoint>,
     feed: Arc<Feed>,
     metrics: Metrics,
     /// Instants at which some budget's effective cap changes (windows, edits), ascending.
     cap_boundaries: Vec<f64>,
-    /// The effective caps since the last boundary passed.
-    caps_now: BTreeMap<String, f64>,
+    /// The effective caps since the last boundary passed, by budget position.
+    caps_now: Vec<f64>,
+    /// Each node's budgets, as positions.
+    chains: Vec<Vec<usize>>,
+    /// The cluster objects since the last change (a workload came or went, a cap was edited).
+    objects: Objects,
+}
+
+/// The Kubernetes objects the operator plans from, as they stand.
+struct Objects {
+    budgets: Vec<Arc<kilowatt_crds::PowerBudget>>,
+    profiles: Vec<Arc<kilowatt_crds::WorkloadProfile>>,
+    nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>>,
+    pods: Vec<Arc<k8s_openapi::api::core::v1::Pod>>,
+}
+
+impl Objects {
+    fn at(prepared: &Prepared, t: f64) -> Objects {
+        Objects {
+            budgets: prepared.budgets(t),
+            profiles: prepared.profiles(),
+            nodes: prepared.node_objects(),
+            pods: prepared.pod_objects(t),
+        }
+    }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -237,29 +264,32 @@ fn seconds(t: f64) -> Duration {
     Duration::from_secs_f64(t.max(0.0))
 }
 
-/// The effective cap of every budget at `t`, from the scenario alone: the spec cap (with edits)
-/// lowered by open windows.
-fn effective_caps(prepared: &Prepared, t: f64) -> BTreeMap<String, f64> {
+/// The effective cap of every budget at `t`, by position in the scenario, from the scenario alone: the
+/// spec cap (with edits) lowered by open windows.
+fn effective_caps(prepared: &Prepared, t: f64) -> Vec<f64> {
     let spec = prepared.spec_caps(t);
     prepared
         .scenario
         .budgets
         .iter()
         .map(|b| {
-            let cap = b
-                .windows
+            b.windows
                 .iter()
                 .filter(|w| w.start_seconds <= t && t < w.end_seconds)
-                .fold(spec[&b.name], |cap, w| cap.min(w.cap_watts));
-            (b.name.clone(), cap)
+                .fold(spec[&b.name], |cap, w| cap.min(w.cap_watts))
         })
         .collect()
 }
 
-/// Per budget: enforced limits plus overheads, and what the GPUs draw plus overheads.
-fn budget_watts<'a>(prepared: &'a Prepared, nodes: &[NodeState]) -> BTreeMap<&'a str, (f64, f64)> {
-    let mut watts: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for (node, state) in prepared.nodes.iter().zip(nodes) {
+/// Per budget, by position in the scenario: enforced limits plus overheads, and what the GPUs draw plus
+/// overheads. `chains` holds each node's budgets as positions.
+fn budget_watts(
+    prepared: &Prepared,
+    chains: &[Vec<usize>],
+    nodes: &[NodeState],
+) -> Vec<(f64, f64)> {
+    let mut watts = vec![(0.0, 0.0); prepared.scenario.budgets.len()];
+    for ((node, chain), state) in prepared.nodes.iter().zip(chains).zip(nodes) {
         let backend = state.agent.backend();
         let mut limits = node.overhead_watts;
         let mut draw = node.overhead_watts;
@@ -268,16 +298,11 @@ fn budget_watts<'a>(prepared: &'a Prepared, nodes: &[NodeState]) -> BTreeMap<&'a
             limits += backend
                 .power_limit_watts(gpu)
                 .unwrap_or(node.model.max_watts);
-            draw += backend
-                .read(gpu)
-                .ok()
-                .and_then(|r| r.power_watts)
-                .unwrap_or(node.model.max_watts);
+            draw += backend.draw_watts(gpu).unwrap_or(node.model.max_watts);
         }
-        for budget in &node.chain {
-            let entry = watts.entry(budget.as_str()).or_default();
-            entry.0 += limits;
-            entry.1 += draw;
+        for &budget in chain {
+            watts[budget].0 += limits;
+            watts[budget].1 += draw;
         }
     }
     watts
@@ -323,8 +348,21 @@ impl Simulation {
             .scenario
             .budgets
             .iter()
-            .find(|b| b.parent.is_none())
-            .map(|b| b.name.clone());
+            .position(|b| b.parent.is_none());
+        let position = |name: &String| {
+            prepared
+                .scenario
+                .budgets
+                .iter()
+                .position(|b| &b.name == name)
+                .unwrap_or(0)
+        };
+        let chains: Vec<Vec<usize>> = prepared
+            .nodes
+            .iter()
+            .map(|n| n.chain.iter().map(position).collect())
+            .collect();
+        let caps_now = effective_caps(&prepared, 0.0);
         let mut runs = Vec::new();
         for kind in RunKind::ALL {
             let method = match kind {
@@ -389,6 +427,7 @@ impl Simulation {
                 nodes.push(NodeState {
                     agent,
                     plan_seen: 0,
+                    plan_key: KeyLayout::new("/kilowatt").node_plan(&node.name),
                     last_renewal: 0.0,
                     lease_expired: false,
                     was_partitioned: false,
@@ -410,7 +449,13 @@ impl Simulation {
                 },
                 operator,
                 nodes,
-                caps: BTreeMap::new(),
+                caps: caps_now
+                    .iter()
+                    .map(|&cap| CheckedCap {
+                        effective: cap,
+                        held: None,
+                    })
+                    .collect(),
                 cut_pending_since: None,
                 throughput_weighted: 0.0,
                 throughput_weight: 0.0,
@@ -431,7 +476,7 @@ impl Simulation {
             .collect();
         cap_boundaries.sort_by(f64::total_cmp);
         cap_boundaries.dedup();
-        let caps_now = effective_caps(&prepared, 0.0);
+        let objects = Objects::at(&prepared, 0.0);
         Ok(Simulation {
             prepared,
             settings,
@@ -446,6 +491,8 @@ impl Simulation {
             metrics: Metrics::new()?,
             cap_boundaries,
             caps_now,
+            chains,
+            objects,
         })
     }
 
@@ -493,6 +540,9 @@ impl Simulation {
         let changed = self.change_times.iter().any(|c| before < *c && *c <= t);
         if self.cap_boundaries.iter().any(|c| before < *c && *c <= t) {
             self.caps_now = effective_caps(&self.prepared, t);
+        }
+        if changed {
+            self.objects = Objects::at(&self.prepared, t);
         }
         for index in 0..self.runs.len() {
             if changed {
@@ -549,10 +599,12 @@ impl Simulation {
     async fn plan(&mut self, index: usize, t: f64) {
         let prepared = self.prepared.clone();
         let now = instant(prepared.start, t);
-        let budgets = prepared.budgets(t);
-        let profiles = prepared.profiles();
-        let nodes = prepared.node_objects();
-        let pods = prepared.pod_objects(t);
+        let Objects {
+            budgets,
+            profiles,
+            nodes,
+            pods,
+        } = &self.objects;
         let is_kilowatt = self.runs[index].kind == RunKind::Kilowatt;
         let Some(operator) = self.runs[index].operator.as_mut() else {
             return;
@@ -564,10 +616,10 @@ impl Simulation {
         let translate_at = |inventories: &BTreeMap<String, Inventory>| {
             translate(
                 Cluster {
-                    budgets: &budgets,
-                    profiles: &profiles,
-                    nodes: &nodes,
-                    pods: &pods,
+                    budgets,
+                    profiles,
+                    nodes,
+                    pods,
                     inventories,
                 },
                 now,
@@ -681,7 +733,9 @@ impl Simulation {
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
                 }
-                if let Some((revision, plan)) = store.node_plan_change(name, node.plan_seen) {
+                if let Some((revision, plan)) =
+                    store.node_plan_change(&node.plan_key, node.plan_seen)
+                {
                     node.plan_seen = revision;
                     acknowledgements.extend(node.agent.handle(Event::PlanChanged(plan), now));
                 }
@@ -717,16 +771,10 @@ impl Simulation {
 
     /// The cap check and throughput accounting of run `index` at `t`.
     fn account(&mut self, index: usize, t: f64) {
-        let effective = &self.caps_now;
-        let prepared = self.prepared.clone();
-        let watts = budget_watts(&prepared, &self.runs[index].nodes);
+        let watts = budget_watts(&self.prepared, &self.chains, &self.runs[index].nodes);
         let run = &mut self.runs[index];
         let mut cut = false;
-        for (name, &cap) in effective {
-            let entry = run.caps.entry(name.clone()).or_insert(CheckedCap {
-                effective: cap,
-                held: None,
-            });
+        for (entry, &cap) in run.caps.iter_mut().zip(&self.caps_now) {
             if cap < entry.effective {
                 let held_cap = entry
                     .held
@@ -742,8 +790,7 @@ impl Simulation {
         }
         let mut over = 0.0_f64;
         let mut fits_new_caps = true;
-        for (name, checked) in &run.caps {
-            let limits = watts.get(name.as_str()).map_or(0.0, |w| w.0);
+        for (checked, &(limits, _)) in run.caps.iter().zip(&watts) {
             let in_force = match checked.held {
                 Some((held, until)) if t < until => held.max(checked.effective),
                 _ => checked.effective,
@@ -784,25 +831,21 @@ impl Simulation {
     }
 
     fn record_series(&mut self, t: f64) {
-        let Some(root) = self.root.clone() else {
+        let Some(root) = self.root else {
             return;
         };
-        let cap_watts = self.caps_now.get(&root).copied().unwrap_or(0.0);
+        let cap_watts = self.caps_now[root];
         let watts: Vec<(f64, f64)> = self
             .runs
             .iter()
-            .map(|run| {
-                budget_watts(&self.prepared, &run.nodes)
-                    .get(root.as_str())
-                    .copied()
-                    .unwrap_or((0.0, 0.0))
-            })
+            .map(|run| budget_watts(&self.prepared, &self.chains, &run.nodes)[root])
             .collect();
+        let root = &self.prepared.scenario.budgets[root].name;
         let allocated = self.runs[0]
             .operator
             .as_ref()
             .and_then(|o| o.in_force.as_ref())
-            .and_then(|p| p.budgets.iter().find(|b| b.name == root))
+            .and_then(|p| p.budgets.iter().find(|b| &b.name == root))
             .map_or(0.0, |b| b.allocated_watts);
         self.series.push(SeriesPoint {
             seconds: t,
@@ -907,7 +950,8 @@ impl Simulation {
 
     /// The root budget the series follows.
     pub fn series_budget(&self) -> Option<&str> {
-        self.root.as_deref()
+        self.root
+            .map(|r| self.prepared.scenario.budgets[r].name.as_str())
     }
 }
 

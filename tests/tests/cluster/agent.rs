@@ -2,6 +2,7 @@
 //! plans and acknowledges what it read back, re-applies after drift, lowers every GPU to its floor by
 //! itself when etcd goes away and recovers when it returns, and never raises a limit on shutdown.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_node_agent::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_tests::{Etcd, eventually, within};
+
+use crate::faults::{free_port, test_dir, workspace_binary};
+use crate::scale::cpu_and_rss;
 
 /// Options of an in-process test agent: no credentials, no pod-resources socket, fence at half the
 /// `lease_ttl`, drift checks every second, samples every 100 ms, power reports every second.
@@ -265,4 +269,66 @@ async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
         .expect("agent ran");
     assert_eq!(gpus.limits(), [200.0; 4]);
     println!("fenced {fenced_after:?} after etcd stopped");
+}
+
+/// The CI size of the agent overhead benchmark (BENCHMARKS.md: `scripts/agent-overhead.sh`, 60 s): the
+/// `kilowatt-agent` process with 8 simulated GPUs sampled at 1 Hz, registered with a real etcd, over
+/// 10 s after a warm-up, against the targets of < 1 % of a core and < 30 MiB.
+#[tokio::test]
+async fn the_agent_process_at_1_hz_with_8_gpus_stays_under_1_percent_of_a_core_and_30_mib() {
+    let etcd = Etcd::start().await.expect("etcd starts");
+    let dir = test_dir("agent-overhead");
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/profiles/llm-pretrain-h100.yaml");
+    let mut agent = std::process::Command::new(workspace_binary("kilowatt-agent"))
+        .args([
+            "--node",
+            "overhead-1",
+            "--gpu-backend",
+            "simulated",
+            "--simulated-gpus",
+            "8",
+        ])
+        .arg("--simulated-profile")
+        .arg(&profile)
+        .args(["--etcd-endpoints", &etcd.endpoint, "--sample-ms", "1000"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.log")).expect("agent log"))
+        .spawn()
+        .expect("kilowatt-agent starts");
+    let client = within(
+        "etcd client",
+        Client::connect([etcd.endpoint.as_str()], None),
+    )
+    .await
+    .expect("etcd client");
+    let keys = KeyLayout::new("/kilowatt");
+    eventually("the agent registered", WAIT, || async {
+        let response = client
+            .clone()
+            .get(keys.node_inventory("overhead-1"), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        (!response.kvs().is_empty())
+            .then_some(())
+            .ok_or_else(|| "no inventory yet".to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let window = Duration::from_secs(10);
+    let (cpu_before, _) = cpu_and_rss(agent.id());
+    tokio::time::sleep(window).await;
+    let (cpu_after, rss_mib) = cpu_and_rss(agent.id());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let share = (cpu_after - cpu_before) / window.as_secs_f64();
+    let _ = writeln!(
+        std::io::stderr(),
+        "agent overhead: {:.2} % of a core over {window:?}, RSS {rss_mib:.1} MiB (8 simulated GPUs, 1 Hz)",
+        share * 100.0
+    );
+    assert!(share < 0.01, "{:.2} % of a core", share * 100.0);
+    assert!(rss_mib < 30.0, "RSS {rss_mib:.1} MiB");
+    let _ = std::fs::remove_dir_all(&dir);
 }

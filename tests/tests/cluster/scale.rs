@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::agent::agent_options;
 use crate::faults::{OperatorProcess, PREFIX, plan_store, test_dir};
-use crate::operator::{budget, gpu_node, gpu_pod, patch_budget, prepared_cluster};
+use crate::operator::{budget, gpu_node, gpu_pod, http_exchange, patch_budget, prepared_cluster};
 
 const NODES_PER_RACK: usize = 20;
 const GPUS: u32 = 8;
@@ -137,8 +137,44 @@ async fn apiserver_writes(client: &kube::Client) -> BTreeMap<String, f64> {
     writes
 }
 
+/// Unary gRPC requests the plan etcd has answered so far, by method (`Range`, `Txn`, `Put`, …), and
+/// `sentBytes`, the bytes it sent to its clients, from its own metrics.
+async fn etcd_counters(endpoint: &str) -> BTreeMap<String, f64> {
+    let address: std::net::SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd address");
+    let (status, text) = http_exchange(
+        address,
+        "GET /metrics HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "etcd metrics");
+    let value = |line: &str| -> f64 {
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut counters: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with("grpc_server_handled_total{") && line.contains("grpc_type=\"unary\"") {
+            let method = line
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned();
+            *counters.entry(method).or_default() += value(line);
+        } else if line.starts_with("etcd_network_client_grpc_sent_bytes_total ") {
+            counters.insert("sentBytes".to_owned(), value(line));
+        }
+    }
+    counters
+}
+
 /// utime + stime (seconds) and RSS (MiB) of a process.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
+pub(crate) fn cpu_and_rss(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -254,11 +290,36 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let window = Duration::from_secs(30);
-    let (writes_before, (cpu_before, _)) =
-        (apiserver_writes(&admin).await, cpu_and_rss(operator.pid()));
+    let (writes_before, etcd_before, (cpu_before, _)) = (
+        apiserver_writes(&admin).await,
+        etcd_counters(&etcd.endpoint).await,
+        cpu_and_rss(operator.pid()),
+    );
     tokio::time::sleep(window).await;
-    let (writes_after, (cpu_after, rss)) =
-        (apiserver_writes(&admin).await, cpu_and_rss(operator.pid()));
+    let (writes_after, etcd_after, (cpu_after, rss)) = (
+        apiserver_writes(&admin).await,
+        etcd_counters(&etcd.endpoint).await,
+        cpu_and_rss(operator.pid()),
+    );
+    let etcd_rate = |counter: &str| {
+        (etcd_after.get(counter).copied().unwrap_or(0.0)
+            - etcd_before.get(counter).copied().unwrap_or(0.0))
+            / window.as_secs_f64()
+    };
+    let (ranges, txns, puts, sent) = (
+        etcd_rate("Range"),
+        etcd_rate("Txn"),
+        etcd_rate("Put"),
+        etcd_rate("sentBytes"),
+    );
+    // With nothing changing, the operator publishes nothing and reads the node keys once per pass
+    // (a 2 s resync here); the agents write one power report per node per 10 s.
+    assert_eq!(txns, 0.0, "the operator published at steady state");
+    assert!(ranges <= 1.0, "{ranges:.2} etcd reads/s at steady state");
+    assert!(
+        puts <= nodes as f64 / 10.0 * 1.5,
+        "{puts:.2} etcd writes/s from {nodes} agents reporting every 10 s"
+    );
     let by_resource: BTreeMap<String, f64> = writes_after
         .iter()
         .map(|(r, after)| {
@@ -286,6 +347,10 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
     report.push(format!(
         "scale: steady state over {window:?}: {writes_per_second:.2} API-server writes/s {by_resource:?} (all clients; only the operator runs), operator CPU {:.1} % of a core, RSS {rss:.0} MiB",
         operator_cpu * 100.0
+    ));
+    report.push(format!(
+        "scale: plan etcd at steady state (resync 2 s): Range {ranges:.2}/s and Txn {txns:.2}/s (the operator), Put {puts:.2}/s (the agents' power reports), {:.1} KiB/s sent to clients",
+        sent / 1024.0
     ));
     for (what, cap) in [("20 % cut", full_cap * 0.8), ("raise back", full_cap)] {
         let start = Instant::now();

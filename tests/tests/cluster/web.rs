@@ -2,7 +2,7 @@
 //! headless and driven by Debian's chromedriver over WebDriver, loads it and waits for data. The test
 //! then checks the DOM as the simulation moves on and takes a screenshot.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -280,6 +280,10 @@ async fn the_live_page_shows_the_budget_tree_workloads_and_changes_as_the_simula
     assert!(png.len() > 20_000, "{} bytes", png.len());
     let shot = dir.join("page.png");
     std::fs::write(&shot, &png).expect("screenshot written");
-    eprintln!("web: screenshot of the live page in {}", shot.display());
+    let _ = writeln!(
+        std::io::stderr(),
+        "web: screenshot of the live page in {}",
+        shot.display()
+    );
     webdriver(port, "DELETE", &format!("/session/{session}"), None).await;
 }
