@@ -17,7 +17,7 @@ use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan, Power
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::credentials::{self, CredentialsError, CredentialsSource};
+use crate::credentials::{self, CredentialsError, CredentialsSource, error_chain};
 use crate::driver::{self, PowerPeriod};
 use crate::gpu::{GpuBackend, GpuError, GpuInfo};
 use crate::pod_resources::{self, PodName};
@@ -281,18 +281,6 @@ async fn open_session(
         },
         plan,
     ))
-}
-
-/// An error with its sources, one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The agent's running state.

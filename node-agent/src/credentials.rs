@@ -94,7 +94,7 @@ pub fn check_url(url: &str, has_ca: bool) -> Result<(), CredentialsError> {
 }
 
 /// An error with its sources, one line (a TLS failure hides under two layers of hyper errors).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

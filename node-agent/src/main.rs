@@ -64,15 +64,8 @@ struct Args {
         value_name = "URL[,URL...]"
     )]
     etcd_endpoints: Vec<String>,
-    /// The CA that signed etcd's serving certificate (PEM), for https:// endpoints.
-    #[arg(long, value_name = "FILE")]
-    etcd_ca_file: Option<PathBuf>,
-    /// This agent's client certificate (PEM), when etcd requires client certificates.
-    #[arg(long, value_name = "FILE", requires = "etcd_key_file")]
-    etcd_cert_file: Option<PathBuf>,
-    /// The key of --etcd-cert-file (PEM).
-    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
-    etcd_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    etcd_tls: tls::EtcdTlsFiles,
     /// Key prefix of the plan keys (the operator's --etcd-prefix).
     #[arg(long, default_value = "/kilowatt", value_name = "PREFIX")]
     etcd_prefix: String,
@@ -197,14 +190,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.credentials_url {
         check_url(url, args.credentials_ca_file.is_some())?;
     }
-    let etcd_tls = tls::etcd_tls(
-        &args.etcd_endpoints,
-        &tls::EtcdTlsFiles {
-            ca: args.etcd_ca_file.clone(),
-            cert: args.etcd_cert_file.clone(),
-            key: args.etcd_key_file.clone(),
-        },
-    )?;
+    let etcd_tls = tls::etcd_tls(&args.etcd_endpoints, &args.etcd_tls)?;
     let backend = backend(&args)?;
     let options = AgentOptions {
         node: args.node.clone(),

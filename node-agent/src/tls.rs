@@ -11,10 +11,28 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The PEM files of an etcd client connection: the CA that signed etcd's serving certificate and,
 /// when etcd asks for client certificates (`--client-cert-auth`), this client's certificate and key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Also the command-line flags of both binaries (`--etcd-ca-file`, `--etcd-cert-file`,
+/// `--etcd-key-file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct EtcdTlsFiles {
+    /// The CA that signed etcd's serving certificate (PEM), for https:// endpoints.
+    #[arg(long = "etcd-ca-file", id = "etcd_ca_file", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// This client's certificate for etcd (PEM), when etcd requires client certificates.
+    #[arg(
+        long = "etcd-cert-file",
+        id = "etcd_cert_file",
+        value_name = "FILE",
+        requires = "etcd_key_file"
+    )]
     pub cert: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(
+        long = "etcd-key-file",
+        id = "etcd_key_file",
+        value_name = "FILE",
+        requires = "etcd_cert_file"
+    )]
     pub key: Option<PathBuf>,
 }
 

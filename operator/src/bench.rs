@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kilowatt_solver::{MethodChoice, MilpLimits, Plan, SolveOptions, generic_lp_objective};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::generate::{FleetSpec, generate_fleet};
 use crate::profiles::{NamedCurve, load_example_profiles, load_measured_curves};
@@ -42,7 +42,7 @@ pub struct BenchSettings {
 }
 
 /// How one method did on one instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MethodResult {
     pub method: String,
@@ -59,7 +59,7 @@ pub struct MethodResult {
 }
 
 /// Results for one fleet size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SizeResult {
     pub gpus: usize,

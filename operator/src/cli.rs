@@ -153,15 +153,8 @@ pub struct OperatorArgs {
     /// File holding --etcd-user's password (a mounted Secret; a trailing newline is ignored).
     #[arg(long, value_name = "FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
-    /// The CA that signed etcd's serving certificate (PEM), for https:// endpoints.
-    #[arg(long, value_name = "FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    /// The operator's client certificate for etcd (PEM), when etcd requires client certificates.
-    #[arg(long, value_name = "FILE", requires = "etcd_key_file")]
-    pub etcd_cert_file: Option<PathBuf>,
-    /// The key of --etcd-cert-file (PEM).
-    #[arg(long, value_name = "FILE", requires = "etcd_cert_file")]
-    pub etcd_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd_tls: kilowatt_node_agent::tls::EtcdTlsFiles,
     /// The agents' ServiceAccount: only its tokens, bound to a pod on a node, earn etcd credentials
     /// for that node's keys (POST /api/v1/agent-credentials).
     #[arg(
@@ -326,9 +319,9 @@ pub enum BenchCommand {
     Solver(BenchSolverArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct BenchSolverArgs {
-    /// Fleet sizes in GPUs, comma-separated.
+    /// Fleet sizes in GPUs, comma-separated; with several, each runs in a process of its own.
     #[arg(
         long,
         value_delimiter = ',',
@@ -376,4 +369,43 @@ pub struct BenchSolverArgs {
     /// Also write a log-log chart (SVG) of solve time and peak memory against fleet size.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+}
+
+impl BenchSolverArgs {
+    /// The command line (after the program name) that runs this benchmark for `gpus` alone and prints
+    /// JSON: with several sizes, each runs in a process of its own, so that memory one size's run
+    /// leaves with the allocator does not count in the next one's peak.
+    pub fn one_size(&self, gpus: usize) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "bench",
+            "solver",
+            "--json",
+            "--gpus",
+            &gpus.to_string(),
+            "--cap-fraction",
+            &self.cap_fraction.to_string(),
+            "--seed",
+            &self.seed.to_string(),
+            "--repeat",
+            &self.repeat.to_string(),
+            "--milp-max-gpus",
+            &self.milp_max_gpus.to_string(),
+            "--milp-time-limit",
+            &self.milp_time_limit.to_string(),
+            "--lp-max-gpus",
+            &self.lp_max_gpus.to_string(),
+            "--lp-time-limit",
+            &self.lp_time_limit.to_string(),
+        ]
+        .map(str::to_owned)
+        .into();
+        match &self.measured {
+            Some(dir) => args.extend(["--measured".to_owned(), dir.display().to_string()]),
+            None => args.extend(["--profiles".to_owned(), self.profiles.display().to_string()]),
+        }
+        if self.cross_rack_gangs {
+            args.push("--cross-rack-gangs".to_owned());
+        }
+        args
+    }
 }

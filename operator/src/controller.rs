@@ -435,15 +435,9 @@ impl Reconciler {
                 tracing::info!(nodes = ?outcome.held_back, "raises held back until acknowledgements make room");
             }
         }
-        let spec_caps: BTreeMap<String, f64> = outcome
-            .translation
-            .budgets
-            .iter()
-            .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
-            .collect();
-        let caps: Vec<(String, f64)> = spec_caps.clone().into_iter().collect();
+        let spec_caps = outcome.translation.spec_caps();
         self.metrics
-            .observe_plan(in_force, &caps, &outcome.measured);
+            .observe_plan(in_force, &spec_caps, &outcome.measured);
         self.feed.record(PassRecord {
             plan: in_force,
             spec_caps: &spec_caps,

@@ -7,9 +7,11 @@ use anyhow::Context;
 use clap::Parser;
 use kilowatt_node_agent::tls;
 use kilowatt_operator::bench::{
-    BenchSettings, CurveSource, bench_solver, render_chart, render_table,
+    BenchSettings, CurveSource, SizeResult, bench_solver, render_chart, render_table,
 };
-use kilowatt_operator::cli::{BenchCommand, Cli, Command, OperatorArgs, SimulateArgs, WhatifArgs};
+use kilowatt_operator::cli::{
+    BenchCommand, BenchSolverArgs, Cli, Command, OperatorArgs, SimulateArgs, WhatifArgs,
+};
 use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions};
 use kilowatt_operator::plan_store::EtcdCredentials;
 use kilowatt_operator::solve;
@@ -109,14 +111,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
         // NB: clap requires both or neither.
         _ => None,
     };
-    let etcd_tls = tls::etcd_tls(
-        &args.etcd_endpoints,
-        &tls::EtcdTlsFiles {
-            ca: args.etcd_ca_file.clone(),
-            cert: args.etcd_cert_file.clone(),
-            key: args.etcd_key_file.clone(),
-        },
-    )?;
+    let etcd_tls = tls::etcd_tls(&args.etcd_endpoints, &args.etcd_tls)?;
     let https = match (&args.tls_listen, &args.tls_cert_file, &args.tls_key_file) {
         (Some(listen), Some(cert), Some(key)) => Some(HttpsListener {
             listen: *listen,
@@ -198,6 +193,47 @@ fn run_whatif(args: &WhatifArgs) -> u8 {
     }
 }
 
+/// Runs `kilowatt bench solver` for its sizes in this process.
+fn bench_in_process(args: &BenchSolverArgs) -> anyhow::Result<Vec<SizeResult>> {
+    let settings = BenchSettings {
+        sizes: args.gpus.clone(),
+        curves: match &args.measured {
+            Some(dir) => CurveSource::Measured(dir.clone()),
+            None => CurveSource::Examples(args.profiles.clone()),
+        },
+        cap_fraction: args.cap_fraction,
+        cross_rack_gangs: args.cross_rack_gangs,
+        seed: args.seed,
+        repeat: args.repeat,
+        milp_max_gpus: args.milp_max_gpus,
+        milp_time_limit_seconds: args.milp_time_limit,
+        lp_max_gpus: args.lp_max_gpus,
+        lp_time_limit_seconds: args.lp_time_limit,
+    };
+    bench_solver(&settings)
+}
+
+/// Runs every size of `kilowatt bench solver` in a child process of its own (see
+/// [`BenchSolverArgs::one_size`]) and gathers their JSON.
+fn bench_sizes_apart(args: &BenchSolverArgs) -> anyhow::Result<Vec<SizeResult>> {
+    let program = std::env::current_exe().context("cannot find this program to run each size")?;
+    let mut results = Vec::new();
+    for &gpus in &args.gpus {
+        let output = std::process::Command::new(&program)
+            .args(args.one_size(gpus))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run the benchmark for {gpus} GPUs"))?;
+        if !output.status.success() {
+            anyhow::bail!("the benchmark for {gpus} GPUs failed ({})", output.status);
+        }
+        let size: Vec<SizeResult> = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("the benchmark for {gpus} GPUs printed no results"))?;
+        results.extend(size);
+    }
+    Ok(results)
+}
+
 /// `kilowatt simulate`'s exit code when Kilowatt's enforced limits exceeded a cap.
 const SIMULATE_OVER_CAP: u8 = 2;
 
@@ -270,22 +306,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(BenchCommand::Solver(args)) => {
-            let settings = BenchSettings {
-                sizes: args.gpus,
-                curves: match args.measured {
-                    Some(dir) => CurveSource::Measured(dir),
-                    None => CurveSource::Examples(args.profiles),
-                },
-                cap_fraction: args.cap_fraction,
-                cross_rack_gangs: args.cross_rack_gangs,
-                seed: args.seed,
-                repeat: args.repeat,
-                milp_max_gpus: args.milp_max_gpus,
-                milp_time_limit_seconds: args.milp_time_limit,
-                lp_max_gpus: args.lp_max_gpus,
-                lp_time_limit_seconds: args.lp_time_limit,
+            let results = if args.gpus.len() > 1 {
+                bench_sizes_apart(&args)
+            } else {
+                bench_in_process(&args)
             };
-            let results = bench_solver(&settings).and_then(|results| {
+            let results = results.and_then(|results| {
                 if let Some(path) = &args.plot {
                     std::fs::write(path, render_chart(&results))
                         .with_context(|| format!("cannot write the chart to {}", path.display()))?;

@@ -164,7 +164,7 @@ impl Metrics {
     pub fn observe_plan(
         &self,
         plan: &PublishedPlan,
-        spec_caps: &[(String, f64)],
+        spec_caps: &BTreeMap<String, f64>,
         measured: &BTreeMap<String, f64>,
     ) {
         for gauge in [

@@ -90,6 +90,8 @@ pub struct PassOutcome {
     /// Measured watts per budget, from the agents' power reports plus overheads.
     pub measured: BTreeMap<String, f64>,
     pub solve_seconds: f64,
+    /// Wall-clock time of the whole pass: store reads, translation, solve, build, rollout, publish.
+    pub pass_seconds: f64,
 }
 
 /// Solves, taking out any workload whose profile the solver rejects (the rest of the fleet is still
@@ -185,6 +187,7 @@ where
     W: Fn() -> bool,
 {
     let now = inputs.now;
+    let pass_started = std::time::Instant::now();
     let mut views = store.read_views().await?;
     for (node, view) in &mut views {
         view.machine_up = (inputs.machine_up)(node);
@@ -252,6 +255,7 @@ where
             held_back: step.held_back,
             measured,
             solve_seconds,
+            pass_seconds: pass_started.elapsed().as_secs_f64(),
         });
     }
     let desired = if unchanged {
@@ -281,5 +285,6 @@ where
         held_back: step.held_back,
         measured,
         solve_seconds,
+        pass_seconds: pass_started.elapsed().as_secs_f64(),
     })
 }

@@ -125,6 +125,7 @@ struct Operator {
     publishes: u64,
     errors: u64,
     solve_seconds: Vec<f64>,
+    pass_seconds: Vec<f64>,
 }
 
 /// One node: its agent over simulated GPUs, and its contact with the plan store.
@@ -172,6 +173,8 @@ pub struct RunSummary {
     pub passes: u64,
     pub pass_errors: u64,
     pub median_solve_seconds: f64,
+    /// The operator's whole planning pass (wall clock), against the in-memory store.
+    pub median_pass_seconds: f64,
     /// Times an agent fenced its GPUs to their floors for lack of contact.
     pub fences: u64,
 }
@@ -391,6 +394,7 @@ impl Simulation {
                     publishes: 0,
                     errors: 0,
                     solve_seconds: Vec::new(),
+                    pass_seconds: Vec::new(),
                 }),
             };
             let mut nodes = Vec::new();
@@ -649,6 +653,7 @@ impl Simulation {
             }
         };
         operator.solve_seconds.push(outcome.solve_seconds);
+        operator.pass_seconds.push(outcome.pass_seconds);
         operator.next_transition = outcome
             .translation
             .next_transition
@@ -670,12 +675,7 @@ impl Simulation {
         operator.loaded = Some(outcome.loaded.clone());
         operator.in_force = Some(outcome.in_force.clone());
         if is_kilowatt {
-            let spec_caps: BTreeMap<String, f64> = outcome
-                .translation
-                .budgets
-                .iter()
-                .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
-                .collect();
+            let spec_caps = outcome.translation.spec_caps();
             self.metrics.reconciles.inc();
             self.metrics
                 .solve_duration_seconds
@@ -683,9 +683,8 @@ impl Simulation {
             if outcome.published.is_some() {
                 self.metrics.plan_publishes.inc();
             }
-            let caps: Vec<(String, f64)> = spec_caps.clone().into_iter().collect();
             self.metrics
-                .observe_plan(&outcome.in_force, &caps, &outcome.measured);
+                .observe_plan(&outcome.in_force, &spec_caps, &outcome.measured);
             self.feed.record(PassRecord {
                 plan: &outcome.in_force,
                 spec_caps: &spec_caps,
@@ -929,6 +928,7 @@ impl Simulation {
                     summary.passes = operator.passes;
                     summary.pass_errors = operator.errors;
                     summary.median_solve_seconds = median(&operator.solve_seconds);
+                    summary.median_pass_seconds = median(&operator.pass_seconds);
                 }
                 summary
             })

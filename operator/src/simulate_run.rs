@@ -200,6 +200,15 @@ pub fn render_summary(report: &Report) -> String {
             cut
         ));
     }
+    if let Some(kilowatt) = report.runs.first() {
+        text.push_str(&format!(
+            "\nKilowatt's planning pass (translate, solve, build, rollout step, publish): median {:.1} ms \
+             over {} passes, of which the solve {:.1} ms.",
+            kilowatt.median_pass_seconds * 1000.0,
+            kilowatt.passes,
+            kilowatt.median_solve_seconds * 1000.0
+        ));
+    }
     text.push_str(&format!(
         "\nKilowatt vs uniform capping: {:.3}× the normalized throughput for {:.3}× the GPU energy.\n\
          Kilowatt vs proportional capping: {:.3}× the throughput for {:.3}× the energy.\n\
@@ -271,6 +280,12 @@ pub fn chart(series: &[SeriesPoint], budget: &str) -> String {
                     kw(|p| p.uniform_measured_watts),
                 ),
                 line(
+                    "proportional, measured",
+                    "#667085",
+                    false,
+                    kw(|p| p.proportional_measured_watts),
+                ),
+                line(
                     "uncapped, measured",
                     "#d92d20",
                     false,
@@ -296,6 +311,12 @@ pub fn chart(series: &[SeriesPoint], budget: &str) -> String {
                     "#f79009",
                     false,
                     fraction(|p| p.uniform_throughput),
+                ),
+                line(
+                    "proportional",
+                    "#667085",
+                    false,
+                    fraction(|p| p.proportional_throughput),
                 ),
                 line(
                     "uncapped",

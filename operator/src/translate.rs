@@ -470,6 +470,16 @@ fn budget_forest(
     (facts, chains)
 }
 
+impl Translation {
+    /// Each budget's spec `capWatts`, by name.
+    pub fn spec_caps(&self) -> BTreeMap<String, f64> {
+        self.budgets
+            .iter()
+            .map(|(name, facts)| (name.clone(), facts.spec_cap_watts))
+            .collect()
+    }
+}
+
 /// Translates the cluster at `now` into a problem and its facts.
 pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
     let (mut budgets, chains) = budget_forest(cluster.budgets, now);

@@ -599,3 +599,71 @@ fn simulate_names_what_is_wrong_with_a_scenario_and_exits_1() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_solver_at_smoke_size_reports_every_method_with_memory_and_draws_the_chart() {
+    let dir = std::env::temp_dir().join(format!("kilowatt-cli-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let chart = dir.join("scaling.svg");
+    // The CI size of the solver-scaling benchmark (BENCHMARKS.md runs 1k to 1M GPUs).
+    let output = kilowatt(
+        &[
+            "bench",
+            "solver",
+            "--gpus",
+            "500,1000",
+            "--repeat",
+            "1",
+            "--milp-max-gpus",
+            "500",
+            "--milp-time-limit",
+            "2",
+            "--lp-max-gpus",
+            "1000",
+            "--json",
+            "--plot",
+            chart.to_str().expect("path"),
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON results");
+    let sizes = results.as_array().expect("one entry per size");
+    assert_eq!(sizes.len(), 2);
+    let methods = |size: &Value| -> Vec<String> {
+        size["methods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["method"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        methods(&sizes[0]),
+        [
+            "auto",
+            "uniform",
+            "proportional",
+            "generic-milp",
+            "generic-lp"
+        ]
+    );
+    assert_eq!(
+        methods(&sizes[1]),
+        ["auto", "uniform", "proportional", "generic-lp"]
+    );
+    for size in sizes {
+        assert!(size["autoVsUniform"].as_f64() > Some(1.0), "{size}");
+        for method in size["methods"].as_array().into_iter().flatten() {
+            assert!(method["seconds"].as_f64() > Some(0.0), "{method}");
+            assert!(
+                method["peakRssBytes"].as_u64() > Some(1 << 20),
+                "peak RSS of a whole process: {method}"
+            );
+        }
+    }
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(svg.contains("Solve time against fleet size"), "{svg}");
+    assert!(svg.contains("Peak resident memory"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

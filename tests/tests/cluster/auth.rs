@@ -13,7 +13,7 @@ use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
 use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_operator::controller::HttpsListener;
 use kilowatt_operator::plan_store::{EtcdCredentials, EtcdPlanStore, PlanStore};
-use kilowatt_tests::{Etcd, TestPki, create_from_yaml, eventually, within};
+use kilowatt_tests::{ControlPlane, Etcd, TestPki, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -126,6 +126,49 @@ fn start_agent(
     (telemetry, stop, task)
 }
 
+/// The agents' ServiceAccount, GPU nodes `nodes` in rack `a` under budget `rack-a`, an inference pod on
+/// `n1` (so n1's plan raises its GPUs once its agent has acknowledged their floors) and the agent's
+/// DaemonSet pod on `n1`; returns that pod's token for audience `kilowatt`.
+async fn rack_with_agent_pod_on_n1(
+    plane: &ControlPlane,
+    admin: &KubeClient,
+    nodes: &[&str],
+) -> String {
+    create_from_yaml(admin, "helm/kilowatt/rbac/agent.yaml")
+        .await
+        .expect("agent ServiceAccount applies");
+    for node in nodes {
+        gpu_node(
+            admin,
+            node,
+            json!({"rack": "a"}),
+            4,
+            "NVIDIA-H100-80GB-HBM3",
+        )
+        .await;
+    }
+    budget(
+        admin,
+        "rack-a",
+        json!({"capWatts": 20000.0, "nodeOverheadWatts": 500.0,
+               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
+    )
+    .await;
+    gpu_pod(
+        admin,
+        "serve-0",
+        "n1",
+        4,
+        json!({"kilowatt.dev/workload": "inference"}),
+    )
+    .await;
+    pod_on(admin, AGENTS, "kilowatt-agent-n1", "n1", AGENT_ACCOUNT).await;
+    plane
+        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some("kilowatt-agent-n1"))
+        .await
+        .expect("agent token")
+}
+
 /// Waits until `node`'s agent acknowledged a plan that raises every GPU above its floor, with the limits
 /// read back equal to the plan's; returns the GPUs it registered and the planned limits.
 async fn acknowledged_raised_plan(store: &EtcdPlanStore, node: &str) -> (usize, Vec<f64>) {
@@ -166,46 +209,12 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
     let (etcd, root_password) = within("etcd with auth", Etcd::start_with_auth())
         .await
         .expect("etcd with auth starts");
-    create_from_yaml(&admin, "helm/kilowatt/rbac/agent.yaml")
-        .await
-        .expect("agent ServiceAccount applies");
-    for node in ["n1", "n2"] {
-        gpu_node(
-            &admin,
-            node,
-            json!({"rack": "a"}),
-            4,
-            "NVIDIA-H100-80GB-HBM3",
-        )
-        .await;
-    }
-    budget(
-        &admin,
-        "rack-a",
-        json!({"capWatts": 20000.0, "nodeOverheadWatts": 500.0,
-               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
-    )
-    .await;
-    // Work on n1, so its plan raises the GPUs above their floors once its agent acknowledged them.
-    gpu_pod(
-        &admin,
-        "serve-0",
-        "n1",
-        4,
-        json!({"kilowatt.dev/workload": "inference"}),
-    )
-    .await;
-    // The agent's DaemonSet pod on n1, and a workload on n1 with its own ServiceAccount.
-    pod_on(&admin, AGENTS, "kilowatt-agent-n1", "n1", AGENT_ACCOUNT).await;
+    let agent_token = rack_with_agent_pod_on_n1(&plane, &admin, &["n1", "n2"]).await;
     plane
         .create_service_account("ml", "trainer")
         .await
         .expect("trainer account");
     pod_on(&admin, "ml", "trainer-0", "n1", "trainer").await;
-    let agent_token = plane
-        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some("kilowatt-agent-n1"))
-        .await
-        .expect("agent token");
     let trainer_token = plane
         .service_account_token("ml", "trainer", "kilowatt", Some("trainer-0"))
         .await
@@ -406,37 +415,7 @@ async fn with_tls_tokens_passwords_and_plans_cross_only_verified_connections() {
         .await
         .expect("etcd with TLS and auth starts");
     assert!(etcd.endpoint.starts_with("https://"));
-    create_from_yaml(&admin, "helm/kilowatt/rbac/agent.yaml")
-        .await
-        .expect("agent ServiceAccount applies");
-    gpu_node(
-        &admin,
-        "n1",
-        json!({"rack": "a"}),
-        4,
-        "NVIDIA-H100-80GB-HBM3",
-    )
-    .await;
-    budget(
-        &admin,
-        "rack-a",
-        json!({"capWatts": 20000.0, "nodeOverheadWatts": 500.0,
-               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
-    )
-    .await;
-    gpu_pod(
-        &admin,
-        "serve-0",
-        "n1",
-        4,
-        json!({"kilowatt.dev/workload": "inference"}),
-    )
-    .await;
-    pod_on(&admin, AGENTS, "kilowatt-agent-n1", "n1", AGENT_ACCOUNT).await;
-    let agent_token = plane
-        .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some("kilowatt-agent-n1"))
-        .await
-        .expect("agent token");
+    let agent_token = rack_with_agent_pod_on_n1(&plane, &admin, &["n1"]).await;
 
     let root = EtcdCredentials {
         user: "root".to_owned(),
