@@ -201,27 +201,16 @@ mod tests {
     use super::*;
 
     fn plan(revision: u64, nodes: &[(&str, f64)]) -> PublishedPlan {
-        PublishedPlan {
-            revision,
-            solved_at: "2026-12-01T00:00:00Z".into(),
-            status: "optimal".into(),
-            method: "greedy".into(),
-            objective: 1.0,
-            upper_bound: 1.0,
-            gap: 0.0,
-            infeasible_budgets: Vec::new(),
-            budgets: Vec::new(),
-            workloads: Vec::new(),
-            nodes: nodes
-                .iter()
-                .map(|(n, w)| {
-                    (
-                        (*n).to_owned(),
-                        NodePlan::with_limits(n, revision, &[*w], 100.0),
-                    )
-                })
-                .collect(),
-        }
+        let nodes = nodes
+            .iter()
+            .map(|(n, w)| {
+                (
+                    (*n).to_owned(),
+                    NodePlan::with_limits(n, revision, &[*w], 100.0),
+                )
+            })
+            .collect();
+        crate::published::test_plan(revision, Vec::new(), Vec::new(), nodes)
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {

@@ -121,6 +121,29 @@ impl PublishedPlan {
     }
 }
 
+/// A plan with the given parts and fixed solver figures, for tests of what consumes plans.
+#[cfg(test)]
+pub(crate) fn test_plan(
+    revision: u64,
+    budgets: Vec<BudgetSummary>,
+    workloads: Vec<WorkloadSummary>,
+    nodes: BTreeMap<String, NodePlan>,
+) -> PublishedPlan {
+    PublishedPlan {
+        revision,
+        solved_at: "2026-12-01T12:00:00Z".into(),
+        status: "optimal".into(),
+        method: "greedy".into(),
+        objective: 1.0,
+        upper_bound: 1.0,
+        gap: 0.0,
+        infeasible_budgets: Vec::new(),
+        budgets,
+        workloads,
+        nodes,
+    }
+}
+
 fn status_name(status: Status) -> &'static str {
     match status {
         Status::Optimal => "optimal",

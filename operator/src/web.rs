@@ -446,22 +446,11 @@ mod tests {
         budgets: Vec<BudgetSummary>,
         workloads: Vec<WorkloadSummary>,
     ) -> PublishedPlan {
-        PublishedPlan {
-            revision,
-            solved_at: "2026-12-01T12:00:00Z".into(),
-            status: "optimal".into(),
-            method: "greedy".into(),
-            objective: 1.0,
-            upper_bound: 1.0,
-            gap: 0.0,
-            infeasible_budgets: Vec::new(),
-            budgets,
-            workloads,
-            nodes: BTreeMap::from([(
-                "n1".to_owned(),
-                NodePlan::with_limits("n1", revision, &[500.0], 200.0),
-            )]),
-        }
+        let nodes = BTreeMap::from([(
+            "n1".to_owned(),
+            NodePlan::with_limits("n1", revision, &[500.0], 200.0),
+        )]);
+        crate::published::test_plan(revision, budgets, workloads, nodes)
     }
 
     #[test]

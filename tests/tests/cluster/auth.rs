@@ -169,6 +169,25 @@ async fn rack_with_agent_pod_on_n1(
         .expect("agent token")
 }
 
+/// Options of an operator replica on `etcd` as its root user, with a 2 s resync.
+fn operator_as_root(
+    plane: &ControlPlane,
+    etcd: &Etcd,
+    password: String,
+) -> (
+    EtcdCredentials,
+    kilowatt_operator::controller::OperatorOptions,
+) {
+    let root = EtcdCredentials {
+        user: "root".to_owned(),
+        password,
+    };
+    let mut operator_options = options(plane, "replica-0", Duration::from_secs(2));
+    operator_options.etcd_endpoints = vec![etcd.endpoint.clone()];
+    operator_options.etcd_credentials = Some(root.clone());
+    (root, operator_options)
+}
+
 /// Waits until `node`'s agent acknowledged a plan that raises every GPU above its floor, with the limits
 /// read back equal to the plan's; returns the GPUs it registered and the planned limits.
 async fn acknowledged_raised_plan(store: &EtcdPlanStore, node: &str) -> (usize, Vec<f64>) {
@@ -235,13 +254,7 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
         .await
         .expect("API server token");
 
-    let root = EtcdCredentials {
-        user: "root".to_owned(),
-        password: root_password,
-    };
-    let mut operator_options = options(&plane, "replica-0", Duration::from_secs(2));
-    operator_options.etcd_endpoints = vec![etcd.endpoint.clone()];
-    operator_options.etcd_credentials = Some(root.clone());
+    let (root, operator_options) = operator_as_root(&plane, &etcd, root_password);
     let operator = start_operator_with(&plane, operator_options).await;
     let url = format!("http://{}/api/v1/agent-credentials", operator.address);
     let keys = KeyLayout::new(PREFIX);
@@ -417,13 +430,7 @@ async fn with_tls_tokens_passwords_and_plans_cross_only_verified_connections() {
     assert!(etcd.endpoint.starts_with("https://"));
     let agent_token = rack_with_agent_pod_on_n1(&plane, &admin, &["n1"]).await;
 
-    let root = EtcdCredentials {
-        user: "root".to_owned(),
-        password: root_password,
-    };
-    let mut operator_options = options(&plane, "replica-0", Duration::from_secs(2));
-    operator_options.etcd_endpoints = vec![etcd.endpoint.clone()];
-    operator_options.etcd_credentials = Some(root.clone());
+    let (root, mut operator_options) = operator_as_root(&plane, &etcd, root_password);
     operator_options.etcd_tls = Some(pki.etcd_client_tls().expect("etcd client TLS"));
     operator_options.https = Some(HttpsListener {
         listen: "127.0.0.1:0".parse().expect("address"),
