@@ -113,6 +113,10 @@ pub struct Inventory {
     /// `nvml` or `simulated`.
     pub backend: String,
     pub gpus: Vec<InventoryGpu>,
+    /// Whether each GPU's `pods` is the kubelet's answer (the agent asks its pod-resources API). When
+    /// false nobody told the agent, and the operator gives a node's GPUs to its pods in name order.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pods_reported: bool,
 }
 
 /// One GPU as its driver describes it.
@@ -124,6 +128,10 @@ pub struct InventoryGpu {
     pub model: String,
     pub min_limit_watts: f64,
     pub max_limit_watts: f64,
+    /// `namespace/name` of each pod the kubelet assigned this GPU to (several when time-sliced),
+    /// when `pods_reported`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 /// What an agent enforces for a plan revision, written after reading the limits back from the GPUs.

@@ -56,7 +56,7 @@ pub struct AgentOptions {
 
 /// How often the kubelet is asked which pods hold the GPUs: pods come and go in seconds at the
 /// fastest, and each ask is one local gRPC call.
-const POD_REFRESH: Duration = Duration::from_secs(10);
+pub const POD_REFRESH: Duration = Duration::from_secs(10);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -293,15 +293,32 @@ struct Runner {
     telemetry: Telemetry,
     started: Instant,
     power: PowerPeriod,
+    /// The backend's name, for the inventory.
+    backend_name: &'static str,
     /// Pods holding each GPU, by UUID, as the kubelet last said.
     pods: BTreeMap<String, Vec<PodName>>,
+    /// Whether the kubelet ever answered (until then the inventory reports no pods).
+    pods_known: bool,
+    /// Whether etcd may hold an older answer than `pods` (a registration failed): retried at the next
+    /// ask.
+    pods_unregistered: bool,
     /// Whether the last ask to the kubelet failed (to log changes, not every failure).
     pods_failing: bool,
 }
 
 impl Runner {
-    /// Asks the kubelet which pods hold the GPUs; on failure keeps the last answer.
-    async fn refresh_pods(&mut self, socket: &std::path::Path) {
+    /// The inventory to register: the GPUs and, once the kubelet answered, which pods hold them.
+    fn inventory(&self) -> Inventory {
+        driver::inventory(
+            self.backend_name,
+            &self.gpus,
+            self.pods_known.then_some(&self.pods),
+        )
+    }
+
+    /// Asks the kubelet which pods hold the GPUs; on failure keeps the last answer. A changed answer is
+    /// registered again, so that the operator plans each pod's limit on the GPUs it really holds.
+    async fn refresh_pods(&mut self, socket: &std::path::Path, session: &mut Option<Session>) {
         let asked = pod_resources::list_gpu_assignments(
             socket,
             &self.options.gpu_resource_name,
@@ -314,7 +331,12 @@ impl Runner {
                     tracing::info!("the kubelet's pod-resources API answers again");
                 }
                 self.pods_failing = false;
-                self.pods = pod_resources::pods_by_gpu(&assignments);
+                let pods = pod_resources::pods_by_gpu(&assignments);
+                if !self.pods_known || pods != self.pods || self.pods_unregistered {
+                    self.pods = pods;
+                    self.pods_known = true;
+                    self.register_inventory(session).await;
+                }
             }
             Err(error) => {
                 self.telemetry.pod_resources_error(error.category());
@@ -395,6 +417,32 @@ impl Runner {
 
     /// Writes the node's measured power under the lease; a failure only costs this report, unless etcd
     /// refused the agent's credentials: then the session is dropped, so the next one gets fresh ones.
+    /// Writes the inventory again under the session's lease.
+    async fn register_inventory(&mut self, session: &mut Option<Session>) {
+        let Some(live) = session.as_mut() else {
+            return;
+        };
+        let encoded = serde_json::to_vec(&self.inventory()).unwrap_or_default();
+        let put = live
+            .client
+            .put(
+                self.keys.node_inventory(&self.options.node),
+                encoded,
+                Some(PutOptions::new().with_lease(live.lease)),
+            )
+            .await;
+        self.pods_unregistered = put.is_err();
+        if let Err(error) = put {
+            self.telemetry.etcd_error();
+            if refused_credentials(&error) {
+                tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
+                *session = None;
+            } else {
+                tracing::warn!(%error, "could not register which pods hold the GPUs; trying again at the next ask");
+            }
+        }
+    }
+
     async fn report_power(&mut self, report: &PowerReport, session: &mut Option<Session>) {
         let Some(live) = session.as_mut() else {
             return;
@@ -459,7 +507,6 @@ pub async fn run(
     })
     .await?
     .map_err(AgentError::Inventory)?;
-    let inventory = driver::inventory(name, &gpus);
     tracing::info!(backend = name, gpus = gpus.len(), limits = ?enforced, "adopted the limits in force");
     let bounds = driver::bounds(&gpus);
     let fence_after = options
@@ -475,7 +522,10 @@ pub async fn run(
         telemetry,
         started,
         power: PowerPeriod::default(),
+        backend_name: name,
         pods: BTreeMap::new(),
+        pods_known: false,
+        pods_unregistered: false,
         pods_failing: false,
     };
 
@@ -488,10 +538,18 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         if session.is_none() && Instant::now() >= next_connect {
-            match open_session(&runner.options, &runner.keys, &inventory, events_tx.clone()).await {
+            match open_session(
+                &runner.options,
+                &runner.keys,
+                &runner.inventory(),
+                events_tx.clone(),
+            )
+            .await
+            {
                 Ok((live, plan)) => {
                     tracing::info!(lease = live.lease, "registered with etcd");
                     session = Some(live);
+                    runner.pods_unregistered = false;
                     runner.feed(Event::LeaseRenewed, &mut session).await?;
                     runner.feed(Event::PlanChanged(plan), &mut session).await?;
                 }
@@ -528,7 +586,7 @@ pub async fn run(
             }
             _ = pod_refresh.tick(), if runner.options.pod_resources_socket.is_some() => {
                 if let Some(socket) = runner.options.pod_resources_socket.clone() {
-                    runner.refresh_pods(&socket).await;
+                    runner.refresh_pods(&socket, &mut session).await;
                 }
             }
             _ = drift.tick() => {

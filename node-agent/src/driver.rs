@@ -4,6 +4,7 @@
 //! in etcd and kubelet IO; `kilowatt simulate` steps it in-process on simulated time. No IO beyond the
 //! backend calls.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, PowerReport};
@@ -65,8 +66,13 @@ pub fn read_limits(backend: &dyn GpuBackend, count: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The inventory an agent registers for `gpus` found by `backend`.
-pub fn inventory(backend: &str, gpus: &[GpuInfo]) -> Inventory {
+/// The inventory an agent registers for `gpus` found by `backend`; `pods_by_uuid` is the kubelet's
+/// answer to which pods hold each GPU (by UUID), `None` when the agent has not asked or never got one.
+pub fn inventory(
+    backend: &str,
+    gpus: &[GpuInfo],
+    pods_by_uuid: Option<&BTreeMap<String, Vec<String>>>,
+) -> Inventory {
     Inventory {
         backend: backend.to_owned(),
         gpus: gpus
@@ -77,8 +83,13 @@ pub fn inventory(backend: &str, gpus: &[GpuInfo]) -> Inventory {
                 model: g.model.clone(),
                 min_limit_watts: g.min_limit_watts,
                 max_limit_watts: g.max_limit_watts,
+                pods: pods_by_uuid
+                    .and_then(|pods| pods.get(&g.uuid))
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect(),
+        pods_reported: pods_by_uuid.is_some(),
     }
 }
 
@@ -180,8 +191,9 @@ impl<B: GpuBackend> SteppedAgent<B> {
         })
     }
 
-    pub fn inventory(&self) -> Inventory {
-        inventory(self.backend.name(), &self.gpus)
+    /// The inventory to register; `pods_by_uuid` as for [`inventory`].
+    pub fn inventory(&self, pods_by_uuid: Option<&BTreeMap<String, Vec<String>>>) -> Inventory {
+        inventory(self.backend.name(), &self.gpus, pods_by_uuid)
     }
 
     pub fn gpus(&self) -> &[GpuInfo] {

@@ -270,6 +270,7 @@ pub async fn start(
         announced: HashSet::new(),
         next_transition: None,
         held_back: 0,
+        awaiting_gpu_report: 0,
     };
     let reconcile_loop = tokio::spawn(reconciler.run(changed, leader_rx, shutdown_rx));
     tracing::info!(%address, "operator started");
@@ -302,6 +303,8 @@ struct Reconciler {
     next_transition: Option<Timestamp>,
     /// Nodes whose raise waits for acknowledgements; the loop checks again soon while any do.
     held_back: usize,
+    /// Pods placed before their agents reported their GPUs; the loop checks again soon while any are.
+    awaiting_gpu_report: usize,
 }
 
 fn until(deadline: Timestamp) -> Duration {
@@ -359,9 +362,13 @@ impl Reconciler {
                     // The pass read and (maybe) wrote etcd: it is reachable again.
                     self.health.etcd_ok.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(500);
-                    // A rollout waiting for acknowledgements is looked at again shortly.
-                    retry_in = (self.held_back > 0)
+                    // A rollout waiting for acknowledgements is looked at again shortly, pods
+                    // waiting for their GPUs to be reported a little later.
+                    let rollout = (self.held_back > 0)
                         .then_some(self.options.debounce.max(Duration::from_millis(200)));
+                    let reports =
+                        (self.awaiting_gpu_report > 0).then_some(pass::AWAITING_GPU_REPORT_RECHECK);
+                    retry_in = rollout.into_iter().chain(reports).min();
                 }
                 Err(error) => {
                     let category = error.category();
@@ -407,6 +414,11 @@ impl Reconciler {
         self.loaded = Some(outcome.loaded.clone());
         self.next_transition = outcome.translation.next_transition;
         self.held_back = outcome.held_back.len();
+        let awaiting = &outcome.translation.awaiting_gpu_report;
+        if !awaiting.is_empty() && awaiting.len() != self.awaiting_gpu_report {
+            tracing::info!(pods = ?awaiting, "pods placed on free GPU slots until their nodes' agents report which GPUs they hold");
+        }
+        self.awaiting_gpu_report = awaiting.len();
         if let Some(plan) = &outcome.read_plan {
             tracing::info!(revision = plan.revision, "read the plan in force from etcd");
             self.solve_time = plan.solved_at.parse().ok().map(kube_time);

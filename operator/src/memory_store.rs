@@ -254,6 +254,7 @@ mod tests {
         let inventory = Inventory {
             backend: "simulated".into(),
             gpus: Vec::new(),
+            pods_reported: false,
         };
         store.register("n1", &inventory);
         store.acknowledge(

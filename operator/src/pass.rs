@@ -15,6 +15,10 @@ use crate::rollout::{self, AgentView};
 use crate::status::measured_per_budget;
 use crate::translate::{PodWarning, Translation};
 
+/// How soon a pass looks again while pods wait for their agents' reports of which GPUs they hold
+/// (agents ask the kubelet every 10 s).
+pub const AWAITING_GPU_REPORT_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a pass failed; the caller retries with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {

@@ -199,8 +199,10 @@ mod tests {
                     model: "H100-SXM".into(),
                     min_limit_watts: 200.0,
                     max_limit_watts: 700.0,
+                    pods: Vec::new(),
                 })
                 .collect(),
+            pods_reported: false,
         }
     }
 

@@ -679,26 +679,86 @@ impl Prepared {
             .collect()
     }
 
-    /// Which workload each GPU of `node` runs at `seconds`: the node's running pods, in name order,
-    /// take its GPUs from index 0 — the order the operator assumes for GPU slots (README, "GPU slots").
-    pub fn gpu_workloads(&self, node: usize, seconds: f64) -> Vec<Option<usize>> {
-        let mut on_node: Vec<&SimPod> = self
+    /// Which pod holds each GPU of `node` at `seconds`, as a device plugin hands them out: a starting
+    /// pod takes the lowest-indexed free GPUs and keeps them until it stops (pods starting together
+    /// go in name order). Unlike the operator's fallback (slots in pod-name order), a pod that starts
+    /// later never takes GPUs from one already running, so the two orders differ and the operator
+    /// must learn the real one from the agents' inventories, as in a cluster.
+    pub fn gpu_pods(&self, node: usize, seconds: f64) -> Vec<Option<&SimPod>> {
+        let start_of = |pod: &SimPod| self.workloads[pod.workload].entry.start_seconds;
+        let stopped_by = |pod: &SimPod, t: f64| {
+            self.workloads[pod.workload]
+                .entry
+                .stop_seconds
+                .is_some_and(|stop| stop <= t)
+        };
+        let mut started: Vec<&SimPod> = self
             .pods
             .iter()
-            .filter(|p| p.node == node && self.running(p.workload, seconds))
+            .filter(|p| p.node == node && start_of(p) <= seconds)
             .collect();
-        on_node.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut gpus = vec![None; self.nodes[node].gpus as usize];
-        let mut next = 0;
-        for pod in on_node {
-            for _ in 0..pod.gpus {
-                if let Some(slot) = gpus.get_mut(next) {
-                    *slot = Some(pod.workload);
+        started.sort_by(|a, b| {
+            start_of(a)
+                .total_cmp(&start_of(b))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut gpus: Vec<Option<&SimPod>> = vec![None; self.nodes[node].gpus as usize];
+        for pod in started {
+            let at = start_of(pod);
+            for slot in gpus.iter_mut() {
+                if slot.is_some_and(|holder| stopped_by(holder, at)) {
+                    *slot = None;
                 }
-                next += 1;
+            }
+            if stopped_by(pod, at) {
+                continue;
+            }
+            let mut wanted = pod.gpus;
+            for slot in gpus.iter_mut().filter(|slot| slot.is_none()) {
+                if wanted == 0 {
+                    break;
+                }
+                *slot = Some(pod);
+                wanted -= 1;
+            }
+        }
+        for slot in gpus.iter_mut() {
+            if slot.is_some_and(|holder| stopped_by(holder, seconds)) {
+                *slot = None;
             }
         }
         gpus
+    }
+
+    /// Which workload each GPU of `node` runs at `seconds` (see [`Prepared::gpu_pods`]).
+    pub fn gpu_workloads(&self, node: usize, seconds: f64) -> Vec<Option<usize>> {
+        self.gpu_pods(node, seconds)
+            .into_iter()
+            .map(|pod| pod.map(|p| p.workload))
+            .collect()
+    }
+
+    /// The pod holding each GPU of `node` at `seconds`, as `namespace/name`.
+    pub fn gpu_holders(&self, node: usize, seconds: f64) -> Vec<Option<String>> {
+        self.gpu_pods(node, seconds)
+            .into_iter()
+            .map(|pod| pod.map(|p| format!("{}/{}", self.scenario.namespace, p.name)))
+            .collect()
+    }
+
+    /// The kubelet's answer to which pods hold `node`'s GPUs at `seconds`, by the UUID
+    /// `gpu_uuid(index)` gives each GPU, as the agent registers it.
+    pub fn pods_by_gpu_uuid(
+        &self,
+        node: usize,
+        seconds: f64,
+        gpu_uuid: impl Fn(u32) -> String,
+    ) -> BTreeMap<String, Vec<String>> {
+        self.gpu_holders(node, seconds)
+            .into_iter()
+            .zip(0u32..)
+            .filter_map(|(holder, index)| Some((gpu_uuid(index), vec![holder?])))
+            .collect()
     }
 
     /// Every instant at which the cluster objects change (workloads start or stop, caps are edited),
@@ -798,27 +858,41 @@ mod tests {
     }
 
     #[test]
-    fn gpus_go_to_running_pods_in_pod_name_order() {
+    fn a_starting_pod_takes_the_lowest_free_gpus_and_keeps_them_until_it_stops() {
         let text = r#"
 name: t
 start: "2026-12-01T00:00:00Z"
 durationSeconds: 100
 budgets: [{name: f, capWatts: 10000, nodeLabels: {rack: r}}]
-nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}]
+nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 5, gpuProduct: NVIDIA-H100-80GB-HBM3}]
 workloads:
-  - {name: b, kind: inference, pods: 1, gpusPerPod: 2}
+  - {name: b, kind: inference, pods: 1, gpusPerPod: 2, stopSeconds: 70}
   - {name: a, kind: training, pods: 1, gpusPerPod: 2, startSeconds: 50}
+  - {name: c, kind: training, pods: 1, gpusPerPod: 1, startSeconds: 80}
 "#;
         let p = Scenario::parse(text, "test")
             .expect("parses")
             .prepare("test")
             .expect("valid");
-        assert_eq!(p.gpu_workloads(0, 0.0), vec![Some(0), Some(0), None, None]);
-        // `a-0` sorts before `b-0`, so once it runs it holds GPUs 0 and 1.
+        assert_eq!(
+            p.gpu_workloads(0, 0.0),
+            vec![Some(0), Some(0), None, None, None]
+        );
+        // `a-0` sorts before `b-0`, but `b-0` runs already and keeps GPUs 0 and 1.
         assert_eq!(
             p.gpu_workloads(0, 60.0),
-            vec![Some(1), Some(1), Some(0), Some(0)]
+            vec![Some(0), Some(0), Some(1), Some(1), None]
         );
+        // `b-0` stopped at 70 s; `c-0` takes the lowest GPU it freed.
+        assert_eq!(
+            p.gpu_workloads(0, 90.0),
+            vec![Some(2), None, Some(1), Some(1), None]
+        );
+        let pods = p.pods_by_gpu_uuid(0, 90.0, |i| format!("GPU-{i}"));
+        let namespace = &p.scenario.namespace;
+        assert_eq!(pods["GPU-0"], [format!("{namespace}/c-0")]);
+        assert_eq!(pods["GPU-2"], [format!("{namespace}/a-0")]);
+        assert!(!pods.contains_key("GPU-1"), "a free GPU is held by nobody");
     }
 
     #[test]

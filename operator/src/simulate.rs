@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kilowatt_crds::plan::Inventory;
+use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
+use kilowatt_node_agent::agent::POD_REFRESH;
 use kilowatt_node_agent::driver::SteppedAgent;
 use kilowatt_node_agent::gpu::simulated::{Curve, SimulatedGpu, SimulatedGpus};
 use kilowatt_node_agent::gpu::{GpuBackend, GpuInfo};
@@ -140,7 +141,31 @@ struct NodeState {
     was_partitioned: bool,
     /// Workload index on each GPU.
     gpu_workloads: Vec<Option<usize>>,
+    /// The simulated kubelet's last answer to the agent: which pods hold each GPU, by UUID.
+    pods_by_uuid: BTreeMap<String, Vec<String>>,
+    /// The pod holding each GPU now, as `namespace/name`.
+    gpu_holders: Vec<Option<String>>,
+    /// The pod each GPU's limit was planned for, in the last plan the agent received.
+    planned_pods: Vec<Option<String>>,
     telemetry: Option<Telemetry>,
+}
+
+impl NodeState {
+    /// Hands the agent its plan key's value, noting which pod each GPU's limit was planned for.
+    fn deliver_plan(&mut self, plan: Option<NodePlan>, now: Duration) -> Vec<Acknowledgement> {
+        self.planned_pods.iter_mut().for_each(|p| *p = None);
+        for gpu in plan.iter().flat_map(|p| &p.gpus) {
+            if let Some(planned) = self.planned_pods.get_mut(gpu.index as usize) {
+                planned.clone_from(&gpu.pod);
+            }
+        }
+        self.agent.handle(Event::PlanChanged(plan), now)
+    }
+}
+
+/// The UUID of simulated GPU `index` of `node`, as its agent registers it.
+fn simulated_gpu_uuid(node: &str, index: u32) -> String {
+    format!("SIM-{node}-{index}")
 }
 
 /// A budget's cap as the check applies it.
@@ -177,6 +202,10 @@ pub struct RunSummary {
     pub median_pass_seconds: f64,
     /// Times an agent fenced its GPUs to their floors for lack of contact.
     pub fences: u64,
+    /// GPU-seconds a GPU ran at a limit planned for another pod than the one holding it (the operator
+    /// had the pods' GPUs wrong); sampled every second. A pod's GPUs before the first plan that knows
+    /// the pod are not counted: that is the reaction time, not a mix-up.
+    pub misplanned_gpu_seconds: f64,
 }
 
 struct Run {
@@ -404,7 +433,7 @@ impl Simulation {
                     .map(|i| SimulatedGpu {
                         info: GpuInfo {
                             index: i,
-                            uuid: format!("SIM-{}-{i}", node.name),
+                            uuid: simulated_gpu_uuid(&node.name, i),
                             model: node.model.name.to_owned(),
                             min_limit_watts: node.model.min_watts,
                             max_limit_watts: node.model.max_watts,
@@ -425,8 +454,12 @@ impl Simulation {
                     RunKind::Kilowatt => Some(Telemetry::for_node(&node.name)?),
                     _ => None,
                 };
+                let pods_by_uuid =
+                    prepared.pods_by_gpu_uuid(index, 0.0, |i| simulated_gpu_uuid(&node.name, i));
                 if let Some(operator) = &operator {
-                    operator.store.register(&node.name, &agent.inventory());
+                    operator
+                        .store
+                        .register(&node.name, &agent.inventory(Some(&pods_by_uuid)));
                 }
                 nodes.push(NodeState {
                     agent,
@@ -436,6 +469,9 @@ impl Simulation {
                     lease_expired: false,
                     was_partitioned: false,
                     gpu_workloads,
+                    pods_by_uuid,
+                    gpu_holders: prepared.gpu_holders(index, 0.0),
+                    planned_pods: vec![None; node.gpus as usize],
                     telemetry,
                 });
             }
@@ -584,6 +620,7 @@ impl Simulation {
                 }
             }
             node.gpu_workloads = now;
+            node.gpu_holders = prepared.gpu_holders(n, t);
         }
     }
 
@@ -661,6 +698,8 @@ impl Simulation {
             .map(|at| at + TRANSITION_LAG_SECONDS);
         if !outcome.held_back.is_empty() {
             operator.retry_at = Some(t + DEBOUNCE_SECONDS);
+        } else if !outcome.translation.awaiting_gpu_report.is_empty() {
+            operator.retry_at = Some(t + pass::AWAITING_GPU_REPORT_RECHECK.as_secs_f64());
         }
         if outcome.published.is_some() {
             operator.publishes += 1;
@@ -702,6 +741,8 @@ impl Simulation {
         let run = &mut self.runs[index];
         let now = seconds(t);
         let sampled = (t / SAMPLE_SECONDS).floor() > (before / SAMPLE_SECONDS).floor();
+        let ask_every = POD_REFRESH.as_secs_f64();
+        let kubelet_asked = (t / ask_every).floor() > (before / ask_every).floor();
         for (n, node) in run.nodes.iter_mut().enumerate() {
             let name = &prepared.nodes[n].name;
             let Some(operator) = &run.operator else {
@@ -713,6 +754,14 @@ impl Simulation {
             let store = &operator.store;
             let partitioned = prepared.partitioned(name, t);
             let mut acknowledgements = Vec::new();
+            // As the agent process: the kubelet is local, so it is asked even when etcd is out of
+            // reach, and a changed answer is registered again once it can be.
+            let mut pods_changed = false;
+            if kubelet_asked {
+                let answer = prepared.pods_by_gpu_uuid(n, t, |i| simulated_gpu_uuid(name, i));
+                pods_changed = answer != node.pods_by_uuid;
+                node.pods_by_uuid = answer;
+            }
             if partitioned {
                 if !node.lease_expired && t - node.last_renewal >= LEASE_TTL_SECONDS {
                     store.expire_lease(name);
@@ -721,29 +770,41 @@ impl Simulation {
             } else {
                 if node.was_partitioned {
                     // Back in contact: a new session registers again and reads the plan.
-                    store.register(name, &node.agent.inventory());
+                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
                     node.lease_expired = false;
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
                     let (revision, plan) = store.node_plan(name);
                     node.plan_seen = revision;
-                    acknowledgements.extend(node.agent.handle(Event::PlanChanged(plan), now));
+                    acknowledgements.extend(node.deliver_plan(plan, now));
                 } else if t - node.last_renewal >= LEASE_TTL_SECONDS / 3.0 {
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
+                }
+                if pods_changed && !node.was_partitioned {
+                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
                 }
                 if let Some((revision, plan)) =
                     store.node_plan_change(&node.plan_key, node.plan_seen)
                 {
                     node.plan_seen = revision;
-                    acknowledgements.extend(node.agent.handle(Event::PlanChanged(plan), now));
+                    acknowledgements.extend(node.deliver_plan(plan, now));
                 }
             }
             node.was_partitioned = partitioned;
             if sampled {
+                let misplanned = node
+                    .gpu_holders
+                    .iter()
+                    .zip(&node.planned_pods)
+                    .filter(|(holder, planned)| {
+                        holder.is_some() && planned.is_some() && holder != planned
+                    })
+                    .count();
+                run.summary.misplanned_gpu_seconds += misplanned as f64 * SAMPLE_SECONDS;
                 let (readings, report) = node.agent.sample(now, REPORT_PERIOD);
                 if let Some(telemetry) = &node.telemetry {
-                    telemetry.observe_gpus(node.agent.gpus(), &readings, &BTreeMap::new());
+                    telemetry.observe_gpus(node.agent.gpus(), &readings, &node.pods_by_uuid);
                 }
                 if let Some(report) = report.filter(|_| !partitioned) {
                     store.report_power(name, &report);
@@ -1056,6 +1117,42 @@ workloads:
         assert_eq!(kilowatt.cap_violations, 0);
         let node = &simulation.runs[0].nodes[0];
         assert_eq!(node.agent.protocol().mode(), Mode::Following);
+    }
+
+    #[tokio::test]
+    async fn a_pod_arriving_next_to_a_running_one_is_planned_on_the_gpus_it_really_holds() {
+        // `a-train-0` sorts before `serve-0`, but starts later: the device plugin gives it GPUs 2
+        // and 3, not the 0 and 1 that pod-name order would.
+        let text = r#"
+name: mixed
+start: "2026-12-01T00:00:00Z"
+durationSeconds: 120
+budgets: [{name: rack, capWatts: 2600, nodeOverheadWatts: 400, nodeLabels: {rack: r}}]
+nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}]
+workloads:
+  - {name: serve, kind: inference, profile: llm-serve-h100, pods: 1, gpusPerPod: 2}
+  - {name: a-train, kind: training, profile: llm-pretrain-h100, pods: 1, gpusPerPod: 2, startSeconds: 30}
+"#;
+        let prepared = Scenario::parse(text, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid");
+        let simulation = run_to_end(prepared, 120.0).await;
+        let node = &simulation.runs[0].nodes[0];
+        let held = |p: &str| Some(format!("{}/{p}", simulation.prepared.scenario.namespace));
+        assert_eq!(
+            node.gpu_holders,
+            [
+                held("serve-0"),
+                held("serve-0"),
+                held("a-train-0"),
+                held("a-train-0")
+            ]
+        );
+        assert_eq!(node.planned_pods, node.gpu_holders);
+        let kilowatt = &simulation.summaries()[0];
+        assert_eq!(kilowatt.misplanned_gpu_seconds, 0.0, "{kilowatt:?}");
+        assert_eq!(kilowatt.cap_violations, 0);
     }
 
     #[tokio::test]

@@ -208,6 +208,10 @@ pub fn render_summary(report: &Report) -> String {
             kilowatt.passes,
             kilowatt.median_solve_seconds * 1000.0
         ));
+        text.push_str(&format!(
+            "\nGPUs at a limit planned for another pod than the one holding them: {:.0} GPU-seconds.",
+            kilowatt.misplanned_gpu_seconds
+        ));
     }
     text.push_str(&format!(
         "\nKilowatt vs uniform capping: {:.3}× the normalized throughput for {:.3}× the GPU energy.\n\

@@ -144,6 +144,58 @@ pub struct Translation {
     pub workload_pods: BTreeMap<String, Vec<String>>,
     /// The next instant a schedule window opens or closes.
     pub next_transition: Option<Timestamp>,
+    /// Pods, as `namespace/name`, on nodes whose agents report which pods hold their GPUs, that the
+    /// report does not list yet (the agent asks the kubelet every 10 s): placed on free slots in the
+    /// meantime, and planned again when the report arrives.
+    pub awaiting_gpu_report: Vec<String>,
+}
+
+/// How a pod came by its GPU slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// The node's agent does not report pods: slots in pod-name order.
+    NameOrder,
+    /// The slots the kubelet assigned to the pod, as the node's agent reported them.
+    Reported,
+    /// The agent reports pods but not this one yet: free slots for now.
+    AwaitingReport,
+}
+
+/// Which of `node`'s slots the pod `pod_ref` takes, at most `wanted`, given its agent's inventory.
+/// With a report (`pods_reported`), a listed pod takes only the free slots the kubelet gave it (a GPU
+/// time-sliced between pods goes to the first of them in name order), and an unlisted one only slots
+/// that no pod known on the node holds — never a slot the kubelet says another running pod holds.
+fn choose_slots(
+    node: &NodeFacts,
+    inventory: Option<&Inventory>,
+    pod_ref: &str,
+    wanted: usize,
+    gpu_pods_on_node: &BTreeSet<&str>,
+) -> (Vec<usize>, Placement) {
+    let free = |i: &usize| node.slots[*i].pod.is_none();
+    let Some(inventory) = inventory.filter(|inventory| inventory.pods_reported) else {
+        let slots = (0..node.slots.len()).filter(free).take(wanted).collect();
+        return (slots, Placement::NameOrder);
+    };
+    let holders =
+        |i: usize| -> &[String] { inventory.gpus.get(i).map_or(&[], |gpu| gpu.pods.as_slice()) };
+    let listed = (0..node.slots.len()).any(|i| holders(i).iter().any(|p| p == pod_ref));
+    if listed {
+        let slots = (0..node.slots.len())
+            .filter(free)
+            .filter(|&i| holders(i).iter().any(|p| p == pod_ref))
+            .take(wanted)
+            .collect();
+        return (slots, Placement::Reported);
+    }
+    // NB: slots of pods the operator no longer sees come last: the report may be up to one ask old.
+    let unheld = (0..node.slots.len()).filter(|&i| holders(i).is_empty());
+    let stale = (0..node.slots.len()).filter(|&i| {
+        let held = holders(i);
+        !held.is_empty() && held.iter().all(|p| !gpu_pods_on_node.contains(p.as_str()))
+    });
+    let slots = unheld.chain(stale).filter(free).take(wanted).collect();
+    (slots, Placement::AwaitingReport)
 }
 
 /// An object's name as `ResourceExt::name_any` gives it (name, else generateName), borrowed.
@@ -692,13 +744,26 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         .collect();
     // NB: borrowed keys: an owned key per comparison was a tenth of a 1,000-node pass (perf).
     gpu_pods.sort_by(|(a, _, _), (b, _, _)| pod_order_key(a).cmp(&pod_order_key(b)));
-    let mut next_slot: BTreeMap<&str, usize> = BTreeMap::new();
+    let pod_refs: Vec<String> = gpu_pods
+        .iter()
+        .map(|(pod, _, _)| {
+            let (namespace, name) = pod_order_key(pod);
+            format!("{namespace}/{name}")
+        })
+        .collect();
+    let mut gpu_pods_by_node: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for ((_, node_name, _), pod_ref) in gpu_pods.iter().zip(&pod_refs) {
+        gpu_pods_by_node
+            .entry(node_name)
+            .or_default()
+            .insert(pod_ref.as_str());
+    }
+    let mut awaiting_gpu_report = Vec::new();
     let mut gangs: BTreeMap<String, Gang> = BTreeMap::new();
     let mut pods = Vec::new();
     let mut profile_pods: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for (pod, node_name, wanted) in gpu_pods {
+    for ((pod, node_name, wanted), pod_ref) in gpu_pods.into_iter().zip(&pod_refs) {
         let namespace = pod.namespace().unwrap_or_default();
-        let pod_ref = format!("{namespace}/{}", pod.name_any());
         let mut facts = PodFacts {
             namespace: namespace.clone(),
             name: pod.name_any(),
@@ -710,25 +775,42 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         let Some(node) = nodes.get_mut(node_name) else {
             continue;
         };
-        let first = next_slot.get(node_name).copied().unwrap_or(0);
-        let available = node.slots.len().saturating_sub(first);
-        let taken = (wanted as usize).min(available);
-        if taken < wanted as usize {
-            facts.warnings.push(PodWarning {
-                reason: "GpusNotInInventory",
-                message: format!(
-                    "the pod requests {wanted} GPUs but only {available} of node {node_name}'s {} are \
-                     left after the pods before it; its other GPUs are not planned",
+        let (chosen, placement) = choose_slots(
+            node,
+            cluster.inventories.get(node_name),
+            pod_ref,
+            wanted as usize,
+            &gpu_pods_by_node[node_name],
+        );
+        if chosen.len() < wanted as usize {
+            let message = match placement {
+                Placement::Reported => format!(
+                    "the pod requests {wanted} GPUs but node {node_name}'s agent reports it on {} \
+                     GPUs not held by pods before it (a GPU time-sliced between pods is planned with \
+                     the first of them by name); its other GPUs are not planned",
+                    chosen.len()
+                ),
+                Placement::NameOrder | Placement::AwaitingReport => format!(
+                    "the pod requests {wanted} GPUs but only {} of node {node_name}'s {} are left \
+                     after the pods before it; its other GPUs are not planned",
+                    chosen.len(),
                     node.slots.len()
                 ),
+            };
+            facts.warnings.push(PodWarning {
+                reason: "GpusNotInInventory",
+                message,
             });
         }
-        next_slot.insert(node_name, first + taken);
-        let slot_ids: Vec<String> = node.slots[first..first + taken]
-            .iter_mut()
-            .map(|s| {
-                s.pod = Some(pod_ref.clone());
-                s.id.clone()
+        if placement == Placement::AwaitingReport {
+            awaiting_gpu_report.push(pod_ref.clone());
+        }
+        let slot_ids: Vec<String> = chosen
+            .into_iter()
+            .map(|i| {
+                let slot = &mut node.slots[i];
+                slot.pod = Some(pod_ref.clone());
+                slot.id.clone()
             })
             .collect();
         let pinned = node.pinned;
@@ -800,7 +882,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
             });
         }
         gang.gpus.extend(slot_ids);
-        gang.pods.push(pod_ref);
+        gang.pods.push(pod_ref.clone());
         facts.workload = Some(workload);
         pods.push(facts);
     }
@@ -870,6 +952,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         profile_pods,
         workload_pods,
         next_transition,
+        awaiting_gpu_report,
     }
 }
 
@@ -1291,8 +1374,10 @@ pub(crate) mod tests {
                     model: "Tesla T4".into(),
                     min_limit_watts: 60.0,
                     max_limit_watts: 70.0,
+                    pods: Vec::new(),
                 })
                 .collect(),
+            pods_reported: false,
         };
         let budgets = [budget(
             "rack",
@@ -1315,6 +1400,130 @@ pub(crate) mod tests {
             t.budgets["rack"].issues.is_empty(),
             "a reported GPU is not unknown"
         );
+    }
+
+    /// An H100 inventory of `holders.len()` GPUs, each held by the pods listed for it.
+    fn reported_inventory(holders: &[&[&str]]) -> Inventory {
+        Inventory {
+            backend: "nvml".into(),
+            gpus: holders
+                .iter()
+                .zip(0..)
+                .map(|(pods, index)| kilowatt_crds::plan::InventoryGpu {
+                    index,
+                    uuid: format!("GPU-{index}"),
+                    model: "NVIDIA H100 80GB HBM3".into(),
+                    min_limit_watts: 200.0,
+                    max_limit_watts: 700.0,
+                    pods: pods.iter().map(|p| format!("ml/{p}")).collect(),
+                })
+                .collect(),
+            pods_reported: true,
+        }
+    }
+
+    fn slot_pods(t: &Translation, node: &str) -> Vec<Option<String>> {
+        t.nodes[node].slots.iter().map(|s| s.pod.clone()).collect()
+    }
+
+    #[test]
+    fn pods_take_the_gpus_their_agent_reports_and_unlisted_pods_only_unheld_ones() {
+        let budgets = [budget(
+            "rack",
+            json!({"capWatts": 9000.0, "nodeSelector": {}}),
+        )];
+        let training = json!({WORKLOAD_ANNOTATION: "training"});
+        let pods = [
+            pod("a", "n1", 2, training.clone()),
+            pod("b", "n1", 2, json!({WORKLOAD_ANNOTATION: "inference"})),
+            pod("c", "n1", 1, training.clone()),
+        ];
+        let nodes = [node("n1", json!({}), "6")];
+        let translate_with = |inventory: Inventory| {
+            translate(
+                Cluster {
+                    budgets: &budgets,
+                    profiles: &[],
+                    nodes: &nodes,
+                    pods: &pods,
+                    inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
+                },
+                at("2026-11-28T12:00:00Z"),
+            )
+        };
+        let held = |p: &str| Some(format!("ml/{p}"));
+
+        // The kubelet gave `b` (started first) GPUs 0 and 1, `a` GPUs 3 and 4; `c` is not listed yet,
+        // and GPU 2 still shows `gone`, a pod that has left.
+        let t = translate_with(reported_inventory(&[
+            &["b"],
+            &["b"],
+            &["gone"],
+            &["a"],
+            &["a"],
+            &[],
+        ]));
+        assert_eq!(
+            slot_pods(&t, "n1"),
+            [held("b"), held("b"), None, held("a"), held("a"), held("c")],
+            "a and b on their reported GPUs; c on the GPU nobody holds before the stale one"
+        );
+        assert_eq!(t.awaiting_gpu_report, ["ml/c"]);
+        let workload_gpus = |name: &str| -> Vec<String> {
+            t.problem
+                .workloads
+                .iter()
+                .find(|w| w.name == name)
+                .map(|w| w.gpus.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(workload_gpus("ml/a"), ["n1/gpu3", "n1/gpu4"]);
+        assert_eq!(workload_gpus("ml/b"), ["n1/gpu0", "n1/gpu1"]);
+
+        // With no unheld GPU left, an unlisted pod takes the one of a pod that has left.
+        let t = translate_with(reported_inventory(&[
+            &["b"],
+            &["b"],
+            &["gone"],
+            &["a"],
+            &["a"],
+            &["a"],
+        ]));
+        assert_eq!(slot_pods(&t, "n1")[2], held("c"));
+        assert_eq!(
+            slot_pods(&t, "n1")[5],
+            None,
+            "a takes only the two it asks for"
+        );
+
+        // A GPU time-sliced between a and c goes to a, the first by name; c is told.
+        let t = translate_with(reported_inventory(&[
+            &["b"],
+            &["b"],
+            &[],
+            &["a"],
+            &["a", "c"],
+            &[],
+        ]));
+        assert_eq!(slot_pods(&t, "n1")[4], held("a"));
+        assert!(t.awaiting_gpu_report.is_empty(), "c is listed");
+        assert_eq!(
+            pod_facts(&t, "c").warnings[0].reason,
+            "GpusNotInInventory",
+            "{:?}",
+            pod_facts(&t, "c").warnings
+        );
+        assert!(pod_facts(&t, "c").workload.is_none(), "c plans nothing");
+
+        // Without a report the pods take the slots in name order, as before.
+        let mut unreported = reported_inventory(&[&[], &[], &[], &[], &[], &[]]);
+        unreported.pods_reported = false;
+        let t = translate_with(unreported);
+        assert_eq!(
+            slot_pods(&t, "n1"),
+            [held("a"), held("a"), held("b"), held("b"), held("c"), None]
+        );
+        assert!(t.awaiting_gpu_report.is_empty());
     }
 
     #[test]

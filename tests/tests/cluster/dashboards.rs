@@ -17,6 +17,7 @@ use kilowatt_node_agent::pod_resources::proto::{
     ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
     ListPodResourcesResponse, PodResources,
 };
+use kilowatt_operator::plan_store::PlanStore;
 use kilowatt_tests::{Etcd, eventually};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -254,6 +255,39 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let operator = OperatorProcess::start(&plane, &etcd.endpoint, &dir.join("operator.log"));
     let store = plan_store(&etcd.endpoint).await;
     settled(&store, &nodes, &ALL, "first plan enforced everywhere").await;
+    // Each agent registers which pod the kubelet gave its GPUs, and the plan puts each pod's limit on
+    // those GPUs.
+    eventually(
+        "every agent's inventory names the pod on its GPUs, and so does its plan",
+        Duration::from_secs(60),
+        || async {
+            let views = store.read_views().await.map_err(|e| e.to_string())?;
+            for (node, pod) in [
+                ("n1", "serve-1"),
+                ("n2", "train-2"),
+                ("n3", "train-3"),
+                ("n4", "serve-4"),
+            ] {
+                let view = views.get(node).ok_or(format!("no view of {node}"))?;
+                let inventory = view
+                    .inventory
+                    .as_ref()
+                    .ok_or(format!("{node}: no inventory"))?;
+                let holder = format!("ml/{pod}");
+                let registered = inventory.pods_reported
+                    && inventory.gpus.iter().all(|g| g.pods == [holder.as_str()]);
+                let planned = view.written.as_ref().is_some_and(|plan| {
+                    plan.gpus.len() == 4
+                        && plan.gpus.iter().all(|g| g.pod.as_deref() == Some(&holder))
+                });
+                if !(registered && planned) {
+                    return Err(format!("{node}: {inventory:?} {:?}", view.written));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
     // The operator serves the live page too, fed by its own passes.
     let (status, page) = http_exchange(
         operator.address,
