@@ -415,56 +415,51 @@ impl Runner {
         Ok(executed.touched.then_some(executed.set))
     }
 
-    /// Writes the node's measured power under the lease; a failure only costs this report, unless etcd
+    /// Puts `value` at `key` under the session's lease and says whether it was stored (not without a
+    /// session). A failure is counted and logged with `failed`, and costs only this write unless etcd
     /// refused the agent's credentials: then the session is dropped, so the next one gets fresh ones.
-    /// Writes the inventory again under the session's lease.
-    async fn register_inventory(&mut self, session: &mut Option<Session>) {
+    async fn put_under_lease(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        failed: &'static str,
+        session: &mut Option<Session>,
+    ) -> bool {
         let Some(live) = session.as_mut() else {
-            return;
+            return false;
         };
-        let encoded = serde_json::to_vec(&self.inventory()).unwrap_or_default();
         let put = live
             .client
-            .put(
-                self.keys.node_inventory(&self.options.node),
-                encoded,
-                Some(PutOptions::new().with_lease(live.lease)),
-            )
+            .put(key, value, Some(PutOptions::new().with_lease(live.lease)))
             .await;
-        self.pods_unregistered = put.is_err();
-        if let Err(error) = put {
-            self.telemetry.etcd_error();
-            if refused_credentials(&error) {
-                tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
-                *session = None;
-            } else {
-                tracing::warn!(%error, "could not register which pods hold the GPUs; trying again at the next ask");
-            }
+        let Err(error) = put else {
+            return true;
+        };
+        self.telemetry.etcd_error();
+        if refused_credentials(&error) {
+            tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
+            *session = None;
+        } else {
+            tracing::warn!(%error, "{failed}");
         }
+        false
     }
 
+    /// Writes the inventory again under the session's lease; a failed write is retried at the next
+    /// ask to the kubelet (a new session registers it anyway).
+    async fn register_inventory(&mut self, session: &mut Option<Session>) {
+        let key = self.keys.node_inventory(&self.options.node);
+        let encoded = serde_json::to_vec(&self.inventory()).unwrap_or_default();
+        let failed = "could not register which pods hold the GPUs; trying again at the next ask";
+        self.pods_unregistered = !self.put_under_lease(key, encoded, failed, session).await;
+    }
+
+    /// Writes the node's measured power under the lease.
     async fn report_power(&mut self, report: &PowerReport, session: &mut Option<Session>) {
-        let Some(live) = session.as_mut() else {
-            return;
-        };
+        let key = self.keys.node_power(&self.options.node);
         let encoded = serde_json::to_vec(report).unwrap_or_default();
-        let put = live
-            .client
-            .put(
-                self.keys.node_power(&self.options.node),
-                encoded,
-                Some(PutOptions::new().with_lease(live.lease)),
-            )
+        self.put_under_lease(key, encoded, "could not report the node's power", session)
             .await;
-        if let Err(error) = put {
-            self.telemetry.etcd_error();
-            if refused_credentials(&error) {
-                tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
-                *session = None;
-            } else {
-                tracing::warn!(%error, "could not report the node's power");
-            }
-        }
     }
 
     async fn acknowledge(&mut self, ack: &Acknowledgement, session: &mut Option<Session>) {

@@ -1402,12 +1402,13 @@ pub(crate) mod tests {
         );
     }
 
-    /// An H100 inventory of `holders.len()` GPUs, each held by the pods listed for it.
-    fn reported_inventory(holders: &[&[&str]]) -> Inventory {
+    /// An H100 inventory with one GPU per `|`-separated entry of `holders`, each held by the pods (of
+    /// namespace `ml`) its entry lists, separated by `+`: `"b|b||a+c"` is four GPUs, the third free.
+    fn reported_inventory(holders: &str) -> Inventory {
         Inventory {
             backend: "nvml".into(),
             gpus: holders
-                .iter()
+                .split('|')
                 .zip(0..)
                 .map(|(pods, index)| kilowatt_crds::plan::InventoryGpu {
                     index,
@@ -1415,7 +1416,11 @@ pub(crate) mod tests {
                     model: "NVIDIA H100 80GB HBM3".into(),
                     min_limit_watts: 200.0,
                     max_limit_watts: 700.0,
-                    pods: pods.iter().map(|p| format!("ml/{p}")).collect(),
+                    pods: pods
+                        .split('+')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| format!("ml/{p}"))
+                        .collect(),
                 })
                 .collect(),
             pods_reported: true,
@@ -1455,14 +1460,7 @@ pub(crate) mod tests {
 
         // The kubelet gave `b` (started first) GPUs 0 and 1, `a` GPUs 3 and 4; `c` is not listed yet,
         // and GPU 2 still shows `gone`, a pod that has left.
-        let t = translate_with(reported_inventory(&[
-            &["b"],
-            &["b"],
-            &["gone"],
-            &["a"],
-            &["a"],
-            &[],
-        ]));
+        let t = translate_with(reported_inventory("b|b|gone|a|a|"));
         assert_eq!(
             slot_pods(&t, "n1"),
             [held("b"), held("b"), None, held("a"), held("a"), held("c")],
@@ -1481,14 +1479,7 @@ pub(crate) mod tests {
         assert_eq!(workload_gpus("ml/b"), ["n1/gpu0", "n1/gpu1"]);
 
         // With no unheld GPU left, an unlisted pod takes the one of a pod that has left.
-        let t = translate_with(reported_inventory(&[
-            &["b"],
-            &["b"],
-            &["gone"],
-            &["a"],
-            &["a"],
-            &["a"],
-        ]));
+        let t = translate_with(reported_inventory("b|b|gone|a|a|a"));
         assert_eq!(slot_pods(&t, "n1")[2], held("c"));
         assert_eq!(
             slot_pods(&t, "n1")[5],
@@ -1497,14 +1488,7 @@ pub(crate) mod tests {
         );
 
         // A GPU time-sliced between a and c goes to a, the first by name; c is told.
-        let t = translate_with(reported_inventory(&[
-            &["b"],
-            &["b"],
-            &[],
-            &["a"],
-            &["a", "c"],
-            &[],
-        ]));
+        let t = translate_with(reported_inventory("b|b||a|a+c|"));
         assert_eq!(slot_pods(&t, "n1")[4], held("a"));
         assert!(t.awaiting_gpu_report.is_empty(), "c is listed");
         assert_eq!(
@@ -1516,7 +1500,7 @@ pub(crate) mod tests {
         assert!(pod_facts(&t, "c").workload.is_none(), "c plans nothing");
 
         // Without a report the pods take the slots in name order, as before.
-        let mut unreported = reported_inventory(&[&[], &[], &[], &[], &[], &[]]);
+        let mut unreported = reported_inventory("|||||");
         unreported.pods_reported = false;
         let t = translate_with(unreported);
         assert_eq!(
