@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh
-exec cargo run --release --quiet -p kilowatt-operator --bin kilowatt -- simulate --hold "$@"
+exec cargo run --release --quiet -p kilowatt-cli --bin kilowatt -- simulate --hold "$@"

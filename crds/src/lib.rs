@@ -1,9 +1,10 @@
 //! Kilowatt's custom resources, group `kilowatt.dev`, version `v1alpha1`: `PowerBudget` (a cluster-scoped
 //! power cap in the facility → row → rack tree) and `WorkloadProfile` (a namespaced throughput curve);
-//! and, in [`plan`], the wire types of the plan protocol in etcd. Types and manifest generation only;
-//! no IO.
+//! in [`plan`], the wire types of the plan protocol in etcd; and, in [`profile_file`], the profile files
+//! the project ships and their parser. Types, parsing and manifest generation only; no IO.
 
 pub mod plan;
+pub mod profile_file;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -198,7 +199,7 @@ mod tests {
             let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
             assert!(
                 committed == generated,
-                "crds/{file} is stale: run `cargo run -p kilowatt-operator -- crdgen --out-dir crds`"
+                "crds/{file} is stale: run `cargo run -p kilowatt-cli -- crdgen --out-dir crds`"
             );
         }
     }

@@ -17,12 +17,16 @@ use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan, Power
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::credentials::{self, CredentialsError, CredentialsSource, error_chain};
-use crate::driver::{self, PowerPeriod};
-use crate::gpu::{GpuBackend, GpuError, GpuInfo};
-use crate::pod_resources::{self, PodName};
-use crate::protocol::{Agent, Command, Event};
-use crate::telemetry::Telemetry;
+use kilowatt_agent_core::defaults::{self, POD_REFRESH};
+use kilowatt_agent_core::driver::{self, PodName, PowerPeriod};
+use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo};
+use kilowatt_agent_core::protocol::{Agent, Command, Event};
+use kilowatt_agent_core::telemetry::Telemetry;
+
+use kilowatt_plumbing::json_http::error_chain;
+
+use crate::credentials::{self, CredentialsError, CredentialsSource};
+use crate::pod_resources;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -53,10 +57,6 @@ pub struct AgentOptions {
     /// The extended resource name GPUs are requested by, e.g. `nvidia.com/gpu`.
     pub gpu_resource_name: String,
 }
-
-/// How often the kubelet is asked which pods hold the GPUs: pods come and go in seconds at the
-/// fastest, and each ask is one local gRPC call.
-pub const POD_REFRESH: Duration = Duration::from_secs(10);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -504,9 +504,7 @@ pub async fn run(
     .map_err(AgentError::Inventory)?;
     tracing::info!(backend = name, gpus = gpus.len(), limits = ?enforced, "adopted the limits in force");
     let bounds = driver::bounds(&gpus);
-    let fence_after = options
-        .lease_ttl
-        .mul_f64(options.fence_fraction.clamp(0.05, 1.0));
+    let fence_after = defaults::fence_after(options.lease_ttl, options.fence_fraction);
     let started = Instant::now();
     let mut runner = Runner {
         keys: KeyLayout::new(&options.etcd_prefix),

@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use kilowatt_crds::plan::AgentCredentials;
+use kilowatt_plumbing::json_http::{self, RequestError};
+use kilowatt_plumbing::tls::TlsError;
 
 /// Where the agent gets its etcd credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +35,7 @@ pub enum CredentialsError {
     #[error("{url} is not a valid URL for the credentials endpoint: {message}")]
     Url { url: String, message: String },
     #[error("the credentials endpoint's CA: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] TlsError),
     #[error("cannot reach the operator at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("the operator refused credentials ({status}): {message}")]
@@ -93,26 +91,6 @@ pub fn check_url(url: &str, has_ca: bool) -> Result<(), CredentialsError> {
         .map_err(|e| bad(&e.to_string()))
 }
 
-/// An error with its sources, one line (a TLS failure hides under two layers of hyper errors).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The error text of an operator answer (`{"error": ...}`), or the body as it came.
-fn answer_message(bytes: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned())
-}
-
 /// Asks the operator for `node`'s credentials, waiting at most `timeout`. Credentials issued for
 /// another node are refused here too (etcd would refuse every write with them anyway), so a
 /// misconfigured agent says so instead of failing on permissions.
@@ -135,56 +113,35 @@ pub async fn fetch(
         });
     }
     let url = source.url.as_str();
-    let request = hyper::Request::post(url)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| CredentialsError::Url {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?;
-    let unreachable = |message: String| CredentialsError::Unreachable {
-        url: url.to_owned(),
-        message,
-    };
-    let builder = Client::builder(TokioExecutor::new());
-    let response = match &source.ca_file {
-        Some(ca) => {
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(crate::tls::client_config(ca)?)
-                .https_only()
-                .enable_http1()
-                .build();
-            builder.build(connector).request(request)
+    let headers = [("authorization", format!("Bearer {token}"))];
+    let answer = json_http::post(
+        url,
+        &headers,
+        Vec::new(),
+        source.ca_file.as_deref(),
+        timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        RequestError::Url { url, message } => CredentialsError::Url { url, message },
+        RequestError::Tls(e) => CredentialsError::Tls(e),
+        RequestError::Unreachable { url, message } => {
+            CredentialsError::Unreachable { url, message }
         }
-        None => builder.build_http().request(request),
-    };
-    let exchange = async {
-        let response = response.await.map_err(|e| unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        Ok::<_, CredentialsError>((status, bytes))
-    };
-    let (status, bytes) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))??;
-    if status.is_client_error() {
+    })?;
+    if answer.status.is_client_error() {
         return Err(CredentialsError::Refused {
-            status: status.as_u16(),
-            message: answer_message(&bytes),
+            status: answer.status.as_u16(),
+            message: answer.error_message(),
         });
     }
-    if !status.is_success() {
+    if !answer.status.is_success() {
         return Err(CredentialsError::Failed {
-            status: status.as_u16(),
-            message: answer_message(&bytes),
+            status: answer.status.as_u16(),
+            message: answer.error_message(),
         });
     }
-    let credentials: AgentCredentials = serde_json::from_slice(&bytes)?;
+    let credentials: AgentCredentials = serde_json::from_slice(&answer.body)?;
     if credentials.node != node {
         return Err(CredentialsError::WrongNode {
             issued: credentials.node,
@@ -212,15 +169,6 @@ mod tests {
         for bad in ["op:8080/api", "", "http://bad host/", "ftp://op/api"] {
             assert!(check_url(bad, false).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn the_operators_error_text_is_shown_when_it_sends_one() {
-        assert_eq!(
-            answer_message(br#"{"error": "the token belongs to someone else"}"#),
-            "the token belongs to someone else"
-        );
-        assert_eq!(answer_message(b"bad gateway"), "bad gateway");
     }
 
     #[tokio::test]

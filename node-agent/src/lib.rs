@@ -1,12 +1,10 @@
-//! The node agent (`kilowatt-agent`): enforces the operator's per-node plan on the GPUs through one
-//! backend (NVML or simulated), keeps budgets safe when it loses contact, and reports what it enforces.
-//! Modules say whether they do IO; the protocol state machine is pure.
+//! The node agent process (`kilowatt-agent`): the IO around the pure core in `kilowatt_agent_core` —
+//! the etcd session that receives plans and writes acknowledgements ([`agent`]), the node's etcd
+//! credentials ([`credentials`]), the kubelet's pod-resources API ([`pod_resources`]), the NVML and
+//! file-backed GPU backends ([`gpu`]) and the HTTP endpoints of its metrics ([`http`]).
 
 pub mod agent;
 pub mod credentials;
-pub mod driver;
 pub mod gpu;
+pub mod http;
 pub mod pod_resources;
-pub mod protocol;
-pub mod telemetry;
-pub mod tls;

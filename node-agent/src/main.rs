@@ -2,20 +2,22 @@
 //! when it is simulated), serves telemetry and runs the agent until SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use kilowatt_agent_core::defaults;
+use kilowatt_agent_core::gpu::GpuBackend;
+use kilowatt_agent_core::gpu::simulated::{Curve, SimulatedGpus, parse_profile};
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{CredentialsSource, check_url};
-use kilowatt_node_agent::gpu::GpuBackend;
 use kilowatt_node_agent::gpu::nvml::NvmlBackend;
 use kilowatt_node_agent::gpu::settings_file::FileBackedGpus;
-use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, load_profile};
-use kilowatt_node_agent::telemetry::{self, Telemetry};
-use kilowatt_node_agent::tls;
+use kilowatt_node_agent::http;
+use kilowatt_plumbing::{logging, signals, tls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
@@ -88,20 +90,20 @@ struct Args {
     )]
     service_account_token_file: PathBuf,
     /// TTL of the etcd lease that carries this node's inventory and acknowledgements.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=300))]
+    #[arg(long, default_value_t = defaults::LEASE_TTL.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=300))]
     lease_ttl_seconds: u64,
     /// Fraction of the TTL without a lease renewal after which every GPU is lowered to its floor.
-    #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
+    #[arg(long, default_value_t = defaults::FENCE_FRACTION, value_name = "FRACTION", value_parser = parse_fraction)]
     fence_fraction: f64,
     /// How often limits are read back to catch changes made by others.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = defaults::DRIFT_CHECK.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     drift_check_seconds: u64,
     /// Telemetry sampling period.
-    #[arg(long, default_value_t = 1000, value_name = "MILLISECONDS", value_parser = clap::value_parser!(u64).range(50..=60000))]
+    #[arg(long, default_value_t = defaults::SAMPLE_PERIOD.as_millis() as u64, value_name = "MILLISECONDS", value_parser = clap::value_parser!(u64).range(50..=60000))]
     sample_ms: u64,
     /// How often the node's measured GPU power is written to etcd (the operator's PowerBudget
     /// status shows it); one etcd write per node per period.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = defaults::REPORT_PERIOD.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     report_seconds: u64,
     /// The kubelet's pod-resources socket; with it, GPU power and energy are also exported per pod.
     #[arg(long, value_name = "PATH")]
@@ -127,17 +129,11 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Reads a profile file for the simulated GPUs.
+fn load_profile(path: &Path) -> anyhow::Result<Curve> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading profile {}", path.display()))?;
+    parse_profile(&text).with_context(|| format!("profile {} is not usable", path.display()))
 }
 
 fn backend(args: &Args) -> anyhow::Result<Box<dyn GpuBackend>> {
@@ -170,23 +166,8 @@ fn backend(args: &Args) -> anyhow::Result<Box<dyn GpuBackend>> {
     }
 }
 
-/// Waits for SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn termination() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+    logging::init(&args.log_format, "info");
     if let Some(url) = &args.credentials_url {
         check_url(url, args.credentials_ca_file.is_some())?;
     }
@@ -220,13 +201,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let app = telemetry::router(telemetry.clone());
+        let app = http::router(telemetry.clone());
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "telemetry server stopped");
             }
         });
-        agent::run(backend, options, telemetry, termination()).await?;
+        agent::run(backend, options, telemetry, signals::termination()).await?;
         Ok(())
     })
 }

@@ -11,6 +11,9 @@ use tonic::transport::{Endpoint, Uri};
 use proto::pod_resources_lister_client::PodResourcesListerClient;
 use proto::{ListPodResourcesRequest, ListPodResourcesResponse};
 
+use kilowatt_agent_core::driver::PodName;
+use kilowatt_agent_core::telemetry;
+
 /// Code generated from `proto/podresources.proto` (package `v1`): client and server of the
 /// kubelet's `PodResourcesLister`.
 pub mod proto {
@@ -58,7 +61,7 @@ pub enum PodResourcesError {
 
 impl PodResourcesError {
     /// Every value [`PodResourcesError::category`] returns.
-    pub const CATEGORIES: [&'static str; 3] = ["connect", "call", "timeout"];
+    pub const CATEGORIES: [&'static str; 3] = telemetry::POD_RESOURCES_ERROR_KINDS;
 
     /// A fixed label for metrics and events: `connect`, `call` or `timeout`.
     pub fn category(&self) -> &'static str {
@@ -128,9 +131,6 @@ fn gpu_assignments(response: ListPodResourcesResponse, resource_name: &str) -> V
     assignments.sort();
     assignments
 }
-
-/// A pod, as `namespace/name`.
-pub type PodName = String;
 
 /// Which pods hold each GPU, by GPU UUID: device ids with a time-slicing replica suffix (`::N`) count
 /// for the GPU itself, and a pod appears once per GPU however many replicas it holds.

@@ -8,8 +8,8 @@
 //! Without root or CAP_SYS_ADMIN the set calls fail with `NoPermission`; the test prints the error
 //! and passes, so its output records what the machine allowed.
 
+use kilowatt_agent_core::gpu::{GpuBackend, GpuError};
 use kilowatt_node_agent::gpu::nvml::NvmlBackend;
-use kilowatt_node_agent::gpu::{GpuBackend, GpuError};
 
 #[test]
 #[ignore = "needs an NVIDIA GPU and driver; run on a GPU machine"]

@@ -1,33 +1,11 @@
-//! The `kilowatt` command and the operator behind it: watching the cluster, translating it into a
-//! power-allocation problem, solving, publishing plans to etcd, status and events, HTTP endpoints and
-//! the live page, node agents' etcd credentials; the solver CLI (`solve`, `bench`); and `simulate`,
-//! which runs the operator's pass and the node agents' protocol in one process on simulated time.
-//! Modules say whether they do IO; the solver they call is pure.
+//! The Kilowatt operator as a library: where a watt is decided. [`plan`] turns the cluster into a
+//! power-allocation problem, solves it and derives the rollout and status (pure); [`store`] is where
+//! plans live (etcd, or memory for simulate and tests); [`controller`] watches the cluster, elects a
+//! leader and runs the loop (Kubernetes and etcd IO); [`http`] serves metrics, what-if, the page and the
+//! agents' credentials (network IO). The `kilowatt` binary (`operator/cli`) and `kilowatt simulate`
+//! (`operator/simulate`) are built on it.
 
-pub mod agent_credentials;
-pub mod bench;
-pub mod caches;
-pub mod cli;
 pub mod controller;
-pub mod generate;
-pub mod gpu_models;
 pub mod http;
-pub mod leader;
-pub mod memory_store;
-pub mod metrics;
-pub mod pass;
-pub mod plan_store;
-pub mod profiles;
-pub mod published;
-pub mod rollout;
-pub mod scenario;
-pub mod schedule;
-pub mod simulate;
-pub mod simulate_run;
-pub mod solve;
-pub mod status;
-pub mod svg;
-pub mod translate;
-pub mod web;
-pub mod whatif;
-pub mod whatif_client;
+pub mod plan;
+pub mod store;

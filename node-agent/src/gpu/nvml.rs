@@ -10,7 +10,7 @@ use nvml_wrapper::enum_wrappers::device::Clock;
 use nvml_wrapper::enums::device::GpuLockedClocksSetting;
 use nvml_wrapper::error::NvmlError;
 
-use super::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 
 /// Short names for throttle reasons, as they appear in readings and metric labels.
 const THROTTLE_REASON_NAMES: [(ThrottleReasons, &str); 9] = [

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::simulated::SimulatedGpus;
-use super::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
+use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 
 /// One GPU's settings as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::Client;
+use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
+use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan};
 use kilowatt_node_agent::agent::{self, AgentOptions};
-use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
-use kilowatt_node_agent::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
-use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_tests::{Etcd, eventually, within};
 
 use crate::faults::{free_port, test_dir, workspace_binary};
@@ -157,9 +157,9 @@ async fn limits_become(gpus: &SharedGpus, what: &str, expected: [f64; 4]) {
 #[tokio::test]
 async fn the_agent_enforces_acknowledges_fences_without_etcd_and_recovers() {
     let mut etcd = Etcd::start().await.expect("etcd starts");
-    let curve = parse_profile(include_str!(
-        "../../../examples/profiles/llm-pretrain-h100.yaml"
-    ))
+    let curve = parse_profile(
+        kilowatt_crds::profile_file::example_profile("llm-pretrain-h100").expect("example"),
+    )
     .expect("profile");
     let gpus = SharedGpus(Arc::new(Mutex::new(SimulatedGpus::uniform(
         NODE,

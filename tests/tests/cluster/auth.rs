@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use k8s_openapi::api::core::v1::Pod;
+use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{AgentCredentials, KeyLayout};
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource};
-use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
-use kilowatt_node_agent::telemetry::Telemetry;
 use kilowatt_operator::controller::HttpsListener;
-use kilowatt_operator::plan_store::{EtcdCredentials, EtcdPlanStore, PlanStore};
+use kilowatt_operator::store::PlanStore;
+use kilowatt_operator::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use kilowatt_tests::{ControlPlane, Etcd, TestPki, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
@@ -435,7 +436,7 @@ async fn with_tls_tokens_passwords_and_plans_cross_only_verified_connections() {
     operator_options.https = Some(HttpsListener {
         listen: "127.0.0.1:0".parse().expect("address"),
         config: std::sync::Arc::new(
-            kilowatt_node_agent::tls::server_config(&pki.server_cert, &pki.server_key)
+            kilowatt_plumbing::tls::server_config(&pki.server_cert, &pki.server_key)
                 .expect("server TLS"),
         ),
     });

@@ -17,7 +17,7 @@ use kilowatt_node_agent::pod_resources::proto::{
     ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
     ListPodResourcesResponse, PodResources,
 };
-use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_operator::store::PlanStore;
 use kilowatt_tests::{Etcd, eventually};
 use serde_json::Value;
 use tonic::{Request, Response, Status};

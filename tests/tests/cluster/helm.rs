@@ -91,10 +91,9 @@ async fn handshake_with(secret: &DynamicObject, server_name: &str) -> String {
             .expect("base64");
         std::fs::write(dir.join(key), pem).expect("write");
     }
-    let server =
-        kilowatt_node_agent::tls::server_config(&dir.join("tls.crt"), &dir.join("tls.key"))
-            .expect("the operator loads the generated certificate and key");
-    let client = kilowatt_node_agent::tls::client_config(&dir.join("ca.crt"))
+    let server = kilowatt_plumbing::tls::server_config(&dir.join("tls.crt"), &dir.join("tls.key"))
+        .expect("the operator loads the generated certificate and key");
+    let client = kilowatt_plumbing::tls::client_config(&dir.join("ca.crt"))
         .expect("an agent loads the generated CA");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -4,6 +4,7 @@
 
 mod agent;
 mod auth;
+mod cli;
 mod crds;
 mod dashboards;
 mod faults;

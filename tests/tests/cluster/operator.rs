@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kilowatt_crds::{PowerBudget, PowerBudgetStatus, WorkloadProfile};
 use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator, StartError};
-use kilowatt_operator::plan_store::{EtcdPlanStore, PlanStore, node_plans};
-use kilowatt_operator::published::{KeyLayout, NodePlan, PublishedPlan};
-use kilowatt_operator::whatif::WhatIfRequest;
-use kilowatt_operator::whatif_client::{AskError, ask};
+use kilowatt_operator::http::whatif::WhatIfRequest;
+use kilowatt_operator::http::whatif_client::{AskError, ask};
+use kilowatt_operator::plan::published::{KeyLayout, NodePlan, PublishedPlan};
+use kilowatt_operator::store::etcd::EtcdPlanStore;
+use kilowatt_operator::store::{PlanStore, node_plans};
 use kilowatt_solver::SolveOptions;
 use kilowatt_tests::{ControlPlane, create_from_yaml, eventually, install_crds, within};
 use kube::Client;
@@ -352,7 +353,7 @@ pub(crate) async fn http_exchange(address: std::net::SocketAddr, request: &str) 
 fn workload<'a>(
     plan: &'a PublishedPlan,
     name: &str,
-) -> Option<&'a kilowatt_operator::published::WorkloadSummary> {
+) -> Option<&'a kilowatt_operator::plan::published::WorkloadSummary> {
     plan.workloads.iter().find(|w| w.name == name)
 }
 

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent;
-use kilowatt_node_agent::gpu::simulated::{SimulatedGpus, parse_profile};
-use kilowatt_node_agent::telemetry::Telemetry;
-use kilowatt_operator::plan_store::PlanStore;
+use kilowatt_operator::store::PlanStore;
 use kilowatt_tests::{ControlPlane, eventually, within};
 use serde_json::json;
 
@@ -29,9 +29,9 @@ fn start_agent(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let curve = parse_profile(include_str!(
-        "../../../examples/profiles/llm-pretrain-h100.yaml"
-    ))
+    let curve = parse_profile(
+        kilowatt_crds::profile_file::example_profile("llm-pretrain-h100").expect("example"),
+    )
     .expect("profile");
     let gpus = SharedGpus(Arc::new(Mutex::new(SimulatedGpus::uniform(
         node,

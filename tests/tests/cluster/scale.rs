@@ -11,10 +11,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
+use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent;
-use kilowatt_node_agent::gpu::simulated::SimulatedGpus;
-use kilowatt_node_agent::telemetry::Telemetry;
-use kilowatt_operator::plan_store::{EtcdPlanStore, PlanStore};
+use kilowatt_operator::store::PlanStore;
+use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_tests::{Etcd, eventually, within};
 use serde_json::json;
 

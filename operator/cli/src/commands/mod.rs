@@ -1,0 +1,31 @@
+//! One module per `kilowatt` command: each takes its parsed arguments and returns the exit code.
+
+pub mod bench;
+pub mod crdgen;
+pub mod operator;
+pub mod simulate;
+pub mod solve;
+pub mod whatif;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+/// A multi-threaded async runtime for the commands that do network IO.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// 0 for success; otherwise the error and its causes on stderr, and 1.
+fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

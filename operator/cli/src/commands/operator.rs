@@ -1,0 +1,83 @@
+//! `kilowatt operator`: connects to Kubernetes and etcd and runs the controller until SIGTERM. Does
+//! file (password, TLS files), Kubernetes, etcd and network IO.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions};
+use kilowatt_operator::store::etcd::EtcdCredentials;
+use kilowatt_plumbing::{logging, signals, tls};
+
+use crate::args::OperatorArgs;
+
+pub fn run(args: OperatorArgs) -> ExitCode {
+    super::exit_code(operator(args))
+}
+
+/// The password in `file`, without the trailing newline editors and `kubectl create secret
+/// --from-file` leave.
+fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the etcd password from {}", file.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        anyhow::bail!("the etcd password file {} is empty", file.display());
+    }
+    Ok(password.to_owned())
+}
+
+fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    logging::init(&args.log_format, "info");
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("kilowatt-operator-{}", std::process::id()));
+    let etcd_credentials = match (&args.etcd_user, &args.etcd_password_file) {
+        (Some(user), Some(file)) => Some(EtcdCredentials {
+            user: user.clone(),
+            password: read_password(file)?,
+        }),
+        // NB: clap requires both or neither.
+        _ => None,
+    };
+    let etcd_tls = tls::etcd_tls(&args.etcd_endpoints, &args.etcd_tls)?;
+    let https = match (&args.tls_listen, &args.tls_cert_file, &args.tls_key_file) {
+        (Some(listen), Some(cert), Some(key)) => Some(HttpsListener {
+            listen: *listen,
+            config: std::sync::Arc::new(tls::server_config(cert, key)?),
+        }),
+        // NB: clap requires all three or none.
+        _ => None,
+    };
+    let options = OperatorOptions {
+        etcd_endpoints: args.etcd_endpoints.clone(),
+        etcd_prefix: args.etcd_prefix.clone(),
+        etcd_credentials,
+        etcd_tls,
+        agent_service_account: args.agent_service_account.clone(),
+        listen: args.listen,
+        https,
+        identity,
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        lease_duration: std::time::Duration::from_secs(args.lease_seconds),
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        resync: std::time::Duration::from_secs(args.resync_seconds),
+        solve: args.solve_options(),
+    };
+    super::runtime()?.block_on(async {
+        let client = kube::Client::try_default().await.context(
+            "cannot configure a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)",
+        )?;
+        let mut operator = controller::start(client, options).await?;
+        tokio::select! {
+            _ = signals::termination() => {
+                tracing::info!("termination signal: shutting down");
+                operator.shutdown().await;
+                Ok(())
+            }
+            _ = operator.stopped() => anyhow::bail!("the reconcile loop stopped unexpectedly"),
+        }
+    })
+}

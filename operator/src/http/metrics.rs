@@ -1,0 +1,227 @@
+//! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput), plans (revision,
+//! gap), solve time, reconcile errors by category, leadership, agent credentials issued. Holds values in
+//! memory; no IO.
+
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::plan::published::PublishedPlan;
+
+/// The `category` values of `kilowatt_reconcile_errors_total`.
+const RECONCILE_ERROR_CATEGORIES: [&str; 7] = [
+    "etcd", "fenced", "kube", "solve", "encode", "watch", "event",
+];
+
+/// The `outcome` values of `kilowatt_agent_credentials_issued_total`.
+const CREDENTIAL_OUTCOMES: [&str; 6] = [
+    "issued",
+    "unauthenticated",
+    "forbidden",
+    "disabled",
+    "kube",
+    "etcd",
+];
+
+/// Every metric the operator exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub budget_cap_watts: GaugeVec,
+    pub budget_effective_cap_watts: GaugeVec,
+    pub budget_allocated_watts: GaugeVec,
+    pub budget_headroom_watts: GaugeVec,
+    pub budget_measured_watts: GaugeVec,
+    pub budget_normalized_throughput: GaugeVec,
+    pub budget_gpus: GaugeVec,
+    pub plan_revision: IntGauge,
+    pub plan_gap: Gauge,
+    pub plan_infeasible: IntGauge,
+    pub plan_publishes: IntCounter,
+    pub managed_pods: IntGauge,
+    pub solve_duration_seconds: Histogram,
+    pub reconciles: IntCounter,
+    pub reconcile_errors: IntCounterVec,
+    pub leader: IntGauge,
+    pub agent_credentials: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric. Fails only on a programming error (duplicate names).
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let budget = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
+            let gauge = GaugeVec::new(Opts::new(name, help), &["budget"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let metrics = Metrics {
+            budget_cap_watts: budget(
+                "kilowatt_budget_cap_watts",
+                "Configured cap of a PowerBudget",
+            )?,
+            budget_effective_cap_watts: budget(
+                "kilowatt_budget_effective_cap_watts",
+                "Lowest active cap of a PowerBudget (schedule windows applied)",
+            )?,
+            budget_allocated_watts: budget(
+                "kilowatt_budget_allocated_watts",
+                "Planned GPU limits plus node overheads under a PowerBudget",
+            )?,
+            budget_measured_watts: budget(
+                "kilowatt_budget_measured_watts",
+                "GPU power the agents under a PowerBudget measured over their last report, plus those nodes' overheads",
+            )?,
+            budget_headroom_watts: budget(
+                "kilowatt_budget_headroom_watts",
+                "Effective cap minus allocated watts of a PowerBudget",
+            )?,
+            budget_normalized_throughput: budget(
+                "kilowatt_budget_normalized_throughput",
+                "Weighted planned throughput under a PowerBudget over its best (0..1)",
+            )?,
+            budget_gpus: budget("kilowatt_budget_gpus", "GPUs under a PowerBudget")?,
+            plan_revision: IntGauge::new(
+                "kilowatt_plan_revision",
+                "Revision of the plan in force",
+            )?,
+            plan_gap: Gauge::new(
+                "kilowatt_plan_gap_ratio",
+                "Proven relative gap between the plan's objective and its upper bound",
+            )?,
+            plan_infeasible: IntGauge::new(
+                "kilowatt_plan_infeasible",
+                "Whether the safe plan is in force because some budget cannot hold its floors (1) or not (0)",
+            )?,
+            plan_publishes: IntCounter::new(
+                "kilowatt_plan_publishes_total",
+                "Plans written to etcd",
+            )?,
+            managed_pods: IntGauge::new(
+                "kilowatt_managed_pods",
+                "GPU pods planned as part of a workload",
+            )?,
+            solve_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("kilowatt_solve_duration_seconds", "Time to solve one plan")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0]),
+            )?,
+            reconciles: IntCounter::new(
+                "kilowatt_reconciles_total",
+                "Passes of the reconcile loop (translate, solve, publish, status)",
+            )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_reconcile_errors_total",
+                    "Reconcile errors by category (etcd, fenced, kube, solve, encode, watch, event)",
+                ),
+                &["category"],
+            )?,
+            leader: IntGauge::new(
+                "kilowatt_leader",
+                "Whether this replica acts as leader (1) or stands by (0)",
+            )?,
+            agent_credentials: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_agent_credentials_issued_total",
+                    "Requests for agent etcd credentials by outcome (issued, unauthenticated, \
+                     forbidden, disabled, kube, etcd)",
+                ),
+                &["outcome"],
+            )?,
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.plan_revision.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.plan_gap.clone()),
+            Box::new(metrics.plan_infeasible.clone()),
+            Box::new(metrics.plan_publishes.clone()),
+            Box::new(metrics.managed_pods.clone()),
+            Box::new(metrics.solve_duration_seconds.clone()),
+            Box::new(metrics.reconciles.clone()),
+            Box::new(metrics.reconcile_errors.clone()),
+            Box::new(metrics.leader.clone()),
+            Box::new(metrics.agent_credentials.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            metrics.registry.register(collector)?;
+        }
+        // Every known label value starts at 0, so that a series exists (and rate() works) before the
+        // first error, and dashboards find the metric on a healthy operator.
+        for category in RECONCILE_ERROR_CATEGORIES {
+            metrics.reconcile_errors.with_label_values(&[category]);
+        }
+        for outcome in CREDENTIAL_OUTCOMES {
+            metrics.agent_credentials.with_label_values(&[outcome]);
+        }
+        Ok(metrics)
+    }
+
+    /// Sets the budget and plan gauges from the plan in force and the agents' measurements; budgets no
+    /// longer in it (or no longer measured) are dropped.
+    pub fn observe_plan(
+        &self,
+        plan: &PublishedPlan,
+        spec_caps: &BTreeMap<String, f64>,
+        measured: &BTreeMap<String, f64>,
+    ) {
+        for gauge in [
+            &self.budget_cap_watts,
+            &self.budget_effective_cap_watts,
+            &self.budget_allocated_watts,
+            &self.budget_headroom_watts,
+            &self.budget_measured_watts,
+            &self.budget_normalized_throughput,
+            &self.budget_gpus,
+        ] {
+            gauge.reset();
+        }
+        for (name, cap) in spec_caps {
+            self.budget_cap_watts.with_label_values(&[name]).set(*cap);
+        }
+        for (name, watts) in measured {
+            self.budget_measured_watts
+                .with_label_values(&[name])
+                .set(*watts);
+        }
+        for b in &plan.budgets {
+            let label = [b.name.as_str()];
+            self.budget_effective_cap_watts
+                .with_label_values(&label)
+                .set(b.effective_cap_watts);
+            self.budget_allocated_watts
+                .with_label_values(&label)
+                .set(b.allocated_watts);
+            self.budget_headroom_watts
+                .with_label_values(&label)
+                .set(b.headroom_watts);
+            self.budget_normalized_throughput
+                .with_label_values(&label)
+                .set(b.normalized_throughput);
+            self.budget_gpus
+                .with_label_values(&label)
+                .set(f64::from(b.gpus));
+        }
+        self.plan_revision
+            .set(i64::try_from(plan.revision).unwrap_or(i64::MAX));
+        self.plan_gap.set(plan.gap);
+        self.plan_infeasible
+            .set(i64::from(plan.status == "infeasible"));
+        self.managed_pods
+            .set(plan.workloads.iter().map(|w| w.pods.len() as i64).sum());
+    }
+
+    /// Every metric family, for merging with others (`kilowatt simulate`).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}

@@ -1,0 +1,545 @@
+//! PowerBudget status and conditions from a translation and the published plan, and the Events that
+//! a status change deserves (transitions only, never every pass). Pure: the time is an argument.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kilowatt_crds::PowerBudgetStatus;
+
+use crate::plan::published::PublishedPlan;
+use crate::plan::rollout::AgentView;
+use crate::plan::translate::BudgetFacts;
+
+/// An Event to record on a PowerBudget or Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    /// CamelCase.
+    pub reason: String,
+    pub note: String,
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    // Kubernetes convention: the transition time moves only when the status flips.
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The status of budget `name` after a pass. `plan` is the plan in force (`None` before the first
+/// publish); `solve_time` is when that plan was solved; `measured_watts` what the agents under the
+/// budget last reported (see [`measured_per_budget`]).
+pub fn budget_status(
+    name: &str,
+    facts: &BudgetFacts,
+    plan: Option<&PublishedPlan>,
+    solve_time: Option<&Time>,
+    measured_watts: Option<f64>,
+    previous: Option<&PowerBudgetStatus>,
+    now: &Time,
+) -> PowerBudgetStatus {
+    let old: &[Condition] = previous.map_or(&[], |p| p.conditions.as_slice());
+    let generation = facts.generation;
+    let summary = plan.and_then(|p| p.budgets.iter().find(|b| b.name == name));
+    let infeasible = plan.is_some_and(|p| p.infeasible_budgets.iter().any(|b| b == name));
+    let conflicted = !facts.conflicts.is_empty();
+
+    let infeasible_condition = if infeasible {
+        let floors = summary.map_or(0.0, |s| s.allocated_watts);
+        condition(
+            "Infeasible",
+            true,
+            "FloorsExceedCap",
+            format!(
+                "the minimum limits and overheads under this budget need {floors:.0} W but its \
+                 effective cap minus safety margin is {:.0} W; every GPU in the plan is held at its \
+                 minimum limit. Raise the cap, lower the safety margin, or move nodes out",
+                facts.planning_cap_watts
+            ),
+            generation,
+            old,
+            now,
+        )
+    } else {
+        condition(
+            "Infeasible",
+            false,
+            "Feasible",
+            "the minimum limits and overheads fit under the cap".to_owned(),
+            generation,
+            old,
+            now,
+        )
+    };
+    let conflict_condition = if conflicted {
+        condition(
+            "Conflict",
+            true,
+            "NodeInUnrelatedBudgets",
+            facts.conflicts.join("; "),
+            generation,
+            old,
+            now,
+        )
+    } else {
+        condition(
+            "Conflict",
+            false,
+            "NoConflict",
+            "no node is shared with an unrelated budget".to_owned(),
+            generation,
+            old,
+            now,
+        )
+    };
+    let degraded_condition = match facts.issues.first() {
+        Some(first) => condition(
+            "Degraded",
+            true,
+            first.reason,
+            facts
+                .issues
+                .iter()
+                .map(|i| i.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+            old,
+            now,
+        ),
+        None => condition(
+            "Degraded",
+            false,
+            "InputsValid",
+            "parent, selector, GPU inventory and annotations are valid".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+    };
+    let ready_condition = match (summary, infeasible, conflicted) {
+        (None, _, _) => condition(
+            "Ready",
+            false,
+            "NotPlanned",
+            "no plan has been published for this budget yet".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(_), true, _) => condition(
+            "Ready",
+            false,
+            "Infeasible",
+            "the plan holds every GPU at its minimum limit (see Infeasible)".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(_), false, true) => condition(
+            "Ready",
+            false,
+            "Conflict",
+            "some nodes are held at their minimum limits (see Conflict)".to_owned(),
+            generation,
+            old,
+            now,
+        ),
+        (Some(s), false, false) => condition(
+            "Ready",
+            true,
+            "Planned",
+            format!(
+                "{:.0} W of {:.0} W allocated across {} nodes and {} GPUs",
+                s.allocated_watts, s.effective_cap_watts, s.nodes, s.gpus
+            ),
+            generation,
+            old,
+            now,
+        ),
+    };
+
+    PowerBudgetStatus {
+        effective_cap_watts: Some(milliwatt_precision(facts.effective.cap_watts)),
+        allocated_watts: summary.map(|s| milliwatt_precision(s.allocated_watts)),
+        measured_watts: measured_watts.map(milliwatt_precision),
+        headroom_watts: summary.map(|s| milliwatt_precision(s.headroom_watts)),
+        nodes: Some(facts.nodes),
+        gpus: Some(facts.gpus),
+        normalized_throughput: summary.map(|s| (s.normalized_throughput * 1e6).round() / 1e6),
+        last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
+        last_solve_time: solve_time.cloned(),
+        observed_generation: generation,
+        conditions: vec![
+            ready_condition,
+            infeasible_condition,
+            conflict_condition,
+            degraded_condition,
+        ],
+    }
+}
+
+/// Measured draw per budget: the GPU power each node's agent last reported plus the node's configured
+/// overhead, summed over the reporting nodes under each budget (`budgets_of`: each node's budgets),
+/// rounded to 10 W so that noise alone does not rewrite statuses. Budgets with no reporting node are
+/// absent.
+pub fn measured_per_budget(
+    views: &BTreeMap<String, AgentView>,
+    budgets_of: &BTreeMap<String, Vec<String>>,
+    overhead_of: impl Fn(&str) -> f64,
+) -> BTreeMap<String, f64> {
+    let mut measured: BTreeMap<String, f64> = BTreeMap::new();
+    for (node, budgets) in budgets_of {
+        let Some(report) = views.get(node).and_then(|v| v.power.as_ref()) else {
+            continue;
+        };
+        let watts = report.gpu_watts + overhead_of(node);
+        for budget in budgets {
+            *measured.entry(budget.clone()).or_default() += watts;
+        }
+    }
+    for watts in measured.values_mut() {
+        *watts = (*watts / 10.0).round() * 10.0;
+    }
+    measured
+}
+
+/// Watts to the milliwatt. The API server keeps 15 significant digits of a custom resource's numbers;
+/// a status with more would never equal the one read back, and every pass would patch it again.
+/// (Throughput fractions are kept to 6 decimals for the same reason.)
+fn milliwatt_precision(watts: f64) -> f64 {
+    (watts * 1000.0).round() / 1000.0
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Events for what changed between two statuses of one budget: conditions that flipped (or changed
+/// reason while true) and a changed effective cap, with the open windows named.
+pub fn budget_events(
+    previous: Option<&PowerBudgetStatus>,
+    next: &PowerBudgetStatus,
+    open_windows: &[String],
+) -> Vec<EventNote> {
+    let old: &[Condition] = previous.map_or(&[], |p| p.conditions.as_slice());
+    let mut events = Vec::new();
+    for new in &next.conditions {
+        let before = find(old, &new.type_);
+        let flipped = before.is_none_or(|b| b.status != new.status);
+        let reason_changed = before.is_some_and(|b| b.reason != new.reason) && new.status == "True";
+        if !(flipped || reason_changed) {
+            continue;
+        }
+        let is_true = new.status == "True";
+        let event = match (new.type_.as_str(), is_true) {
+            ("Ready", true) => Some((false, "Planned".to_owned())),
+            ("Ready", false) => None,
+            // A fresh budget starts with these false; only a recovery from true is news.
+            (_, false) if before.is_none() => None,
+            ("Infeasible", false) => Some((false, "Feasible".to_owned())),
+            ("Conflict", false) => Some((false, "ConflictResolved".to_owned())),
+            ("Degraded", false) => Some((false, "InputsValid".to_owned())),
+            ("Degraded", true) => Some((true, new.reason.clone())),
+            (other, true) => Some((true, other.to_owned())),
+            _ => None,
+        };
+        if let Some((warning, reason)) = event {
+            events.push(EventNote {
+                warning,
+                reason,
+                note: new.message.clone(),
+            });
+        }
+    }
+    let old_cap = previous.and_then(|p| p.effective_cap_watts);
+    if let (Some(old_cap), Some(new_cap)) = (old_cap, next.effective_cap_watts)
+        && old_cap != new_cap
+    {
+        {
+            let windows = if open_windows.is_empty() {
+                "no schedule window open".to_owned()
+            } else {
+                format!("open windows: {}", open_windows.join(", "))
+            };
+            events.push(EventNote {
+                warning: false,
+                reason: "EffectiveCapChanged".to_owned(),
+                note: format!("effective cap {old_cap:.0} W → {new_cap:.0} W ({windows})"),
+            });
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::published::BudgetSummary;
+    use crate::plan::schedule::EffectiveCap;
+    use crate::plan::translate::BudgetIssue;
+
+    fn facts() -> BudgetFacts {
+        BudgetFacts {
+            generation: Some(3),
+            parent: None,
+            spec_cap_watts: 10000.0,
+            node_overhead_watts: None,
+            effective: EffectiveCap {
+                cap_watts: 10000.0,
+                open_windows: Vec::new(),
+            },
+            safety_margin_watts: 0.0,
+            planning_cap_watts: 10000.0,
+            pinned_watts: 0.0,
+            nodes: 2,
+            gpus: 16,
+            conflicts: Vec::new(),
+            issues: Vec::new(),
+        }
+    }
+
+    fn plan(infeasible: bool) -> PublishedPlan {
+        PublishedPlan {
+            revision: 7,
+            solved_at: String::new(),
+            status: if infeasible { "infeasible" } else { "optimal" }.into(),
+            method: "greedy".into(),
+            objective: 1.0,
+            upper_bound: 1.0,
+            gap: 0.0,
+            infeasible_budgets: if infeasible {
+                vec!["rack".into()]
+            } else {
+                Vec::new()
+            },
+            budgets: vec![BudgetSummary {
+                name: "rack".into(),
+                parent: None,
+                effective_cap_watts: 10000.0,
+                planning_cap_watts: 10000.0,
+                allocated_watts: 9500.0,
+                headroom_watts: 500.0,
+                nodes: 2,
+                gpus: 16,
+                normalized_throughput: 0.9,
+                open_windows: Vec::new(),
+            }],
+            workloads: Vec::new(),
+            nodes: Default::default(),
+        }
+    }
+
+    fn time(text: &str) -> Time {
+        Time(text.parse().expect("time"))
+    }
+
+    fn find_condition<'a>(s: &'a PowerBudgetStatus, type_: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    #[test]
+    fn a_planned_budget_is_ready_and_says_so_once() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let first = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
+        assert_eq!(find_condition(&first, "Ready").status, "True");
+        assert_eq!(first.last_plan_revision, Some(7));
+        assert_eq!(first.observed_generation, Some(3));
+        let events = budget_events(None, &first, &[]);
+        assert_eq!(
+            events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            ["Planned"],
+            "a new budget's false conditions are not news"
+        );
+        let t1 = time("2026-11-28T12:05:00Z");
+        let again = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            Some(&first),
+            &t1,
+        );
+        assert_eq!(
+            again, first,
+            "an unchanged pass writes the same status (so nothing is patched)"
+        );
+        assert!(budget_events(Some(&first), &again, &[]).is_empty());
+    }
+
+    #[test]
+    fn infeasibility_flips_conditions_keeps_transition_times_and_warns() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let t1 = time("2026-11-28T12:05:00Z");
+        let ok = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
+        let bad = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(true)),
+            Some(&t1),
+            None,
+            Some(&ok),
+            &t1,
+        );
+        assert_eq!(find_condition(&bad, "Infeasible").status, "True");
+        assert_eq!(find_condition(&bad, "Infeasible").last_transition_time, t1);
+        assert_eq!(find_condition(&bad, "Conflict").last_transition_time, t0);
+        assert_eq!(find_condition(&bad, "Ready").reason, "Infeasible");
+        let events = budget_events(Some(&ok), &bad, &[]);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].reason == "Infeasible");
+        let back = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t1),
+            None,
+            Some(&bad),
+            &t1,
+        );
+        let reasons: Vec<String> = budget_events(Some(&bad), &back, &[])
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["Planned", "Feasible"]);
+    }
+
+    #[test]
+    fn a_degraded_input_and_a_cap_change_are_announced() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let ok = budget_status(
+            "rack",
+            &facts(),
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            None,
+            &t0,
+        );
+        let mut degraded = facts();
+        degraded.issues.push(BudgetIssue {
+            reason: "ParentNotFound",
+            message: "parent PowerBudget \"row\" does not exist".into(),
+        });
+        degraded.effective.cap_watts = 8000.0;
+        let next = budget_status(
+            "rack",
+            &degraded,
+            Some(&plan(false)),
+            Some(&t0),
+            None,
+            Some(&ok),
+            &t0,
+        );
+        assert_eq!(find_condition(&next, "Degraded").reason, "ParentNotFound");
+        let events = budget_events(Some(&ok), &next, &["dr-event".to_owned()]);
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["ParentNotFound", "EffectiveCapChanged"]);
+        assert!(
+            events[1]
+                .note
+                .contains("10000 W → 8000 W (open windows: dr-event)")
+        );
+    }
+
+    #[test]
+    fn measured_power_adds_reported_gpu_draw_and_overheads_up_the_chain() {
+        let report = |watts| AgentView {
+            power: Some(kilowatt_crds::plan::PowerReport {
+                gpu_watts: watts,
+                gpu_energy_joules: watts * 10.0,
+                period_seconds: 10.0,
+            }),
+            ..AgentView::default()
+        };
+        let views = BTreeMap::from([
+            ("a".to_string(), report(1234.0)),
+            ("b".to_string(), report(2000.0)),
+            ("silent".to_string(), AgentView::default()),
+        ]);
+        let chain = |budgets: &[&str]| budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>();
+        let budgets_of = BTreeMap::from([
+            ("a".to_string(), chain(&["rack-1", "row"])),
+            ("b".to_string(), chain(&["rack-2", "row"])),
+            ("silent".to_string(), chain(&["rack-3", "row"])),
+        ]);
+        let measured = measured_per_budget(&views, &budgets_of, |_| 500.0);
+        assert_eq!(measured["rack-1"], 1730.0, "1734 W rounded to 10 W");
+        assert_eq!(measured["rack-2"], 2500.0);
+        assert_eq!(measured["row"], 4230.0);
+        assert!(!measured.contains_key("rack-3"), "no report, no figure");
+    }
+
+    #[test]
+    fn status_numbers_survive_the_api_servers_fifteen_digits() {
+        let mut facts = facts();
+        facts.effective.cap_watts = 102_000.000_000_000_01;
+        let mut plan = plan(false);
+        for budget in &mut plan.budgets {
+            budget.normalized_throughput = 0.990_071_428_571_427_9;
+            budget.allocated_watts = 101_999.999_999_999_99;
+        }
+        let t0 = time("2026-11-28T12:00:00Z");
+        let status = budget_status(
+            "rack",
+            &facts,
+            Some(&plan),
+            Some(&t0),
+            Some(21_200.000_000_3),
+            None,
+            &t0,
+        );
+        // What the API server stores: at most 15 significant digits.
+        let stored =
+            |v: Option<f64>| v.map(|v| format!("{v:.14e}").parse::<f64>().expect("number"));
+        assert_eq!(
+            stored(status.normalized_throughput),
+            status.normalized_throughput
+        );
+        assert_eq!(stored(status.allocated_watts), status.allocated_watts);
+        assert_eq!(
+            stored(status.effective_cap_watts),
+            status.effective_cap_watts
+        );
+        assert_eq!(stored(status.measured_watts), status.measured_watts);
+        assert_eq!(status.normalized_throughput, Some(0.990071));
+    }
+}
