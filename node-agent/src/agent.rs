@@ -63,7 +63,7 @@ pub struct AgentOptions {
 pub enum AgentError {
     #[error("reading the GPU inventory: {0}")]
     Inventory(GpuError),
-    #[error("the GPU task failed: {0}")]
+    #[error("the GPU task failed")]
     GpuTask(#[from] tokio::task::JoinError),
 }
 
@@ -147,12 +147,12 @@ async fn session_task(
 /// Why a session could not be opened or ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("{step}: {source}")]
+    #[error("{step}")]
     Etcd {
         step: &'static str,
         source: etcd_client::Error,
     },
-    #[error("getting this node's etcd credentials: {0}")]
+    #[error("getting this node's etcd credentials")]
     Credentials(#[from] CredentialsError),
 }
 
@@ -437,10 +437,10 @@ impl Runner {
         };
         self.telemetry.etcd_error();
         if refused_credentials(&error) {
-            tracing::warn!(%error, "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
+            tracing::warn!(error = %error_chain(&error), "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
             *session = None;
         } else {
-            tracing::warn!(%error, "{failed}");
+            tracing::warn!(error = %error_chain(&error), "{failed}");
         }
         false
     }
@@ -549,7 +549,7 @@ pub async fn run(
                 Err(error) => {
                     runner.telemetry.etcd_error();
                     let retry = error.retry_after();
-                    tracing::warn!(%error, ?retry, "no etcd session; retrying (the GPUs fence to their floors if this lasts)");
+                    tracing::warn!(error = %error_chain(&error), ?retry, "no etcd session; retrying (the GPUs fence to their floors if this lasts)");
                     next_connect = Instant::now() + retry;
                 }
             }

@@ -25,7 +25,7 @@ pub struct CredentialsSource {
 /// Why no credentials came back.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("reading the ServiceAccount token {}: {source}", path.display())]
+    #[error("reading the ServiceAccount token {}", path.display())]
     Token {
         path: PathBuf,
         source: std::io::Error,
@@ -34,7 +34,7 @@ pub enum CredentialsError {
     EmptyToken { path: PathBuf },
     #[error("{url} is not a valid URL for the credentials endpoint: {message}")]
     Url { url: String, message: String },
-    #[error("the credentials endpoint's CA: {0}")]
+    #[error("the credentials endpoint's CA")]
     Tls(#[from] TlsError),
     #[error("cannot reach the operator at {url}: {message}")]
     Unreachable { url: String, message: String },
@@ -42,7 +42,7 @@ pub enum CredentialsError {
     Refused { status: u16, message: String },
     #[error("the operator could not issue credentials ({status}): {message}")]
     Failed { status: u16, message: String },
-    #[error("the operator's answer does not decode: {0}")]
+    #[error("the operator's answer does not decode")]
     Decode(#[from] serde_json::Error),
     #[error(
         "the operator issued credentials for node {issued}, but this agent runs for node {node}: its \

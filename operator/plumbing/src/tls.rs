@@ -46,7 +46,7 @@ impl EtcdTlsFiles {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {what} {}: {source}", path.display())]
+    #[error("reading {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,

@@ -65,14 +65,14 @@ pub enum SimulateRunError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot write the chart to {}: {source}", path.display())]
+    #[error("cannot write the chart to {}", path.display())]
     Plot {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot encode the report: {0}")]
+    #[error("cannot encode the report")]
     Encode(#[from] serde_json::Error),
-    #[error("cannot write the report: {0}")]
+    #[error("cannot write the report")]
     Output(#[from] std::io::Error),
 }
 

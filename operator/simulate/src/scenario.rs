@@ -155,7 +155,7 @@ pub struct Partition {
 /// Why a scenario cannot be run.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read the scenario {}: {source}", path.display())]
+    #[error("cannot read the scenario {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -18,6 +18,7 @@ use kilowatt_agent_core::gpu::{GpuBackend, GpuInfo};
 use kilowatt_agent_core::protocol::{Event, Mode};
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
+use kilowatt_plumbing::json_http::error_chain;
 use kilowatt_solver::{MethodChoice, SolveOptions};
 use serde::Serialize;
 
@@ -60,17 +61,17 @@ pub struct Settings {
 /// Why a simulation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
-    #[error("workload {workload}: its curve cannot drive a simulated GPU: {source}")]
+    #[error("workload {workload}: its curve cannot drive a simulated GPU")]
     Curve {
         workload: String,
         source: kilowatt_agent_core::gpu::simulated::ProfileError,
     },
-    #[error("node {node}: the simulated GPUs do not start: {source}")]
+    #[error("node {node}: the simulated GPUs do not start")]
     Gpus {
         node: String,
         source: kilowatt_agent_core::gpu::GpuError,
     },
-    #[error("registering metrics: {0}")]
+    #[error("registering metrics")]
     Metrics(#[from] prometheus::Error),
 }
 
@@ -675,7 +676,11 @@ impl Simulation {
             Err(error) => {
                 operator.errors += 1;
                 operator.timers.pass_failed(loop_time(t));
-                tracing::warn!(run = self.runs[index].kind.name(), %error, "simulated pass failed");
+                tracing::warn!(
+                    run = self.runs[index].kind.name(),
+                    error = %error_chain(&error),
+                    "simulated pass failed"
+                );
                 return;
             }
         };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kilowatt_plumbing::json_http::error_chain;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
@@ -69,13 +70,13 @@ impl LeaseTiming {
 /// Why a lease round failed; the elector retries on the next period.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
-    #[error("reading lease {namespace}/{name}: {source}")]
+    #[error("reading lease {namespace}/{name}")]
     Read {
         namespace: String,
         name: String,
         source: kube::Error,
     },
-    #[error("writing lease {namespace}/{name}: {source}")]
+    #[error("writing lease {namespace}/{name}")]
     Write {
         namespace: String,
         name: String,
@@ -226,7 +227,7 @@ impl Elector {
                     last_renewal = Some(tokio::time::Instant::now());
                 }
                 Ok(false) => last_renewal = None,
-                Err(error) => tracing::warn!(%error, "lease round failed"),
+                Err(error) => tracing::warn!(error = %error_chain(&error), "lease round failed"),
             }
             let acting = last_renewal.is_some_and(|t| t.elapsed() < self.timing.renew_deadline);
             if *leader.borrow() != acting {
@@ -242,7 +243,7 @@ impl Elector {
         }
         leader.send_replace(false);
         if let Err(error) = self.release().await {
-            tracing::warn!(%error, "could not release the lease on shutdown");
+            tracing::warn!(error = %error_chain(&error), "could not release the lease on shutdown");
         }
     }
 }

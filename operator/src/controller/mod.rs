@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
+use kilowatt_plumbing::json_http::error_chain;
 use kilowatt_solver::SolveOptions;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -85,19 +86,19 @@ pub enum StartError {
          `kubectl apply -f crds/` (or `kilowatt crdgen | kubectl apply -f -`) and start again"
     )]
     CrdsMissing { crd: &'static str },
-    #[error("checking that the CRD {crd} is installed: {source}")]
+    #[error("checking that the CRD {crd} is installed")]
     CrdCheck {
         crd: &'static str,
         source: kube::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("listening on {address}: {source}")]
+    #[error("listening on {address}")]
     Listen {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("registering metrics: {0}")]
+    #[error("registering metrics")]
     Metrics(#[from] prometheus::Error),
 }
 
@@ -392,7 +393,7 @@ impl Reconciler {
                         self.loaded = None;
                     }
                     let retry_in = timers.pass_failed(started.elapsed());
-                    tracing::warn!(%error, category, ?retry_in, "reconcile pass failed");
+                    tracing::warn!(error = %error_chain(&error), category, ?retry_in, "reconcile pass failed");
                 }
             }
         }

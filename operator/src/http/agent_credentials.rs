@@ -165,7 +165,7 @@ pub enum Rejection {
     NoNodeBinding,
     #[error("the token names {count} nodes in {NODE_NAME_EXTRA}, not exactly one")]
     SeveralNodes { count: usize },
-    #[error("the token's node: {0}")]
+    #[error("the token's node")]
     InvalidNode(#[from] InvalidNodeName),
 }
 
@@ -252,13 +252,13 @@ fn already_exists(error: &etcd_client::Error) -> bool {
 /// Why credentials could not be issued (the caller was accepted).
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    #[error("{operation} for node {node} in etcd: {source}")]
+    #[error("{operation} for node {node} in etcd")]
     Etcd {
         operation: &'static str,
         node: String,
         source: etcd_client::Error,
     },
-    #[error("drawing a random password: {0}")]
+    #[error("drawing a random password")]
     Random(#[from] SysError),
     #[error(transparent)]
     InvalidNode(#[from] InvalidNodeName),
@@ -269,7 +269,7 @@ pub enum IssueError {
 pub enum CredentialsError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    #[error("reviewing the token with the API server: {0}")]
+    #[error("reviewing the token with the API server")]
     Review(#[source] kube::Error),
     #[error(transparent)]
     Issue(#[from] IssueError),

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::jiff::Timestamp;
+use kilowatt_plumbing::json_http::error_chain;
 use kilowatt_solver::SolveOptions;
 use serde_json::json;
 
@@ -112,7 +113,7 @@ async fn plan<S: PlanStore>(State(store): State<S>) -> Response {
     match store.read_raw().await {
         Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no plan has been published yet"),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, error_chain(&e)),
     }
 }
 
@@ -126,7 +127,7 @@ async fn whatif(
     };
     let views = match state.store.read_views().await {
         Ok(views) => views,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, error_chain(&e)),
     };
     let inventories = inventories(&views);
     let caches = state.caches.clone();
@@ -140,7 +141,7 @@ async fn whatif(
         Ok(Ok(answer)) => Json(answer).into_response(),
         Ok(Err(e @ WhatIfError::UnknownBudget(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
         Ok(Err(e @ WhatIfError::InvalidCap(_))) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -194,8 +195,9 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
                     StatusCode::SERVICE_UNAVAILABLE
                 }
             };
-            tracing::warn!(error = %e, %status, "refused agent etcd credentials");
-            let mut response = error(status, e.to_string());
+            let message = error_chain(&e);
+            tracing::warn!(error = %message, %status, "refused agent etcd credentials");
+            let mut response = error(status, message);
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

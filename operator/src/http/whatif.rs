@@ -51,7 +51,7 @@ pub enum WhatIfError {
     UnknownBudget(String),
     #[error("capWatts must be a finite number of watts >= 0, got {0}")]
     InvalidCap(f64),
-    #[error("solving: {0}")]
+    #[error("solving")]
     Solve(#[from] SolveError),
 }
 

@@ -20,7 +20,7 @@ pub enum AskError {
     Rejected { status: u16, message: String },
     #[error("the operator failed ({status}): {message}")]
     Failed { status: u16, message: String },
-    #[error("the operator's answer does not decode: {0}")]
+    #[error("the operator's answer does not decode")]
     Decode(#[from] serde_json::Error),
 }
 

@@ -24,11 +24,11 @@ pub const AWAITING_GPU_REPORT_RECHECK: std::time::Duration = std::time::Duration
 pub enum PassError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("solving the plan: {0}")]
+    #[error("solving the plan")]
     Solve(#[from] SolveError),
-    #[error("the solver task failed: {0}")]
+    #[error("the solver task failed")]
     SolverTask(#[from] tokio::task::JoinError),
-    #[error("patching status of {kind} {name}: {source}")]
+    #[error("patching status of {kind} {name}")]
     Status {
         kind: &'static str,
         name: String,
@@ -292,3 +292,4 @@ where
         pass_seconds: pass_started.elapsed().as_secs_f64(),
     })
 }
+

@@ -16,19 +16,19 @@ use crate::plan::rollout::AgentView;
 /// Why the plan could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("connecting to etcd at {endpoints}: {source}")]
+    #[error("connecting to etcd at {endpoints}")]
     Connect {
         endpoints: String,
         source: etcd_client::Error,
     },
-    #[error("reading {key} from etcd: {source}")]
+    #[error("reading {key} from etcd")]
     Read {
         key: String,
         source: etcd_client::Error,
     },
-    #[error("writing the plan to etcd: {source}")]
+    #[error("writing the plan to etcd")]
     Write { source: etcd_client::Error },
-    #[error("encoding the plan: {source}")]
+    #[error("encoding the plan")]
     Encode { source: serde_json::Error },
     /// Another writer changed the plan key since this replica last read it.
     #[error("the plan in etcd changed since it was read (another operator replica published)")]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use kilowatt_operator::http::whatif::{self, WhatIfRequest};
 use kilowatt_operator::http::whatif_client::{self, AskError};
+use kilowatt_plumbing::json_http::error_chain;
 use kilowatt_solver_bench::solve;
 
 use crate::args::WhatifArgs;
@@ -48,7 +49,7 @@ fn answer(args: &WhatifArgs) -> u8 {
             solve::exit::INVALID
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", error_chain(&e));
             WHATIF_UNANSWERED
         }
     }
