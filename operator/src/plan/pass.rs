@@ -293,3 +293,243 @@ where
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kilowatt_crds::PowerBudget;
+    use kilowatt_crds::plan::{Acknowledgement, InventoryGpu};
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::published::KeyLayout;
+    use crate::plan::translate::tests::{at, budget, node, pod};
+    use crate::plan::translate::{Cluster, WEIGHT_ANNOTATION, WORKLOAD_ANNOTATION, translate};
+    use crate::store::memory::MemoryPlanStore;
+
+    const NODES: [&str; 2] = ["n1", "n2"];
+
+    /// Two 8-GPU H100 nodes with a training pod each, under one rack budget, whose agents have
+    /// registered (200–700 W a GPU) but acknowledged nothing yet.
+    struct Fleet {
+        store: MemoryPlanStore,
+        nodes: Vec<Arc<Node>>,
+        pods: Vec<Arc<Pod>>,
+        loaded: Option<Loaded>,
+    }
+
+    /// A training pod holding all 8 GPUs of `node`, with a weight in the objective.
+    fn training_pod(node: &str, weight: f64) -> Arc<Pod> {
+        let annotations =
+            json!({WORKLOAD_ANNOTATION: "training", WEIGHT_ANNOTATION: weight.to_string()});
+        pod(&format!("train-{node}"), node, 8, annotations)
+    }
+
+    fn inventory() -> Inventory {
+        Inventory {
+            backend: "simulated".into(),
+            gpus: (0..8)
+                .map(|index| InventoryGpu {
+                    index,
+                    uuid: format!("SIM-{index}"),
+                    model: "H100-SXM".into(),
+                    min_limit_watts: 200.0,
+                    max_limit_watts: 700.0,
+                    pods: Vec::new(),
+                })
+                .collect(),
+            pods_reported: false,
+        }
+    }
+
+    impl Fleet {
+        fn new() -> Fleet {
+            let store = MemoryPlanStore::new(KeyLayout::new("/kilowatt"));
+            for name in NODES {
+                store.register(name, &inventory());
+            }
+            Fleet {
+                store,
+                nodes: NODES.iter().map(|n| node(n, json!({}), "8")).collect(),
+                pods: NODES.iter().map(|n| training_pod(n, 1.0)).collect(),
+                loaded: None,
+            }
+        }
+
+        /// One pass with the rack capped at `cap_watts`, keeping the store's fence for the next.
+        async fn pass(&mut self, cap_watts: f64) -> PassOutcome {
+            let budgets: Vec<Arc<PowerBudget>> = vec![budget(
+                "rack",
+                json!({"capWatts": cap_watts, "nodeSelector": {}}),
+            )];
+            let now = at("2026-12-01T12:00:00Z");
+            let outcome = run(
+                &self.store,
+                PassInputs {
+                    now,
+                    translate: |inventories: &BTreeMap<String, Inventory>| {
+                        translate(
+                            Cluster {
+                                budgets: &budgets,
+                                profiles: &[],
+                                nodes: &self.nodes,
+                                pods: &self.pods,
+                                inventories,
+                            },
+                            now,
+                        )
+                    },
+                    machine_up: |_: &str| true,
+                    may_publish: || true,
+                    loaded: self.loaded.take(),
+                    solve: &SolveOptions::default(),
+                },
+            )
+            .await
+            .expect("the pass runs");
+            self.loaded = Some(outcome.loaded.clone());
+            outcome
+        }
+
+        /// The limits written for each node now.
+        fn written(&self) -> Vec<Vec<f64>> {
+            NODES
+                .iter()
+                .map(|n| {
+                    let (_, plan) = self.store.node_plan(n);
+                    plan.map(|p| p.gpus.iter().map(|g| g.power_limit_watts).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        }
+
+        /// Every agent acknowledges the limits written for it.
+        fn acknowledge_all(&self) {
+            for (name, limits) in NODES.iter().zip(self.written()) {
+                let (_, plan) = self.store.node_plan(name);
+                let revision = plan.map_or(0, |p| p.revision);
+                self.store.acknowledge(
+                    name,
+                    &Acknowledgement {
+                        revision,
+                        power_limits_watts: limits,
+                    },
+                );
+            }
+        }
+    }
+
+    fn total(written: &[Vec<f64>]) -> f64 {
+        written.iter().flatten().sum()
+    }
+
+    #[tokio::test]
+    async fn new_nodes_start_at_their_floors_and_rise_once_acknowledged() {
+        let mut fleet = Fleet::new();
+        let first = fleet.pass(8_000.0).await;
+        assert_eq!(first.published.map(|p| p.nodes_written), Some(2));
+        assert_eq!(first.held_back, NODES.map(String::from).to_vec());
+        let floors = fleet.written();
+        assert!(
+            floors.iter().flatten().all(|&watts| watts == 200.0),
+            "{floors:?}"
+        );
+
+        fleet.acknowledge_all();
+        let raised = fleet.pass(8_000.0).await;
+        assert!(raised.held_back.is_empty(), "{:?}", raised.held_back);
+        let written = fleet.written();
+        assert!(total(&written) > total(&floors));
+        assert!(total(&written) <= 8_000.0 + 1e-6, "{}", total(&written));
+
+        fleet.acknowledge_all();
+        let again = fleet.pass(8_000.0).await;
+        assert_eq!(again.published, None, "nothing changed, nothing is written");
+        assert_eq!(fleet.written(), written);
+    }
+
+    /// A fleet whose agents have acknowledged the plan for an 8000 W cap.
+    async fn settled_fleet() -> Fleet {
+        let mut fleet = Fleet::new();
+        fleet.pass(8_000.0).await;
+        fleet.acknowledge_all();
+        fleet.pass(8_000.0).await;
+        fleet.acknowledge_all();
+        fleet
+    }
+
+    #[tokio::test]
+    async fn a_cap_cut_is_written_to_every_node_in_one_pass() {
+        let mut fleet = settled_fleet().await;
+        let before = fleet.written();
+        let cut = fleet.pass(5_000.0).await;
+        assert_eq!(cut.published.map(|p| p.nodes_written), Some(2));
+        assert!(cut.held_back.is_empty(), "{:?}", cut.held_back);
+        let lowered = fleet.written();
+        assert!(total(&lowered) < total(&before));
+        assert!(total(&lowered) <= 5_000.0 + 1e-6, "{}", total(&lowered));
+    }
+
+    #[tokio::test]
+    async fn power_moves_between_nodes_only_after_the_giving_node_acknowledges() {
+        let mut fleet = settled_fleet().await;
+        let before = fleet.written();
+        fleet.pods[0] = training_pod("n1", 5.0);
+        let shift = fleet.pass(8_000.0).await;
+        assert_eq!(shift.held_back, ["n1".to_owned()], "n1's raise waits");
+        let during = fleet.written();
+        assert_eq!(during[0], before[0], "n1 keeps its limits for now");
+        assert!(
+            total(&during[1..]) < total(&before[1..]),
+            "n2 is lowered at once"
+        );
+
+        fleet.acknowledge_all();
+        let raised = fleet.pass(8_000.0).await;
+        assert!(raised.held_back.is_empty(), "{:?}", raised.held_back);
+        let after = fleet.written();
+        assert!(total(&after[..1]) > total(&before[..1]), "n1 has risen");
+        assert!(total(&after) <= 8_000.0 + 1e-6, "{}", total(&after));
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_lost_the_fence_publishes_nothing() {
+        let mut fleet = Fleet::new();
+        fleet.pass(8_000.0).await;
+        let stale = fleet.loaded.clone();
+        fleet.pass(5_000.0).await;
+        fleet.loaded = stale;
+        let error = run(
+            &fleet.store,
+            PassInputs {
+                now: at("2026-12-01T12:00:00Z"),
+                translate: |inventories: &BTreeMap<String, Inventory>| {
+                    translate(
+                        Cluster {
+                            budgets: &[budget(
+                                "rack",
+                                json!({"capWatts": 9_000.0, "nodeSelector": {}}),
+                            )],
+                            profiles: &[],
+                            nodes: &fleet.nodes,
+                            pods: &fleet.pods,
+                            inventories,
+                        },
+                        at("2026-12-01T12:00:00Z"),
+                    )
+                },
+                machine_up: |_: &str| true,
+                may_publish: || true,
+                loaded: fleet.loaded.take(),
+                solve: &SolveOptions::default(),
+            },
+        )
+        .await
+        .expect_err("the fence has moved on");
+        assert!(
+            matches!(error, PassError::Store(StoreError::Fenced)),
+            "{error}"
+        );
+    }
+}
