@@ -263,41 +263,61 @@ impl Scenario {
             origin: origin.to_owned(),
             message,
         };
-        let start: Timestamp = self.start.parse().map_err(|e| {
-            invalid(format!(
-                "start {:?} is not an RFC 3339 time: {e}",
-                self.start
-            ))
-        })?;
+        let start = self.start_time().map_err(invalid)?;
+        let chains = self.budget_chains().map_err(invalid)?;
+        let nodes = self.nodes(&chains).map_err(invalid)?;
+        let (workloads, pods) = self.place_workloads(&nodes).map_err(invalid)?;
+        self.check_timeline(&nodes).map_err(invalid)?;
+        Ok(Prepared {
+            scenario: self,
+            origin: origin.to_owned(),
+            start,
+            nodes,
+            workloads,
+            pods,
+        })
+    }
+
+    /// The scenario's start instant, with its duration checked.
+    fn start_time(&self) -> Result<Timestamp, String> {
+        let start: Timestamp = self
+            .start
+            .parse()
+            .map_err(|e| format!("start {:?} is not an RFC 3339 time: {e}", self.start))?;
         if !(self.duration_seconds.is_finite() && self.duration_seconds > 0.0) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "durationSeconds must be a positive number, not {}",
                 self.duration_seconds
-            )));
+            ));
         }
+        Ok(start)
+    }
+
+    /// Every budget checked, and its chain: itself, its parent, …, its root.
+    fn budget_chains(&self) -> Result<BTreeMap<&str, Vec<String>>, String> {
         let mut names = BTreeSet::new();
         for budget in &self.budgets {
             if !names.insert(budget.name.as_str()) {
-                return Err(invalid(format!("budget {} is defined twice", budget.name)));
+                return Err(format!("budget {} is defined twice", budget.name));
             }
             if !(budget.cap_watts.is_finite() && budget.cap_watts >= 0.0) {
-                return Err(invalid(format!(
+                return Err(format!(
                     "budget {}: capWatts must be zero or more",
                     budget.name
-                )));
+                ));
             }
             for window in &budget.windows {
                 if !(window.cap_watts.is_finite() && window.cap_watts >= 0.0) {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "budget {} window {}: capWatts must be zero or more",
                         budget.name, window.name
-                    )));
+                    ));
                 }
                 if !ordered(window.start_seconds, window.end_seconds) {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "budget {} window {}: startSeconds must be before endSeconds",
                         budget.name, window.name
-                    )));
+                    ));
                 }
             }
         }
@@ -312,43 +332,44 @@ impl Scenario {
             let mut current = budget.parent.as_deref();
             while let Some(parent) = current {
                 if !parent_of.contains_key(parent) {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "budget {}: parent {parent} is not a budget of the scenario",
                         chain[chain.len() - 1]
-                    )));
+                    ));
                 }
                 if chain.iter().any(|c| c == parent) {
-                    return Err(invalid(format!(
-                        "budget {}: parents form a cycle",
-                        budget.name
-                    )));
+                    return Err(format!("budget {}: parents form a cycle", budget.name));
                 }
                 chain.push(parent.to_owned());
                 current = parent_of[parent];
             }
             chains.insert(budget.name.as_str(), chain);
         }
+        Ok(chains)
+    }
 
+    /// The nodes of every node group, each in the innermost budget selecting it.
+    fn nodes(&self, chains: &BTreeMap<&str, Vec<String>>) -> Result<Vec<SimNode>, String> {
         let mut nodes = Vec::new();
         let mut node_names = BTreeSet::new();
         for group in &self.node_groups {
             let model = gpu_models::from_product_label(Some(&group.gpu_product));
             if !model.known {
-                return Err(invalid(format!(
+                return Err(format!(
                     "node group {}: gpuProduct {:?} is not a GPU model the operator knows (see README, GPU inventory)",
                     group.prefix, group.gpu_product
-                )));
+                ));
             }
             if group.gpus == 0 {
-                return Err(invalid(format!(
+                return Err(format!(
                     "node group {}: gpus must be at least 1",
                     group.prefix
-                )));
+                ));
             }
             for i in 0..group.count {
                 let name = format!("{}{i}", group.prefix);
                 if !node_names.insert(name.clone()) {
-                    return Err(invalid(format!("node {name} is defined twice")));
+                    return Err(format!("node {name} is defined twice"));
                 }
                 let homes: Vec<&BudgetEntry> = self
                     .budgets
@@ -359,16 +380,16 @@ impl Scenario {
                 // selecting budget must be on that chain, or the node is in conflicting budgets.
                 let home = homes.iter().max_by_key(|b| chains[b.name.as_str()].len());
                 let Some(home) = home else {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "node {name} is in no budget: no budget's nodeLabels match its labels"
-                    )));
+                    ));
                 };
                 let chain = chains[home.name.as_str()].clone();
                 if let Some(other) = homes.iter().find(|b| !chain.contains(&b.name)) {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "node {name} is selected by budgets {} and {}, neither inside the other",
                         home.name, other.name
-                    )));
+                    ));
                 }
                 let overhead_watts = chain
                     .iter()
@@ -392,7 +413,14 @@ impl Scenario {
                 });
             }
         }
+        Ok(nodes)
+    }
 
+    /// The workloads with their curves, and their pods placed on the first nodes with free GPUs.
+    fn place_workloads(
+        &self,
+        nodes: &[SimNode],
+    ) -> Result<(Vec<SimWorkload>, Vec<SimPod>), String> {
         let examples = example_profiles();
         let mut workloads = Vec::new();
         let mut pods = Vec::new();
@@ -401,36 +429,36 @@ impl Scenario {
         for entry in &self.workloads {
             let name = &entry.name;
             if !workload_names.insert(name.clone()) {
-                return Err(invalid(format!("workload {name} is defined twice")));
+                return Err(format!("workload {name} is defined twice"));
             }
             if entry.pods == 0 || entry.gpus_per_pod == 0 {
-                return Err(invalid(format!(
+                return Err(format!(
                     "workload {name}: pods and gpusPerPod must be at least 1"
-                )));
+                ));
             }
             if entry
                 .stop_seconds
                 .is_some_and(|stop| stop <= entry.start_seconds)
             {
-                return Err(invalid(format!(
+                return Err(format!(
                     "workload {name}: startSeconds must be a number and stopSeconds after it"
-                )));
+                ));
             }
             if entry
                 .weight
                 .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 1e6))
             {
-                return Err(invalid(format!(
+                return Err(format!(
                     "workload {name}: weight must be above 0 and at most 1000000"
-                )));
+                ));
             }
             if entry
                 .min_throughput_fraction
                 .is_some_and(|f| !(0.0..=1.0).contains(&f))
             {
-                return Err(invalid(format!(
+                return Err(format!(
                     "workload {name}: minThroughputFraction must be between 0 and 1"
-                )));
+                ));
             }
             let profile = match &entry.profile {
                 None => None,
@@ -441,10 +469,10 @@ impl Scenario {
                         .find(|p| &p.name == wanted)
                         .cloned()
                         .ok_or_else(|| {
-                            invalid(format!(
+                            format!(
                                 "workload {name}: profile {wanted} is neither in the scenario's profiles nor one of the built-in examples ({})",
                                 examples.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-                            ))
+                            )
                         })?,
                 ),
             };
@@ -455,10 +483,10 @@ impl Scenario {
                     free[n] >= entry.gpus_per_pod && matches(&nodes[n].labels, &entry.node_labels)
                 });
                 let Some(node) = node else {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "workload {name}: pod {p} of {} needs {} GPUs and no node with matching labels has them free",
                         entry.pods, entry.gpus_per_pod
-                    )));
+                    ));
                 };
                 free[node] -= entry.gpus_per_pod;
                 first_model.get_or_insert(nodes[node].model);
@@ -496,45 +524,43 @@ impl Scenario {
                 weight: entry.weight.unwrap_or(1.0),
             });
         }
+        Ok((workloads, pods))
+    }
+
+    /// Cap changes name budgets of the scenario and partitions its nodes, at sensible times.
+    fn check_timeline(&self, nodes: &[SimNode]) -> Result<(), String> {
         for change in &self.cap_changes {
             if !(change.cap_watts.is_finite()
                 && change.cap_watts >= 0.0
                 && change.at_seconds.is_finite())
             {
-                return Err(invalid(format!(
+                return Err(format!(
                     "capChanges: the change of {} needs a finite atSeconds and capWatts of zero or more",
                     change.budget
-                )));
+                ));
             }
-            if !parent_of.contains_key(change.budget.as_str()) {
-                return Err(invalid(format!(
+            if !self.budgets.iter().any(|b| b.name == change.budget) {
+                return Err(format!(
                     "capChanges: {} is not a budget of the scenario",
                     change.budget
-                )));
+                ));
             }
         }
         for partition in &self.partitions {
-            if !node_names.contains(&partition.node) {
-                return Err(invalid(format!(
+            if !nodes.iter().any(|n| n.name == partition.node) {
+                return Err(format!(
                     "partitions: {} is not a node of the scenario",
                     partition.node
-                )));
+                ));
             }
             if !ordered(partition.start_seconds, partition.end_seconds) {
-                return Err(invalid(format!(
+                return Err(format!(
                     "partitions: node {}: startSeconds must be before endSeconds",
                     partition.node
-                )));
+                ));
             }
         }
-        Ok(Prepared {
-            scenario: self,
-            origin: origin.to_owned(),
-            start,
-            nodes,
-            workloads,
-            pods,
-        })
+        Ok(())
     }
 }
 

@@ -1,0 +1,622 @@
+//! The engine of `kilowatt simulate`: a scenario run on simulated time, four ways side by side —
+//! Kilowatt (the operator's planning pass and two-phase rollout against an in-memory plan store, and
+//! one real agent protocol machine per node over simulated GPUs), uniform capping (the same operator and
+//! agents with one limit for every GPU), proportional capping (each budget's room split by the GPUs'
+//! maximum limits) and no capping (every GPU at its default limit). It checks
+//! every budget's cap at every tick, independently of the operator, and accounts energy and throughput
+//! from the simulated GPUs. No IO and no clock: time is the tick count; the caller paces it and
+//! serves the page.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kilowatt_agent_core::defaults::{self, POD_REFRESH};
+use kilowatt_agent_core::driver::SteppedAgent;
+use kilowatt_agent_core::gpu::simulated::{Curve, SimulatedGpu, SimulatedGpus};
+use kilowatt_agent_core::gpu::{GpuBackend, GpuInfo};
+use kilowatt_agent_core::protocol::{Event, Mode};
+use kilowatt_agent_core::telemetry::Telemetry;
+use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
+use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_solver::{MethodChoice, SolveOptions};
+use serde::Serialize;
+
+use crate::scenario::{Prepared, instant};
+use kilowatt_operator::controller::timing::{self, LoopTimers, PassOutcome, Timing};
+use kilowatt_operator::http::metrics::Metrics;
+use kilowatt_operator::http::web::{Feed, PassRecord, RunView, SimulationView};
+use kilowatt_operator::plan::pass::{self, PassInputs};
+use kilowatt_operator::plan::published::{KeyLayout, PublishedPlan};
+use kilowatt_operator::plan::status::measured_per_budget;
+use kilowatt_operator::plan::translate::{Cluster, translate};
+use kilowatt_operator::store::memory::MemoryPlanStore;
+use kilowatt_operator::store::{Loaded, PlanStore};
+
+mod accounting;
+mod cap_check;
+mod metrics;
+mod nodes;
+mod operator;
+mod report;
+
+pub use cap_check::CUT_GRACE_SECONDS;
+use cap_check::{CheckedCap, budget_watts, effective_caps};
+use nodes::{NodeState, simulated_gpu_uuid};
+use operator::Operator;
+pub use report::{RunSummary, SeriesPoint};
+
+/// Simulated seconds per tick: the resolution of the cap check and of the operator's timers.
+pub const TICK_SECONDS: f64 = 0.1;
+
+/// Simulated seconds as the reconcile loop's time, to the microsecond: ticks and scenario times are
+/// far coarser, so the f64 noise of `ticks × 0.1` never moves a timer across a tick.
+fn loop_time(seconds: f64) -> Duration {
+    Duration::from_micros((seconds.max(0.0) * 1e6).round() as u64)
+}
+
+/// How a simulation runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub duration_seconds: f64,
+    /// The Kilowatt run's solver options (the uniform run uses the same with `uniform`).
+    pub solve: SolveOptions,
+    /// The operator solves again at least this often.
+    pub resync_seconds: f64,
+    /// A point of the time series every this many simulated seconds.
+    pub series_every_seconds: f64,
+}
+
+/// Why a simulation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error("workload {workload}: its curve cannot drive a simulated GPU")]
+    Curve {
+        workload: String,
+        source: kilowatt_agent_core::gpu::simulated::ProfileError,
+    },
+    #[error("node {node}: the simulated GPUs do not start")]
+    Gpus {
+        node: String,
+        source: kilowatt_agent_core::gpu::GpuError,
+    },
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The ways the scenario is run, in the order of [`Simulation::summaries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunKind {
+    Kilowatt,
+    Uniform,
+    Proportional,
+    Uncapped,
+}
+
+impl RunKind {
+    pub const ALL: [RunKind; 4] = [
+        RunKind::Kilowatt,
+        RunKind::Uniform,
+        RunKind::Proportional,
+        RunKind::Uncapped,
+    ];
+}
+
+impl RunKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunKind::Kilowatt => "kilowatt",
+            RunKind::Uniform => "uniform",
+            RunKind::Proportional => "proportional",
+            RunKind::Uncapped => "uncapped",
+        }
+    }
+}
+
+struct Run {
+    kind: RunKind,
+    operator: Option<Operator>,
+    nodes: Vec<NodeState>,
+    /// By budget position.
+    caps: Vec<CheckedCap>,
+    /// A cut not yet enforced: when it happened.
+    cut_pending_since: Option<f64>,
+    throughput_weighted: f64,
+    throughput_weight: f64,
+    /// Throughput at the last tick, for the series.
+    instant_throughput: f64,
+    summary: RunSummary,
+}
+
+/// A running simulation.
+pub struct Simulation {
+    prepared: Arc<Prepared>,
+    settings: Settings,
+    curves: Vec<Curve>,
+    best_throughput: Vec<f64>,
+    runs: Vec<Run>,
+    ticks: u64,
+    change_times: Vec<f64>,
+    /// Position of the root budget the series follows.
+    root: Option<usize>,
+    series: Vec<SeriesPoint>,
+    feed: Arc<Feed>,
+    metrics: Metrics,
+    /// Instants at which some budget's effective cap changes (windows, edits), ascending.
+    cap_boundaries: Vec<f64>,
+    /// The effective caps since the last boundary passed, by budget position.
+    caps_now: Vec<f64>,
+    /// Each node's budgets, as positions.
+    chains: Vec<Vec<usize>>,
+    /// The cluster objects since the last change (a workload came or went, a cap was edited).
+    objects: Objects,
+}
+
+/// The Kubernetes objects the operator plans from, as they stand.
+struct Objects {
+    budgets: Vec<Arc<kilowatt_crds::PowerBudget>>,
+    profiles: Vec<Arc<kilowatt_crds::WorkloadProfile>>,
+    nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>>,
+    pods: Vec<Arc<k8s_openapi::api::core::v1::Pod>>,
+}
+
+impl Objects {
+    fn at(prepared: &Prepared, t: f64) -> Objects {
+        Objects {
+            budgets: prepared.budgets(t),
+            profiles: prepared.profiles(),
+            nodes: prepared.node_objects(),
+            pods: prepared.pod_objects(t),
+        }
+    }
+}
+
+fn seconds(t: f64) -> Duration {
+    Duration::from_secs_f64(t.max(0.0))
+}
+
+impl Simulation {
+    /// Sets up the three runs at time 0: GPUs at their default (maximum) limits, agents registered.
+    pub fn new(
+        prepared: Prepared,
+        settings: Settings,
+        feed: Arc<Feed>,
+    ) -> Result<Simulation, SimulateError> {
+        let prepared = Arc::new(prepared);
+        let curves: Vec<Curve> = prepared
+            .workloads
+            .iter()
+            .map(|w| {
+                Curve::from_spec(&w.curve).map_err(|source| SimulateError::Curve {
+                    workload: w.entry.name.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let best_throughput = prepared
+            .workloads
+            .iter()
+            .map(|w| {
+                w.curve
+                    .points
+                    .iter()
+                    .map(|p| p.throughput)
+                    .fold(0.0, f64::max)
+            })
+            .collect();
+        let mut clocks: Vec<u32> = prepared
+            .workloads
+            .iter()
+            .flat_map(|w| w.curve.points.iter().filter_map(|p| p.sm_clock_mhz))
+            .collect();
+        clocks.sort_unstable();
+        clocks.dedup();
+        let root = prepared
+            .scenario
+            .budgets
+            .iter()
+            .position(|b| b.parent.is_none());
+        let position = |name: &String| {
+            prepared
+                .scenario
+                .budgets
+                .iter()
+                .position(|b| &b.name == name)
+                .unwrap_or(0)
+        };
+        let chains: Vec<Vec<usize>> = prepared
+            .nodes
+            .iter()
+            .map(|n| n.chain.iter().map(position).collect())
+            .collect();
+        let caps_now = effective_caps(&prepared, 0.0);
+        let mut runs = Vec::new();
+        for kind in RunKind::ALL {
+            let method = match kind {
+                RunKind::Kilowatt => Some(settings.solve.method),
+                RunKind::Uniform => Some(MethodChoice::Uniform),
+                RunKind::Proportional => Some(MethodChoice::Proportional),
+                RunKind::Uncapped => None,
+            };
+            let operator = match method {
+                None => None,
+                Some(method) => Some(Operator {
+                    store: MemoryPlanStore::new(KeyLayout::new("/kilowatt")),
+                    solve: SolveOptions {
+                        method,
+                        ..settings.solve.clone()
+                    },
+                    loaded: None,
+                    in_force: None,
+                    timers: LoopTimers::new(Timing {
+                        debounce: timing::DEFAULT_DEBOUNCE,
+                        resync: Duration::from_secs_f64(settings.resync_seconds),
+                        awaiting_report_recheck: pass::AWAITING_GPU_REPORT_RECHECK,
+                    }),
+                    budgets_of: BTreeMap::new(),
+                    overheads: BTreeMap::new(),
+                    passes: 0,
+                    publishes: 0,
+                    errors: 0,
+                    solve_seconds: Vec::new(),
+                    pass_seconds: Vec::new(),
+                }),
+            };
+            let mut nodes = Vec::new();
+            for (index, node) in prepared.nodes.iter().enumerate() {
+                let gpu_workloads = prepared.gpu_workloads(index, 0.0);
+                let gpus = (0..node.gpus)
+                    .map(|i| SimulatedGpu {
+                        info: GpuInfo {
+                            index: i,
+                            uuid: simulated_gpu_uuid(&node.name, i),
+                            model: node.model.name.to_owned(),
+                            min_limit_watts: node.model.min_watts,
+                            max_limit_watts: node.model.max_watts,
+                            default_limit_watts: node.model.max_watts,
+                            supported_sm_clocks_mhz: clocks.clone(),
+                        },
+                        workload: gpu_workloads[i as usize].map(|w| curves[w].clone()),
+                        idle_watts: 0.1 * node.model.max_watts,
+                    })
+                    .collect();
+                let agent = SteppedAgent::start(
+                    SimulatedGpus::new(gpus),
+                    defaults::fence_after(defaults::LEASE_TTL, defaults::FENCE_FRACTION),
+                    Duration::ZERO,
+                )
+                .map_err(|source| SimulateError::Gpus {
+                    node: node.name.clone(),
+                    source,
+                })?;
+                let telemetry = match kind {
+                    RunKind::Kilowatt => Some(Telemetry::for_node(&node.name)?),
+                    _ => None,
+                };
+                let pods_by_uuid =
+                    prepared.pods_by_gpu_uuid(index, 0.0, |i| simulated_gpu_uuid(&node.name, i));
+                if let Some(operator) = &operator {
+                    operator
+                        .store
+                        .register(&node.name, &agent.inventory(Some(&pods_by_uuid)));
+                }
+                nodes.push(NodeState {
+                    agent,
+                    plan_seen: 0,
+                    plan_key: KeyLayout::new("/kilowatt").node_plan(&node.name),
+                    last_renewal: 0.0,
+                    lease_expired: false,
+                    was_partitioned: false,
+                    gpu_workloads,
+                    pods_by_uuid,
+                    gpu_holders: prepared.gpu_holders(index, 0.0),
+                    planned_pods: vec![None; node.gpus as usize],
+                    telemetry,
+                });
+            }
+            for node in &mut nodes {
+                node.agent.handle(Event::LeaseRenewed, Duration::ZERO);
+            }
+            runs.push(Run {
+                kind,
+                summary: RunSummary {
+                    name: kind.name(),
+                    method: operator
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), |o| o.solve.method.to_string()),
+                    ..RunSummary::default()
+                },
+                operator,
+                nodes,
+                caps: caps_now
+                    .iter()
+                    .map(|&cap| CheckedCap {
+                        effective: cap,
+                        held: None,
+                    })
+                    .collect(),
+                cut_pending_since: None,
+                throughput_weighted: 0.0,
+                throughput_weight: 0.0,
+                instant_throughput: 0.0,
+            });
+        }
+        let change_times = prepared.change_times();
+        let mut cap_boundaries: Vec<f64> = prepared
+            .scenario
+            .budgets
+            .iter()
+            .flat_map(|b| {
+                b.windows
+                    .iter()
+                    .flat_map(|w| [w.start_seconds, w.end_seconds])
+            })
+            .chain(prepared.scenario.cap_changes.iter().map(|c| c.at_seconds))
+            .collect();
+        cap_boundaries.sort_by(f64::total_cmp);
+        cap_boundaries.dedup();
+        let objects = Objects::at(&prepared, 0.0);
+        Ok(Simulation {
+            prepared,
+            settings,
+            curves,
+            best_throughput,
+            runs,
+            ticks: 0,
+            change_times,
+            root,
+            series: Vec::new(),
+            feed,
+            metrics: Metrics::new()?,
+            cap_boundaries,
+            caps_now,
+            chains,
+            objects,
+        })
+    }
+
+    /// Simulated seconds so far.
+    pub fn now_seconds(&self) -> f64 {
+        self.ticks as f64 * TICK_SECONDS
+    }
+
+    pub fn finished(&self) -> bool {
+        self.now_seconds() >= self.settings.duration_seconds - 1e-9
+    }
+
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
+    }
+
+    /// Advances one tick.
+    pub async fn step(&mut self) {
+        let before = self.now_seconds();
+        self.ticks += 1;
+        let t = self.now_seconds();
+        let changed = self.change_times.iter().any(|c| before < *c && *c <= t);
+        if self.cap_boundaries.iter().any(|c| before < *c && *c <= t) {
+            self.caps_now = effective_caps(&self.prepared, t);
+        }
+        if changed {
+            self.objects = Objects::at(&self.prepared, t);
+        }
+        for index in 0..self.runs.len() {
+            if changed {
+                self.apply_changes(index, t);
+            }
+            if self.pass_due(index, t) {
+                self.plan(index, t).await;
+            }
+            self.step_agents(index, before, t);
+            self.check_caps(index, t);
+            self.account_throughput(index);
+        }
+        let every = self.settings.series_every_seconds.max(TICK_SECONDS);
+        if (t / every).floor() > (before / every).floor() || self.finished() {
+            self.record_series(t);
+            self.publish_progress(t).await;
+        }
+    }
+
+    /// Workloads that started or stopped take or free their GPUs; the operator hears of it.
+    fn apply_changes(&mut self, index: usize, t: f64) {
+        let prepared = self.prepared.clone();
+        let run = &mut self.runs[index];
+        if let Some(operator) = &mut run.operator {
+            operator.timers.changed(loop_time(t));
+        }
+        for (n, node) in run.nodes.iter_mut().enumerate() {
+            let now = prepared.gpu_workloads(n, t);
+            for (gpu, workload) in now.iter().enumerate() {
+                if node.gpu_workloads[gpu] != *workload {
+                    // NB: the index comes from the node's own inventory, so this cannot fail.
+                    let _ = node
+                        .agent
+                        .backend_mut()
+                        .set_workload(gpu as u32, workload.map(|w| self.curves[w].clone()));
+                }
+            }
+            node.gpu_workloads = now;
+            node.gpu_holders = prepared.gpu_holders(n, t);
+        }
+    }
+
+    /// The Kilowatt run's plan store, for `GET /api/v1/plan`.
+    pub fn kilowatt_store(&self) -> MemoryPlanStore {
+        self.runs[0]
+            .operator
+            .as_ref()
+            .map(|o| o.store.clone())
+            .unwrap_or_else(|| MemoryPlanStore::new(KeyLayout::new("/kilowatt")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Scenario;
+
+    fn small_scenario(tail: &str) -> Prepared {
+        let text = format!(
+            r#"
+name: small
+start: "2026-12-01T00:00:00Z"
+durationSeconds: 120
+budgets:
+  - name: row
+    capWatts: 9000
+    nodeOverheadWatts: 500
+    windows: [{{name: dip, capWatts: 6000, startSeconds: 40, endSeconds: 80}}]
+  - {{name: rack-1, parent: row, capWatts: 6000, nodeLabels: {{rack: "1"}}}}
+  - {{name: rack-2, parent: row, capWatts: 6000, nodeLabels: {{rack: "2"}}}}
+nodeGroups:
+  - {{prefix: r1-, count: 2, labels: {{rack: "1"}}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}}
+  - {{prefix: r2-, count: 2, labels: {{rack: "2"}}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}}
+workloads:
+  - {{name: train, kind: training, profile: llm-pretrain-h100, pods: 2, gpusPerPod: 4, nodeLabels: {{rack: "1"}}}}
+  - {{name: serve, kind: inference, profile: llm-serve-h100, pods: 4, gpusPerPod: 2, nodeLabels: {{rack: "2"}}}}
+{tail}"#
+        );
+        Scenario::parse(&text, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid")
+    }
+
+    fn settings(duration_seconds: f64) -> Settings {
+        Settings {
+            duration_seconds,
+            solve: SolveOptions::default(),
+            resync_seconds: 60.0,
+            series_every_seconds: 10.0,
+        }
+    }
+
+    async fn run_to_end(prepared: Prepared, duration_seconds: f64) -> Simulation {
+        let mut simulation =
+            Simulation::new(prepared, settings(duration_seconds), Feed::new("simulate"))
+                .expect("simulation starts");
+        while !simulation.finished() {
+            simulation.step().await;
+        }
+        simulation
+    }
+
+    #[tokio::test]
+    async fn kilowatt_keeps_every_cap_through_a_dip_and_beats_uniform_capping() {
+        let simulation = run_to_end(small_scenario(""), 120.0).await;
+        let runs = simulation.summaries();
+        let (kilowatt, uniform, proportional, uncapped) = (&runs[0], &runs[1], &runs[2], &runs[3]);
+        assert_eq!(proportional.cap_violations, 0, "{proportional:?}");
+        assert!(kilowatt.normalized_throughput >= proportional.normalized_throughput);
+        assert_eq!(kilowatt.cap_checks, 1200);
+        assert_eq!(kilowatt.cap_violations, 0, "{kilowatt:?}");
+        assert_eq!(uniform.cap_violations, 0, "{uniform:?}");
+        // Uncapped GPUs at 700 W (3300 W per node) break the 6000 W racks all the time.
+        assert!(uncapped.cap_violations > 1000, "{uncapped:?}");
+        assert!(
+            kilowatt.normalized_throughput > uniform.normalized_throughput,
+            "kilowatt {} uniform {}",
+            kilowatt.normalized_throughput,
+            uniform.normalized_throughput
+        );
+        assert!(kilowatt.energy_joules < uncapped.energy_joules);
+        // The dip is a cut the agents enforced within the grace.
+        assert!(kilowatt.worst_cut_enforced_seconds > 0.0);
+        assert!(kilowatt.worst_cut_enforced_seconds <= CUT_GRACE_SECONDS);
+        assert!(kilowatt.plan_revisions >= 3, "{kilowatt:?}");
+        assert_eq!(simulation.series().len(), 12);
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_agent_fences_to_its_floors_and_rejoins() {
+        let prepared =
+            small_scenario("partitions: [{node: r1-0, startSeconds: 10, endSeconds: 30}]\n");
+        let mut simulation = Simulation::new(prepared, settings(60.0), Feed::new("simulate"))
+            .expect("simulation starts");
+        let mut floors_seen = false;
+        while !simulation.finished() {
+            simulation.step().await;
+            let t = simulation.now_seconds();
+            let node = &simulation.runs[0].nodes[0];
+            let limits: Vec<f64> = (0..4)
+                .map(|i| node.agent.backend().power_limit_watts(i).unwrap_or(0.0))
+                .collect();
+            if (20.0..30.0).contains(&t) {
+                floors_seen |= limits.iter().all(|l| *l == 200.0);
+            }
+        }
+        assert!(floors_seen, "the cut-off agent fenced to 200 W");
+        let kilowatt = &simulation.summaries()[0];
+        assert_eq!(kilowatt.fences, 1);
+        assert_eq!(kilowatt.cap_violations, 0);
+        let node = &simulation.runs[0].nodes[0];
+        assert_eq!(node.agent.protocol().mode(), Mode::Following);
+    }
+
+    #[tokio::test]
+    async fn a_pod_arriving_next_to_a_running_one_is_planned_on_the_gpus_it_really_holds() {
+        // `a-train-0` sorts before `serve-0`, but starts later: the device plugin gives it GPUs 2
+        // and 3, not the 0 and 1 that pod-name order would.
+        let text = r#"
+name: mixed
+start: "2026-12-01T00:00:00Z"
+durationSeconds: 120
+budgets: [{name: rack, capWatts: 2600, nodeOverheadWatts: 400, nodeLabels: {rack: r}}]
+nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}]
+workloads:
+  - {name: serve, kind: inference, profile: llm-serve-h100, pods: 1, gpusPerPod: 2}
+  - {name: a-train, kind: training, profile: llm-pretrain-h100, pods: 1, gpusPerPod: 2, startSeconds: 30}
+"#;
+        let prepared = Scenario::parse(text, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid");
+        let simulation = run_to_end(prepared, 120.0).await;
+        let node = &simulation.runs[0].nodes[0];
+        let held = |p: &str| Some(format!("{}/{p}", simulation.prepared.scenario.namespace));
+        assert_eq!(
+            node.gpu_holders,
+            [
+                held("serve-0"),
+                held("serve-0"),
+                held("a-train-0"),
+                held("a-train-0")
+            ]
+        );
+        assert_eq!(node.planned_pods, node.gpu_holders);
+        let kilowatt = &simulation.summaries()[0];
+        assert_eq!(kilowatt.misplanned_gpu_seconds, 0.0, "{kilowatt:?}");
+        assert_eq!(kilowatt.cap_violations, 0);
+    }
+
+    #[tokio::test]
+    async fn the_page_feed_names_the_window_that_cut_the_cap() {
+        let feed = Feed::new("simulate");
+        let mut simulation = Simulation::new(small_scenario(""), settings(60.0), feed.clone())
+            .expect("simulation starts");
+        while !simulation.finished() {
+            simulation.step().await;
+        }
+        let overview = feed.overview();
+        let reasons: Vec<&String> = overview.changes.iter().flat_map(|c| &c.reasons).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("window dip opened")),
+            "{reasons:?}"
+        );
+        let simulation_view = overview.simulation.expect("simulation progress");
+        assert!(simulation_view.finished);
+        assert_eq!(simulation_view.runs.len(), 4);
+        let metrics = simulation.render_metrics().expect("metrics");
+        assert!(metrics.contains("kilowatt_budget_allocated_watts{budget=\"row\"}"));
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("kilowatt_gpu_power_watts{")
+                    && l.contains("node=\"r1-0\"")
+                    && l.contains("gpu=\"0\"")),
+            "{metrics}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! The simulated nodes: each one's agent core over simulated GPUs, its lease and partitions, the
+//! kubelet's answers about which pod holds each GPU, and the plans delivered to it. No IO.
+
+use super::*;
+/// One node: its agent over simulated GPUs, and its contact with the plan store.
+pub(super) struct NodeState {
+    pub(super) agent: SteppedAgent<SimulatedGpus>,
+    /// Mod revision of the node's plan key last delivered to the agent.
+    pub(super) plan_seen: i64,
+    /// The node's plan key, formatted once.
+    pub(super) plan_key: String,
+    pub(super) last_renewal: f64,
+    pub(super) lease_expired: bool,
+    pub(super) was_partitioned: bool,
+    /// Workload index on each GPU.
+    pub(super) gpu_workloads: Vec<Option<usize>>,
+    /// The simulated kubelet's last answer to the agent: which pods hold each GPU, by UUID.
+    pub(super) pods_by_uuid: BTreeMap<String, Vec<String>>,
+    /// The pod holding each GPU now, as `namespace/name`.
+    pub(super) gpu_holders: Vec<Option<String>>,
+    /// The pod each GPU's limit was planned for, in the last plan the agent received.
+    pub(super) planned_pods: Vec<Option<String>>,
+    pub(super) telemetry: Option<Telemetry>,
+}
+
+impl NodeState {
+    /// Hands the agent its plan key's value, noting which pod each GPU's limit was planned for.
+    pub(super) fn deliver_plan(
+        &mut self,
+        plan: Option<NodePlan>,
+        now: Duration,
+    ) -> Vec<Acknowledgement> {
+        self.planned_pods.iter_mut().for_each(|p| *p = None);
+        for gpu in plan.iter().flat_map(|p| &p.gpus) {
+            if let Some(planned) = self.planned_pods.get_mut(gpu.index as usize) {
+                planned.clone_from(&gpu.pod);
+            }
+        }
+        self.agent.handle(Event::PlanChanged(plan), now)
+    }
+}
+
+/// The UUID of simulated GPU `index` of `node`, as its agent registers it.
+pub(super) fn simulated_gpu_uuid(node: &str, index: u32) -> String {
+    format!("SIM-{node}-{index}")
+}
+
+impl Simulation {
+    /// Every agent of run `index` over (before, t]: lease renewals, plan changes, samples and ticks,
+    /// partitions.
+    pub(super) fn step_agents(&mut self, index: usize, before: f64, t: f64) {
+        let prepared = self.prepared.clone();
+        let run = &mut self.runs[index];
+        let now = seconds(t);
+        // The agents run with `kilowatt-agent`'s defaults.
+        let sample_seconds = defaults::SAMPLE_PERIOD.as_secs_f64();
+        let lease_ttl_seconds = defaults::LEASE_TTL.as_secs_f64();
+        let sampled = (t / sample_seconds).floor() > (before / sample_seconds).floor();
+        let ask_every = POD_REFRESH.as_secs_f64();
+        let kubelet_asked = (t / ask_every).floor() > (before / ask_every).floor();
+        for (n, node) in run.nodes.iter_mut().enumerate() {
+            let name = &prepared.nodes[n].name;
+            let Some(operator) = &run.operator else {
+                if sampled {
+                    node.agent.sample(now, defaults::REPORT_PERIOD);
+                }
+                continue;
+            };
+            let store = &operator.store;
+            let partitioned = prepared.partitioned(name, t);
+            let mut acknowledgements = Vec::new();
+            // As the agent process: the kubelet is local, so it is asked even when etcd is out of
+            // reach, and a changed answer is registered again once it can be.
+            let mut pods_changed = false;
+            if kubelet_asked {
+                let answer = prepared.pods_by_gpu_uuid(n, t, |i| simulated_gpu_uuid(name, i));
+                pods_changed = answer != node.pods_by_uuid;
+                node.pods_by_uuid = answer;
+            }
+            if partitioned {
+                if !node.lease_expired && t - node.last_renewal >= lease_ttl_seconds {
+                    store.expire_lease(name);
+                    node.lease_expired = true;
+                }
+            } else {
+                if node.was_partitioned {
+                    // Back in contact: a new session registers again and reads the plan.
+                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
+                    node.lease_expired = false;
+                    node.last_renewal = t;
+                    acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
+                    let (revision, plan) = store.node_plan(name);
+                    node.plan_seen = revision;
+                    acknowledgements.extend(node.deliver_plan(plan, now));
+                } else if t - node.last_renewal >= lease_ttl_seconds / 3.0 {
+                    node.last_renewal = t;
+                    acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
+                }
+                if pods_changed && !node.was_partitioned {
+                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
+                }
+                if let Some((revision, plan)) =
+                    store.node_plan_change(&node.plan_key, node.plan_seen)
+                {
+                    node.plan_seen = revision;
+                    acknowledgements.extend(node.deliver_plan(plan, now));
+                }
+            }
+            node.was_partitioned = partitioned;
+            if sampled {
+                let misplanned = node
+                    .gpu_holders
+                    .iter()
+                    .zip(&node.planned_pods)
+                    .filter(|(holder, planned)| {
+                        holder.is_some() && planned.is_some() && holder != planned
+                    })
+                    .count();
+                run.summary.misplanned_gpu_seconds += misplanned as f64 * sample_seconds;
+                let (readings, report) = node.agent.sample(now, defaults::REPORT_PERIOD);
+                if let Some(telemetry) = &node.telemetry {
+                    telemetry.observe_gpus(node.agent.gpus(), &readings, &node.pods_by_uuid);
+                }
+                if let Some(report) = report.filter(|_| !partitioned) {
+                    store.report_power(name, &report);
+                }
+                let fenced_before = node.agent.protocol().mode() == Mode::Fenced;
+                acknowledgements.extend(node.agent.handle(Event::Tick, now));
+                if !fenced_before && node.agent.protocol().mode() == Mode::Fenced {
+                    run.summary.fences += 1;
+                }
+            }
+            if !partitioned {
+                for ack in &acknowledgements {
+                    store.acknowledge(name, ack);
+                    if let Some(telemetry) = &node.telemetry {
+                        telemetry.revision(ack.revision);
+                    }
+                }
+            }
+            if let Some(telemetry) = &node.telemetry {
+                telemetry.observe_agent(node.agent.protocol());
+            }
+        }
+    }
+}

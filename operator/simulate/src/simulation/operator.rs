@@ -1,0 +1,131 @@
+//! The simulated operator of a planned run: its plan store, fence and the reconcile loop's own timers
+//! (`kilowatt_operator::controller::timing`), and the planning pass it runs when they say so. No IO.
+
+use super::*;
+/// The operator of a planned run: its store, its fence and its timers, as the reconcile loop keeps them.
+pub(super) struct Operator {
+    pub(super) store: MemoryPlanStore,
+    pub(super) solve: SolveOptions,
+    pub(super) loaded: Option<Loaded>,
+    pub(super) in_force: Option<PublishedPlan>,
+    /// When the next pass is due, by the reconcile loop's own timers.
+    pub(super) timers: LoopTimers,
+    /// Each node's budgets and overhead in the last translation, for measured watts between passes.
+    pub(super) budgets_of: BTreeMap<String, Vec<String>>,
+    pub(super) overheads: BTreeMap<String, f64>,
+    pub(super) passes: u64,
+    pub(super) publishes: u64,
+    pub(super) errors: u64,
+    pub(super) solve_seconds: Vec<f64>,
+    pub(super) pass_seconds: Vec<f64>,
+}
+
+impl Simulation {
+    pub(super) fn pass_due(&self, index: usize, t: f64) -> bool {
+        self.runs[index]
+            .operator
+            .as_ref()
+            .is_some_and(|operator| operator.timers.due(loop_time(t)))
+    }
+    /// One operator pass of run `index` at `t`, as the reconcile loop runs it.
+    pub(super) async fn plan(&mut self, index: usize, t: f64) {
+        let prepared = self.prepared.clone();
+        let now = instant(prepared.start, t);
+        let Objects {
+            budgets,
+            profiles,
+            nodes,
+            pods,
+        } = &self.objects;
+        let is_kilowatt = self.runs[index].kind == RunKind::Kilowatt;
+        let Some(operator) = self.runs[index].operator.as_mut() else {
+            return;
+        };
+        operator.passes += 1;
+        operator.timers.pass_started(loop_time(t));
+        let translate_at = |inventories: &BTreeMap<String, Inventory>| {
+            translate(
+                Cluster {
+                    budgets,
+                    profiles,
+                    nodes,
+                    pods,
+                    inventories,
+                },
+                now,
+            )
+        };
+        let solve = operator.solve.clone();
+        let outcome = pass::run(
+            &operator.store,
+            PassInputs {
+                now,
+                translate: translate_at,
+                // The scenario's machines stay up; only agents are cut off.
+                machine_up: |_: &str| true,
+                may_publish: || true,
+                loaded: operator.loaded.take(),
+                solve: &solve,
+            },
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                operator.errors += 1;
+                operator.timers.pass_failed(loop_time(t));
+                tracing::warn!(
+                    run = self.runs[index].kind.name(),
+                    error = %error_chain(&error),
+                    "simulated pass failed"
+                );
+                return;
+            }
+        };
+        operator.solve_seconds.push(outcome.solve_seconds);
+        operator.pass_seconds.push(outcome.pass_seconds);
+        let next_transition = outcome.translation.next_transition.map(|at| {
+            let millis = at.as_millisecond() - prepared.start.as_millisecond();
+            Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+        });
+        operator.timers.pass_finished(
+            loop_time(t),
+            PassOutcome {
+                raises_held_back: !outcome.held_back.is_empty(),
+                awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
+                next_transition,
+            },
+        );
+        if outcome.published.is_some() {
+            operator.publishes += 1;
+        }
+        operator.budgets_of = pass::node_budgets(&outcome.translation);
+        operator.overheads = outcome
+            .translation
+            .nodes
+            .iter()
+            .map(|(n, f)| (n.clone(), f.overhead_watts))
+            .collect();
+        operator.loaded = Some(outcome.loaded.clone());
+        operator.in_force = Some(outcome.in_force.clone());
+        if is_kilowatt {
+            let spec_caps = outcome.translation.spec_caps();
+            self.metrics.reconciles.inc();
+            self.metrics
+                .solve_duration_seconds
+                .observe(outcome.solve_seconds);
+            if outcome.published.is_some() {
+                self.metrics.plan_publishes.inc();
+            }
+            self.metrics
+                .observe_plan(&outcome.in_force, &spec_caps, &outcome.measured);
+            self.feed.record(PassRecord {
+                plan: &outcome.in_force,
+                spec_caps: &spec_caps,
+                measured: &outcome.measured,
+                solve_seconds: outcome.solve_seconds,
+                now,
+            });
+        }
+    }
+}
