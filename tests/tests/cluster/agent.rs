@@ -8,86 +8,14 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
-use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan};
 use kilowatt_node_agent::agent::{self, AgentOptions};
+use kilowatt_tests::*;
 use kilowatt_tests::{Etcd, eventually, within};
-
-use crate::faults::{free_port, test_dir, workspace_binary};
-use crate::scale::cpu_and_rss;
-
-/// Options of an in-process test agent: no credentials, no pod-resources socket, fence at half the
-/// `lease_ttl`, drift checks every second, samples every 100 ms, power reports every second.
-pub(crate) fn agent_options(
-    node: &str,
-    etcd_endpoint: &str,
-    prefix: &str,
-    lease_ttl: Duration,
-) -> AgentOptions {
-    AgentOptions {
-        node: node.into(),
-        etcd_endpoints: vec![etcd_endpoint.to_owned()],
-        etcd_prefix: prefix.into(),
-        etcd_tls: None,
-        credentials: None,
-        lease_ttl,
-        fence_fraction: 0.5,
-        drift_check: Duration::from_secs(1),
-        sample_period: Duration::from_millis(100),
-        report_period: Duration::from_secs(1),
-        pod_resources_socket: None,
-        gpu_resource_name: "nvidia.com/gpu".into(),
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(30);
 const NODE: &str = "gpu-node-1";
-
-/// Simulated GPUs the test can inspect and disturb while the agent drives them.
-#[derive(Clone)]
-pub(crate) struct SharedGpus(pub(crate) Arc<Mutex<SimulatedGpus>>);
-
-impl SharedGpus {
-    /// The limit every GPU enforces now.
-    pub(crate) fn limits(&self) -> Vec<f64> {
-        let gpus = self.0.lock().expect("gpus");
-        let count = gpus.inventory().expect("inventory").len() as u32;
-        (0..count)
-            .map(|i| gpus.power_limit_watts(i).expect("limit"))
-            .collect()
-    }
-}
-
-impl GpuBackend for SharedGpus {
-    fn name(&self) -> &'static str {
-        "simulated"
-    }
-    fn inventory(&self) -> Result<Vec<GpuInfo>, GpuError> {
-        self.0.lock().expect("gpus").inventory()
-    }
-    fn power_limit_watts(&self, index: u32) -> Result<f64, GpuError> {
-        self.0.lock().expect("gpus").power_limit_watts(index)
-    }
-    fn set_power_limit_watts(&mut self, index: u32, watts: f64) -> Result<(), GpuError> {
-        self.0
-            .lock()
-            .expect("gpus")
-            .set_power_limit_watts(index, watts)
-    }
-    fn lock_sm_clock(&mut self, index: u32, mhz: u32) -> Result<(), GpuError> {
-        self.0.lock().expect("gpus").lock_sm_clock(index, mhz)
-    }
-    fn reset_sm_clock(&mut self, index: u32) -> Result<(), GpuError> {
-        self.0.lock().expect("gpus").reset_sm_clock(index)
-    }
-    fn read(&self, index: u32) -> Result<GpuReading, GpuError> {
-        self.0.lock().expect("gpus").read(index)
-    }
-    fn advance(&mut self, now: Duration) {
-        self.0.lock().expect("gpus").advance(now);
-    }
-}
 
 fn node_plan(revision: u64, limits: [f64; 4]) -> NodePlan {
     NodePlan {

@@ -14,17 +14,11 @@ use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource
 use kilowatt_operator::controller::HttpsListener;
 use kilowatt_operator::store::PlanStore;
 use kilowatt_operator::store::etcd::{EtcdCredentials, EtcdPlanStore};
+use kilowatt_tests::*;
 use kilowatt_tests::{ControlPlane, Etcd, TestPki, create_from_yaml, eventually, within};
 use kube::Client as KubeClient;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-
-use crate::agent::agent_options;
-use crate::faults::test_dir;
-use crate::operator::{
-    budget, gpu_node, gpu_pod, http_exchange, http_get, options, prepared_cluster,
-    start_operator_with,
-};
 
 const PREFIX: &str = "/kilowatt-test";
 const AGENTS: &str = "kilowatt-system";

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
+use kilowatt_tests::*;
 use kilowatt_tests::{ControlPlane, eventually, install_crds, within};
 use kube::api::{Api, PostParams};
 use serde_json::Value;
-
-use crate::faults::workspace_binary;
 
 fn kilowatt(args: &[&str]) -> Output {
     Command::new(workspace_binary("kilowatt"))

@@ -18,14 +18,10 @@ use kilowatt_node_agent::pod_resources::proto::{
     ListPodResourcesResponse, PodResources,
 };
 use kilowatt_operator::store::PlanStore;
+use kilowatt_tests::*;
 use kilowatt_tests::{Etcd, eventually};
 use serde_json::Value;
 use tonic::{Request, Response, Status};
-
-use crate::faults::{
-    ALL, NodeUnderTest, OperatorProcess, fleet, free_port, plan_store, settled, test_dir,
-};
-use crate::operator::{http_exchange, prepared_cluster};
 
 /// A kubelet whose `List` says which pod holds each simulated GPU (`SIM-<node>-<index>`).
 struct FakeKubelet {

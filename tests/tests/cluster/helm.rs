@@ -6,11 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kilowatt_tests::*;
 use kilowatt_tests::{KUBERNETES_VERSION, helm_binary, within};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
-
-use crate::operator::prepared_cluster;
 
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/kilowatt")

@@ -2,205 +2,24 @@
 //! plans in etcd that fit every cap, status, conditions and events, reactions to cap, schedule and pod
 //! changes, bad input held at the floor, restarts and leader election.
 
+use kilowatt_tests::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kilowatt_crds::{PowerBudget, PowerBudgetStatus, WorkloadProfile};
-use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator, StartError};
+use kilowatt_operator::controller::{self, RunningOperator, StartError};
 use kilowatt_operator::http::whatif::WhatIfRequest;
 use kilowatt_operator::http::whatif_client::{AskError, ask};
-use kilowatt_operator::plan::published::{KeyLayout, NodePlan, PublishedPlan};
+use kilowatt_operator::plan::published::{NodePlan, PublishedPlan};
 use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_operator::store::{PlanStore, node_plans};
-use kilowatt_solver::SolveOptions;
-use kilowatt_tests::{ControlPlane, create_from_yaml, eventually, install_crds, within};
+use kilowatt_tests::{ControlPlane, eventually, within};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const OPERATOR_USER: &str = "system:serviceaccount:kilowatt-system:kilowatt-operator";
-const H100: &str = "NVIDIA-H100-80GB-HBM3";
-const WAIT: Duration = Duration::from_secs(45);
-
-/// A control plane with the CRDs, the operator's RBAC and the `ml` namespace.
-pub(crate) async fn prepared_cluster() -> (ControlPlane, Client) {
-    let plane = ControlPlane::start().await.expect("control plane starts");
-    let admin = plane.client().await.expect("admin client");
-    install_crds(&admin).await.expect("CRDs install");
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for name in ["kilowatt-system", "ml"] {
-        let namespace: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-        within(
-            "namespace",
-            namespaces.create(&PostParams::default(), &namespace),
-        )
-        .await
-        .expect("namespace created");
-    }
-    create_from_yaml(&admin, "helm/kilowatt/rbac/operator.yaml")
-        .await
-        .expect("operator RBAC applies");
-    (plane, admin)
-}
-
-pub(crate) fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> OperatorOptions {
-    OperatorOptions {
-        etcd_endpoints: vec![plane.etcd_endpoint.clone()],
-        etcd_prefix: "/kilowatt-test".to_owned(),
-        etcd_credentials: None,
-        etcd_tls: None,
-        agent_service_account: "kilowatt-system/kilowatt-agent"
-            .parse()
-            .expect("service account"),
-        listen: "127.0.0.1:0".parse().expect("address"),
-        https: None,
-        identity: identity.to_owned(),
-        lease_namespace: "kilowatt-system".to_owned(),
-        lease_name: "kilowatt-operator".to_owned(),
-        lease_duration: Duration::from_secs(3),
-        debounce: Duration::from_millis(100),
-        resync,
-        solve: SolveOptions::default(),
-    }
-}
-
-/// Starts an operator replica in this process, authorised as the operator's ServiceAccount.
-pub(crate) async fn start_operator(
-    plane: &ControlPlane,
-    identity: &str,
-    resync: Duration,
-) -> RunningOperator {
-    start_operator_with(plane, options(plane, identity, resync)).await
-}
-
-/// Starts an operator replica with `options`, authorised as the operator's ServiceAccount.
-pub(crate) async fn start_operator_with(
-    plane: &ControlPlane,
-    options: OperatorOptions,
-) -> RunningOperator {
-    let client = plane.client_as(OPERATOR_USER).await.expect("client");
-    within("operator start", controller::start(client, options))
-        .await
-        .expect("operator starts")
-}
-
-async fn create<K>(api: &Api<K>, value: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let object: K = serde_json::from_value(value).expect("typed object");
-    within("create", api.create(&PostParams::default(), &object))
-        .await
-        .expect("created")
-}
-
-/// A GPU node as the kubelet and GPU feature discovery would register it.
-pub(crate) async fn gpu_node(admin: &Client, name: &str, labels: Value, gpus: u32, product: &str) {
-    let nodes: Api<Node> = Api::all(admin.clone());
-    let mut labels = labels;
-    labels["nvidia.com/gpu.product"] = json!(product);
-    labels["kubernetes.io/hostname"] = json!(name);
-    create(
-        &nodes,
-        json!({"metadata": {"name": name, "labels": labels}}),
-    )
-    .await;
-    let status = json!({"status": {"capacity": {"nvidia.com/gpu": gpus.to_string(), "cpu": "64", "pods": "110"}}});
-    within(
-        "node status",
-        nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)),
-    )
-    .await
-    .expect("node status patched");
-}
-
-/// A pod holding `gpus` GPUs on `node`, Running, as the scheduler and kubelet would leave it.
-pub(crate) async fn gpu_pod(admin: &Client, name: &str, node: &str, gpus: u32, annotations: Value) {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), "ml");
-    create(
-        &pods,
-        json!({"metadata": {"name": name, "namespace": "ml", "annotations": annotations},
-               "spec": {"nodeName": node, "containers": [{"name": "main", "image": "registry.invalid/job:1",
-                        "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]}}),
-    )
-    .await;
-    within(
-        "pod status",
-        pods.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"phase": "Running"}})),
-        ),
-    )
-    .await
-    .expect("pod status patched");
-}
-
-pub(crate) async fn budget(admin: &Client, name: &str, spec: Value) {
-    let budgets: Api<PowerBudget> = Api::all(admin.clone());
-    create(
-        &budgets,
-        json!({"apiVersion": "kilowatt.dev/v1alpha1", "kind": "PowerBudget", "metadata": {"name": name}, "spec": spec}),
-    )
-    .await;
-}
-
-pub(crate) async fn patch_budget(admin: &Client, name: &str, spec: Value) {
-    let budgets: Api<PowerBudget> = Api::all(admin.clone());
-    within(
-        "patch budget",
-        budgets.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": spec})),
-        ),
-    )
-    .await
-    .expect("budget patched");
-}
-
-pub(crate) async fn store(plane: &ControlPlane) -> EtcdPlanStore {
-    within(
-        "etcd",
-        EtcdPlanStore::connect(
-            std::slice::from_ref(&plane.etcd_endpoint),
-            KeyLayout::new("/kilowatt-test"),
-            Duration::from_secs(5),
-        ),
-    )
-    .await
-    .expect("etcd connects")
-}
-
-/// The plan in etcd once `accept` holds for it.
-pub(crate) async fn plan_where(
-    store: &EtcdPlanStore,
-    what: &str,
-    accept: impl Fn(&PublishedPlan) -> bool,
-) -> PublishedPlan {
-    eventually(what, WAIT, || async {
-        let loaded = store.load().await.map_err(|e| e.to_string())?;
-        match loaded.plan {
-            Some(plan) if accept(&plan) => Ok(plan),
-            Some(plan) => Err(format!(
-                "revision {} status {} budgets {:?}",
-                plan.revision,
-                plan.status,
-                plan.budgets
-                    .iter()
-                    .map(|b| (b.name.as_str(), b.effective_cap_watts, b.allocated_watts))
-                    .collect::<Vec<_>>()
-            )),
-            None => Err("no plan".to_owned()),
-        }
-    })
-    .await
-}
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
 
 /// The invariant, checked on the per-node keys agents read: for every budget, the limits plus
 /// overheads of the nodes under it fit its planning cap. Returns the watts counted per budget.
@@ -314,38 +133,6 @@ async fn event(admin: &Client, namespace: &str, name: &str, reason: &str) -> Str
                         .collect::<Vec<_>>()
                 )
             })
-    })
-    .await
-}
-
-/// `GET path` on a local HTTP server: (status, body).
-pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    http_exchange(
-        address,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
-/// Sends a raw HTTP/1.1 `request` (which must ask to close the connection) and reads the answer:
-/// (status, body).
-pub(crate) async fn http_exchange(address: std::net::SocketAddr, request: &str) -> (u16, String) {
-    within("http exchange", async {
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read");
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_owned());
-        (code, body)
     })
     .await
 }

@@ -10,13 +10,9 @@ use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent;
 use kilowatt_operator::store::PlanStore;
+use kilowatt_tests::*;
 use kilowatt_tests::{ControlPlane, eventually, within};
 use serde_json::json;
-
-use crate::agent::{SharedGpus, agent_options};
-use crate::operator::{
-    budget, gpu_node, gpu_pod, patch_budget, plan_where, prepared_cluster, start_operator, store,
-};
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 const OVERHEAD_WATTS: f64 = 500.0;

@@ -16,12 +16,9 @@ use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent;
 use kilowatt_operator::store::PlanStore;
 use kilowatt_operator::store::etcd::EtcdPlanStore;
+use kilowatt_tests::*;
 use kilowatt_tests::{Etcd, eventually, within};
 use serde_json::json;
-
-use crate::agent::agent_options;
-use crate::faults::{OperatorProcess, PREFIX, plan_store, test_dir};
-use crate::operator::{budget, gpu_node, gpu_pod, http_exchange, patch_budget, prepared_cluster};
 
 const NODES_PER_RACK: usize = 20;
 const GPUS: u32 = 8;
@@ -255,27 +252,6 @@ async fn etcd_counters(endpoint: &str) -> BTreeMap<String, f64> {
         }
     }
     counters
-}
-
-/// utime + stime (seconds) and RSS (MiB) of a process.
-pub(crate) fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .collect();
-    // After the command name: state is field 3 of the whole line, utime 14 and stime 15.
-    let ticks: f64 =
-        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    // NB: /proc counts in USER_HZ, which Linux fixes at 100 whatever the kernel's tick rate.
-    (ticks / 100.0, rss_kib / 1024.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

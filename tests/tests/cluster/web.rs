@@ -8,11 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
+use kilowatt_tests::*;
 use kilowatt_tests::{eventually, within};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::faults::{free_port, test_dir, workspace_binary};
 
 /// A child process killed when dropped.
 struct Killed(Child);
