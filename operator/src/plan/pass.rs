@@ -299,11 +299,12 @@ mod tests {
 
     use k8s_openapi::api::core::v1::{Node, Pod};
     use kilowatt_crds::PowerBudget;
-    use kilowatt_crds::plan::{Acknowledgement, InventoryGpu};
+    use kilowatt_crds::plan::Acknowledgement;
     use serde_json::json;
 
     use super::*;
     use crate::plan::published::KeyLayout;
+    use crate::plan::rollout::tests::inventory;
     use crate::plan::translate::tests::{at, budget, node, pod};
     use crate::plan::translate::{Cluster, WEIGHT_ANNOTATION, WORKLOAD_ANNOTATION, translate};
     use crate::store::memory::MemoryPlanStore;
@@ -326,28 +327,11 @@ mod tests {
         pod(&format!("train-{node}"), node, 8, annotations)
     }
 
-    fn inventory() -> Inventory {
-        Inventory {
-            backend: "simulated".into(),
-            gpus: (0..8)
-                .map(|index| InventoryGpu {
-                    index,
-                    uuid: format!("SIM-{index}"),
-                    model: "H100-SXM".into(),
-                    min_limit_watts: 200.0,
-                    max_limit_watts: 700.0,
-                    pods: Vec::new(),
-                })
-                .collect(),
-            pods_reported: false,
-        }
-    }
-
     impl Fleet {
         fn new() -> Fleet {
             let store = MemoryPlanStore::new(KeyLayout::new("/kilowatt"));
             for name in NODES {
-                store.register(name, &inventory());
+                store.register(name, &inventory(8));
             }
             Fleet {
                 store,

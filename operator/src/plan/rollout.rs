@@ -178,7 +178,7 @@ pub fn next_step(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -189,7 +189,7 @@ mod tests {
         }
     }
 
-    fn inventory(gpus: usize) -> Inventory {
+    pub(crate) fn inventory(gpus: usize) -> Inventory {
         Inventory {
             backend: "simulated".into(),
             gpus: (0..gpus as u32)
