@@ -35,6 +35,7 @@ use crate::http::web::{Feed, PassRecord};
 use crate::http::{AppState, Health, router, serve_https};
 use crate::plan::pass::{self, PassError, PassInputs};
 use crate::plan::published::{KeyLayout, PublishedPlan};
+use crate::plan::reasons;
 use crate::plan::status::{EventNote, budget_events, budget_status};
 use crate::plan::translate::{PodWarning, ProfileSource, Translation};
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
@@ -554,7 +555,7 @@ impl Reconciler {
             if let (Some(ProfileSource::Default(name)), Some(_)) = (&pod.profile, &pod.workload) {
                 notes.push(EventNote {
                     warning: false,
-                    reason: "DefaultProfile".to_owned(),
+                    reason: reasons::DEFAULT_PROFILE.to_owned(),
                     note: format!(
                         "no WorkloadProfile is named by kilowatt.dev/profile or selects this pod; it is \
                          planned with the built-in {name} curve (illustrative, not a measurement)"

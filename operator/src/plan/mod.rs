@@ -6,6 +6,7 @@
 pub mod gpu_models;
 pub mod pass;
 pub mod published;
+pub mod reasons;
 pub mod rollout;
 pub mod schedule;
 pub mod status;

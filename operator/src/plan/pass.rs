@@ -10,6 +10,7 @@ use kilowatt_crds::plan::Inventory;
 use kilowatt_solver::{Plan, Problem, SolveError, SolveOptions};
 
 use crate::plan::published::{self, NodePlan, PublishedPlan};
+use crate::plan::reasons;
 use crate::plan::rollout::{self, AgentView};
 use crate::plan::status::measured_per_budget;
 use crate::plan::translate::{PodWarning, Translation};
@@ -137,7 +138,7 @@ fn mark_dropped(translation: &mut Translation, dropped: &[(String, String)]) {
             if pod.workload.as_deref() == Some(workload.as_str()) {
                 pod.workload = None;
                 pod.warnings.push(PodWarning {
-                    reason: "InvalidProfile",
+                    reason: reasons::INVALID_PROFILE,
                     message: format!(
                         "the profile of workload {workload} cannot be planned ({message}); the pod's \
                          GPUs are held at their minimum power limit until the profile is fixed"

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kilowatt_crds::PowerBudgetStatus;
 
 use crate::plan::published::PublishedPlan;
+use crate::plan::reasons;
 use crate::plan::rollout::AgentView;
 use crate::plan::translate::BudgetFacts;
 
@@ -65,9 +66,9 @@ pub fn budget_status(
     let infeasible_condition = if infeasible {
         let floors = summary.map_or(0.0, |s| s.allocated_watts);
         condition(
-            "Infeasible",
+            reasons::INFEASIBLE,
             true,
-            "FloorsExceedCap",
+            reasons::FLOORS_EXCEED_CAP,
             format!(
                 "the minimum limits and overheads under this budget need {floors:.0} W but its \
                  effective cap minus safety margin is {:.0} W; every GPU in the plan is held at its \
@@ -80,9 +81,9 @@ pub fn budget_status(
         )
     } else {
         condition(
-            "Infeasible",
+            reasons::INFEASIBLE,
             false,
-            "Feasible",
+            reasons::FEASIBLE,
             "the minimum limits and overheads fit under the cap".to_owned(),
             generation,
             old,
@@ -91,9 +92,9 @@ pub fn budget_status(
     };
     let conflict_condition = if conflicted {
         condition(
-            "Conflict",
+            reasons::CONFLICT,
             true,
-            "NodeInUnrelatedBudgets",
+            reasons::NODE_IN_UNRELATED_BUDGETS,
             facts.conflicts.join("; "),
             generation,
             old,
@@ -101,9 +102,9 @@ pub fn budget_status(
         )
     } else {
         condition(
-            "Conflict",
+            reasons::CONFLICT,
             false,
-            "NoConflict",
+            reasons::NO_CONFLICT,
             "no node is shared with an unrelated budget".to_owned(),
             generation,
             old,
@@ -112,7 +113,7 @@ pub fn budget_status(
     };
     let degraded_condition = match facts.issues.first() {
         Some(first) => condition(
-            "Degraded",
+            reasons::DEGRADED,
             true,
             first.reason,
             facts
@@ -126,9 +127,9 @@ pub fn budget_status(
             now,
         ),
         None => condition(
-            "Degraded",
+            reasons::DEGRADED,
             false,
-            "InputsValid",
+            reasons::INPUTS_VALID,
             "parent, selector, GPU inventory and annotations are valid".to_owned(),
             generation,
             old,
@@ -137,36 +138,36 @@ pub fn budget_status(
     };
     let ready_condition = match (summary, infeasible, conflicted) {
         (None, _, _) => condition(
-            "Ready",
+            reasons::READY,
             false,
-            "NotPlanned",
+            reasons::NOT_PLANNED,
             "no plan has been published for this budget yet".to_owned(),
             generation,
             old,
             now,
         ),
         (Some(_), true, _) => condition(
-            "Ready",
+            reasons::READY,
             false,
-            "Infeasible",
+            reasons::INFEASIBLE,
             "the plan holds every GPU at its minimum limit (see Infeasible)".to_owned(),
             generation,
             old,
             now,
         ),
         (Some(_), false, true) => condition(
-            "Ready",
+            reasons::READY,
             false,
-            "Conflict",
+            reasons::CONFLICT,
             "some nodes are held at their minimum limits (see Conflict)".to_owned(),
             generation,
             old,
             now,
         ),
         (Some(s), false, false) => condition(
-            "Ready",
+            reasons::READY,
             true,
-            "Planned",
+            reasons::PLANNED,
             format!(
                 "{:.0} W of {:.0} W allocated across {} nodes and {} GPUs",
                 s.allocated_watts, s.effective_cap_watts, s.nodes, s.gpus
@@ -251,14 +252,14 @@ pub fn budget_events(
         }
         let is_true = new.status == "True";
         let event = match (new.type_.as_str(), is_true) {
-            ("Ready", true) => Some((false, "Planned".to_owned())),
-            ("Ready", false) => None,
+            (reasons::READY, true) => Some((false, reasons::PLANNED.to_owned())),
+            (reasons::READY, false) => None,
             // A fresh budget starts with these false; only a recovery from true is news.
             (_, false) if before.is_none() => None,
-            ("Infeasible", false) => Some((false, "Feasible".to_owned())),
-            ("Conflict", false) => Some((false, "ConflictResolved".to_owned())),
-            ("Degraded", false) => Some((false, "InputsValid".to_owned())),
-            ("Degraded", true) => Some((true, new.reason.clone())),
+            (reasons::INFEASIBLE, false) => Some((false, reasons::FEASIBLE.to_owned())),
+            (reasons::CONFLICT, false) => Some((false, reasons::CONFLICT_RESOLVED.to_owned())),
+            (reasons::DEGRADED, false) => Some((false, reasons::INPUTS_VALID.to_owned())),
+            (reasons::DEGRADED, true) => Some((true, new.reason.clone())),
             (other, true) => Some((true, other.to_owned())),
             _ => None,
         };
@@ -282,7 +283,7 @@ pub fn budget_events(
             };
             events.push(EventNote {
                 warning: false,
-                reason: "EffectiveCapChanged".to_owned(),
+                reason: reasons::EFFECTIVE_CAP_CHANGED.to_owned(),
                 note: format!("effective cap {old_cap:.0} W → {new_cap:.0} W ({windows})"),
             });
         }

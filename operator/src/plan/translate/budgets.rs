@@ -11,6 +11,7 @@ use kilowatt_crds::PowerBudget;
 use kube::ResourceExt;
 
 use super::{BudgetFacts, BudgetIssue};
+use crate::plan::reasons;
 use crate::plan::schedule;
 
 /// Budgets resolved into a forest: validated parents, chains, and per-budget facts without counts.
@@ -29,7 +30,7 @@ pub(super) fn budget_forest(
         let parent = match &spec.parent {
             Some(parent) if !by_name.contains_key(parent) => {
                 issues.push(BudgetIssue {
-                    reason: "ParentNotFound",
+                    reason: reasons::PARENT_NOT_FOUND,
                     message: format!(
                         "parent PowerBudget {parent:?} does not exist; this budget is planned as a root"
                     ),
@@ -77,7 +78,7 @@ pub(super) fn budget_forest(
         if let Some(f) = facts.get_mut(&name) {
             f.parent = None;
             f.issues.push(BudgetIssue {
-                reason: "ParentCycle",
+                reason: reasons::PARENT_CYCLE,
                 message: format!(
                     "parents form a cycle ({cycle}); this budget is planned as a root"
                 ),
@@ -130,7 +131,7 @@ pub(super) fn select_nodes(
         if let Some(f) = budgets.get_mut(&budget) {
             // A selector the operator cannot evaluate selects nothing; its nodes stay unbudgeted.
             f.issues.push(BudgetIssue {
-                reason: "InvalidNodeSelector",
+                reason: reasons::INVALID_NODE_SELECTOR,
                 message: format!("nodeSelector cannot be evaluated: {message}"),
             });
         }

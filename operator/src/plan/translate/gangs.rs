@@ -11,6 +11,7 @@ use kilowatt_solver::model::{self, ProfilePoint, WorkloadKind};
 use super::pods::{PlacedPod, pod_intent};
 use super::profiles::resolve_profile;
 use super::{NodeFacts, PodFacts, PodWarning, ProfileSource};
+use crate::plan::reasons;
 
 /// A gang being assembled from its pods.
 struct Gang {
@@ -87,7 +88,7 @@ impl Gangs {
         facts.profile = Some(source.clone());
         if pinned {
             facts.warnings.push(PodWarning {
-                reason: "NodeInConflictingBudgets",
+                reason: reasons::NODE_IN_CONFLICTING_BUDGETS,
                 message: format!(
                     "node {node_name} is selected by PowerBudgets that are not ancestor and descendant; \
                      the pod's GPUs are held at their minimum power limit until the selectors are fixed"
@@ -112,7 +113,7 @@ impl Gangs {
             && gang.profile == source;
         if !agrees {
             facts.warnings.push(PodWarning {
-                reason: "GangMismatch",
+                reason: reasons::GANG_MISMATCH,
                 message: format!(
                     "the pod's workload kind, profile, weight or minimum throughput fraction differ from \
                      those of the first pod of job {workload} ({}, {:?}, weight {}, min fraction {:?}); \

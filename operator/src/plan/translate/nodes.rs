@@ -10,6 +10,7 @@ use kube::ResourceExt;
 
 use super::{BudgetFacts, BudgetIssue, GpuSlot, NodeFacts, OVERHEAD_ANNOTATION, parse_finite};
 use crate::plan::gpu_models::{self, GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use crate::plan::reasons;
 
 /// The facts of every node some budget selects; counts nodes and GPUs into the budgets they are in.
 pub(super) fn node_facts(
@@ -50,7 +51,7 @@ pub(super) fn node_facts(
             (None, Some(q)) => gpu_count(&q.0).unwrap_or_else(|| {
                 if let Some(f) = budgets.get_mut(&home) {
                     f.issues.push(BudgetIssue {
-                        reason: "InvalidGpuCapacity",
+                        reason: reasons::INVALID_GPU_CAPACITY,
                         message: format!(
                             "node {node_name} reports {GPU_RESOURCE} capacity {:?}, not a GPU count; \
                              its GPUs are not planned",
@@ -78,7 +79,7 @@ pub(super) fn node_facts(
         {
             {
                 f.issues.push(BudgetIssue {
-                    reason: "UnknownGpuModel",
+                    reason: reasons::UNKNOWN_GPU_MODEL,
                     message: format!(
                         "node {node_name} has GPUs of unknown model ({GPU_PRODUCT_LABEL}={:?}); each is \
                          counted at a fixed {} W until its agent reports",
@@ -101,7 +102,7 @@ pub(super) fn node_facts(
                 None => {
                     if let Some(f) = budgets.get_mut(&home) {
                         f.issues.push(BudgetIssue {
-                            reason: "MalformedAnnotation",
+                            reason: reasons::MALFORMED_ANNOTATION,
                             message: format!(
                                 "node {node_name} annotation {OVERHEAD_ANNOTATION}={text:?} is not a \
                                  number of watts in [0, 1e6]; the budget's nodeOverheadWatts \

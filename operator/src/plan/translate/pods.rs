@@ -15,6 +15,7 @@ use super::{
     PodWarning, WEIGHT_ANNOTATION, WORKLOAD_ANNOTATION, object_name, parse_finite,
 };
 use crate::plan::gpu_models::GPU_RESOURCE;
+use crate::plan::reasons;
 
 /// A GPU pod on a budgeted node, with the slots it took.
 pub(super) struct PlacedPod<'a> {
@@ -95,7 +96,7 @@ pub(super) fn place_pods<'a>(
                 ),
             };
             facts.warnings.push(PodWarning {
-                reason: "GpusNotInInventory",
+                reason: reasons::GPUS_NOT_IN_INVENTORY,
                 message,
             });
         }
@@ -214,7 +215,7 @@ pub(super) struct PodIntent {
 pub(super) fn pod_intent(pod: &Pod) -> Result<Option<PodIntent>, PodWarning> {
     let annotations = pod.annotations();
     let malformed = |annotation: &str, value: &str, expected: &str| PodWarning {
-        reason: "MalformedAnnotation",
+        reason: reasons::MALFORMED_ANNOTATION,
         message: format!(
             "annotation {annotation}={value:?} is not {expected}; the pod's GPUs are held at their \
              minimum power limit until it is fixed"

@@ -12,6 +12,7 @@ use super::budgets::selector_matches;
 use super::pods::PodIntent;
 use super::{PROFILE_ANNOTATION, PodWarning, ProfileSource, object_name};
 use crate::plan::gpu_models::{self, GpuModel};
+use crate::plan::reasons;
 
 /// The curve a managed pod runs on: the profile it names, else the first (by name) whose selector
 /// matches it, else the default for its kind and GPU model.
@@ -33,7 +34,7 @@ pub(super) fn resolve_profile(
         return match in_namespace.iter().find(|p| p.name_any() == *name) {
             Some(profile) => Ok((ProfileSource::Named(name.clone()), points_of(profile))),
             None => Err(PodWarning {
-                reason: "ProfileNotFound",
+                reason: reasons::PROFILE_NOT_FOUND,
                 message: format!(
                     "annotation {PROFILE_ANNOTATION}={name:?} names no WorkloadProfile in namespace \
                      {namespace}; the pod's GPUs are held at their minimum power limit until it exists"

@@ -1,0 +1,57 @@
+//! The fixed words of PowerBudget conditions and of the Events the operator records: condition types,
+//! condition reasons, event reasons, and the reasons of budget issues and pod warnings. Other people's
+//! alerts and dashboards match on them, so each is written once, here. Constants only.
+
+/// Condition type: the budget's plan is published and in force.
+pub const READY: &str = "Ready";
+/// Condition type: the floors and overheads under the budget exceed its cap.
+pub const INFEASIBLE: &str = "Infeasible";
+/// Condition type: a node of the budget is selected by an unrelated budget.
+pub const CONFLICT: &str = "Conflict";
+/// Condition type: some input of the budget is invalid and was planned around.
+pub const DEGRADED: &str = "Degraded";
+
+/// `Ready` is true; also the event when a budget becomes ready.
+pub const PLANNED: &str = "Planned";
+/// `Ready` is false: no plan yet.
+pub const NOT_PLANNED: &str = "NotPlanned";
+/// `Infeasible` is true.
+pub const FLOORS_EXCEED_CAP: &str = "FloorsExceedCap";
+/// `Infeasible` is false; also the event of a recovery.
+pub const FEASIBLE: &str = "Feasible";
+/// `Conflict` is true.
+pub const NODE_IN_UNRELATED_BUDGETS: &str = "NodeInUnrelatedBudgets";
+/// `Conflict` is false.
+pub const NO_CONFLICT: &str = "NoConflict";
+/// The event when a conflict is resolved.
+pub const CONFLICT_RESOLVED: &str = "ConflictResolved";
+/// `Degraded` is false; also the event of a recovery.
+pub const INPUTS_VALID: &str = "InputsValid";
+/// The event when a budget's effective cap changes (a window opened or closed, an edit).
+pub const EFFECTIVE_CAP_CHANGED: &str = "EffectiveCapChanged";
+
+/// Budget issue: the spec's parent does not exist.
+pub const PARENT_NOT_FOUND: &str = "ParentNotFound";
+/// Budget issue: parents form a cycle.
+pub const PARENT_CYCLE: &str = "ParentCycle";
+/// Budget issue: the node selector cannot be evaluated.
+pub const INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
+/// Budget issue: a node's GPU capacity is not a count.
+pub const INVALID_GPU_CAPACITY: &str = "InvalidGpuCapacity";
+/// Budget issue: a node's GPU model is unknown and no agent reported it.
+pub const UNKNOWN_GPU_MODEL: &str = "UnknownGpuModel";
+/// Budget issue or pod warning: an annotation does not parse.
+pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";
+
+/// Pod warning: the named WorkloadProfile does not exist.
+pub const PROFILE_NOT_FOUND: &str = "ProfileNotFound";
+/// Pod warning: the solver rejected the workload's profile.
+pub const INVALID_PROFILE: &str = "InvalidProfile";
+/// Pod warning: the pod's node is in conflicting budgets.
+pub const NODE_IN_CONFLICTING_BUDGETS: &str = "NodeInConflictingBudgets";
+/// Pod warning: the pod's settings differ from the first pod of its job.
+pub const GANG_MISMATCH: &str = "GangMismatch";
+/// Pod warning: the pod asks for more GPUs than its node has left for it.
+pub const GPUS_NOT_IN_INVENTORY: &str = "GpusNotInInventory";
+/// Pod event: the pod runs on the default profile of its kind and GPU model.
+pub const DEFAULT_PROFILE: &str = "DefaultProfile";
