@@ -23,7 +23,7 @@ use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo};
 use kilowatt_agent_core::protocol::{Agent, Command, Event};
 use kilowatt_agent_core::telemetry::Telemetry;
 
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 
 use crate::credentials::{self, CredentialsError, CredentialsSource};
 use crate::pod_resources;

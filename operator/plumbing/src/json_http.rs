@@ -9,6 +9,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::errors::error_chain;
 use crate::tls::{self, TlsError};
 
 /// The status and body of an answer, whatever the status.
@@ -93,18 +94,6 @@ pub fn error_message(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
-}
-
-/// An error with its sources, on one line (a TLS failure hides under two layers of hyper errors).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

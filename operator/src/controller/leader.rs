@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver::SolveOptions;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::jiff::Timestamp;
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver::SolveOptions;
 use serde_json::json;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use kilowatt_operator::http::whatif::{self, WhatIfRequest};
 use kilowatt_operator::http::whatif_client::{self, AskError};
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver_bench::solve;
 
 use crate::args::WhatifArgs;

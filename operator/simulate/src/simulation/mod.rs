@@ -18,7 +18,7 @@ use kilowatt_agent_core::gpu::{GpuBackend, GpuInfo};
 use kilowatt_agent_core::protocol::{Event, Mode};
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan};
-use kilowatt_plumbing::json_http::error_chain;
+use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver::{MethodChoice, SolveOptions};
 use serde::Serialize;
 
