@@ -86,12 +86,10 @@ impl LoopTimers {
             self.first_change.map(|at| at + self.timing.debounce),
             self.next_transition.map(|at| at + TRANSITION_LAG),
             self.retry_at,
-            Some(last_pass + self.timing.resync),
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or(last_pass + self.timing.resync)
+        .fold(last_pass + self.timing.resync, Duration::min)
     }
 
     /// Whether a pass is due at `now`.
