@@ -80,6 +80,22 @@ pub struct NodePlan {
     pub budget: String,
     pub overhead_watts: f64,
     pub gpus: Vec<GpuTarget>,
+    /// Limits written for this node at earlier revisions that its agent had not acknowledged when
+    /// this plan replaced them, newest last: its GPUs may still enforce any of them, so the operator
+    /// counts them until an acknowledgement at or after their revision. Agents ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unacknowledged: Vec<EarlierLimits>,
+}
+
+/// Limits once written for a node and not acknowledged before they were replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlierLimits {
+    /// The revision they were written at; an acknowledgement of this revision or a later one
+    /// supersedes them.
+    pub revision: u64,
+    /// Limit per GPU index.
+    pub power_limits_watts: Vec<f64>,
 }
 
 impl NodePlan {
@@ -102,6 +118,7 @@ impl NodePlan {
                     pod: None,
                 })
                 .collect(),
+            unacknowledged: Vec::new(),
         }
     }
 }
@@ -141,6 +158,11 @@ pub struct Acknowledgement {
     pub revision: u64,
     /// Enforced limit per GPU index.
     pub power_limits_watts: Vec<f64>,
+    /// The machine's boot ID (`/proc/sys/kernel/random/boot_id`, which the kubelet reports as the
+    /// Node's `status.nodeInfo.bootID`) when the limits were read back: a reboot resets limits to the
+    /// driver's default, so an acknowledgement from an earlier boot says nothing about them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// What a node's GPUs drew, as its agent measured it, written under its etcd lease every report

@@ -222,6 +222,7 @@ impl Agent {
         Some(Command::Acknowledge(Acknowledgement {
             revision,
             power_limits_watts: self.enforced.clone(),
+            boot_id: None,
         }))
     }
 
@@ -366,7 +367,8 @@ mod tests {
             acks,
             [Command::Acknowledge(Acknowledgement {
                 revision: 7,
-                power_limits_watts: vec![600.0, 250.0, 300.0]
+                power_limits_watts: vec![600.0, 250.0, 300.0],
+                boot_id: None,
             })]
         );
         assert!(

@@ -399,6 +399,7 @@ mod tests {
                     &Acknowledgement {
                         revision,
                         power_limits_watts: limits,
+                        boot_id: None,
                     },
                 );
             }

@@ -102,6 +102,7 @@ impl PublishedPlan {
                 budget,
                 overhead_watts,
                 gpus,
+                unacknowledged: _,
             } = a;
             *budget == b.budget && *overhead_watts == b.overhead_watts && *gpus == b.gpus
         };
@@ -205,10 +206,12 @@ pub fn build(
                 budget: facts.budget.clone(),
                 overhead_watts: facts.overhead_watts,
                 gpus,
+                unacknowledged: Vec::new(),
             };
             if let Some(old) = previous.and_then(|p| p.nodes.get(name)) {
                 let unchanged = NodePlan {
                     revision: old.revision,
+                    unacknowledged: old.unacknowledged.clone(),
                     ..node_plan.clone()
                 };
                 if unchanged == *old {

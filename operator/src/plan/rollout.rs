@@ -212,6 +212,7 @@ pub(crate) mod tests {
             ack: acked.map(|a| Acknowledgement {
                 revision: 1,
                 power_limits_watts: a.to_vec(),
+                boot_id: None,
             }),
             inventory: Some(inventory(written.len())),
             machine_up: false,

@@ -262,6 +262,7 @@ mod tests {
             &Acknowledgement {
                 revision: 3,
                 power_limits_watts: vec![250.0],
+                boot_id: None,
             },
         );
         block_on(async {
