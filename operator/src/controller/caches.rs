@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::http::metrics::Metrics;
+use crate::plan::rollout::Machine;
 use crate::plan::translate::{Cluster, Translation, translate};
 
 /// Read handles on the caches.
@@ -54,12 +55,13 @@ impl Caches {
         )
     }
 
-    /// Whether `node`'s kubelet last reported it Ready, i.e. its machine is up (its GPUs keep whatever
-    /// limits they were given even when the agent is gone).
-    pub fn machine_up(&self, node: &str) -> bool {
+    /// What the Node says about `node`'s machine: up unless the Node is gone or its Ready condition
+    /// is Unknown (its kubelet stopped reporting); a kubelet reporting Ready=False runs on a machine
+    /// whose GPUs keep whatever limits they were given.
+    pub fn machine(&self, node: &str) -> Machine {
         self.nodes
             .get(&ObjectRef::new(node))
-            .is_some_and(|node| reports_ready(&node))
+            .map_or_else(Machine::default, |node| machine_of(&node))
     }
 
     /// Waits until every cache has completed its first list.
@@ -71,15 +73,23 @@ impl Caches {
     }
 }
 
-fn reports_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
+/// The machine of an existing Node: down only when the kubelet's Ready condition is Unknown.
+pub fn machine_of(node: &Node) -> Machine {
+    let status = node.status.as_ref();
+    let unknown = status
         .and_then(|status| status.conditions.as_ref())
         .is_some_and(|conditions| {
             conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+                .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+        });
+    Machine {
+        up: !unknown,
+        boot_id: status
+            .and_then(|status| status.node_info.as_ref())
+            .map(|info| info.boot_id.clone())
+            .filter(|boot| !boot.is_empty()),
+    }
 }
 
 fn watch<K>(
@@ -153,5 +163,40 @@ pub fn start(
             changed,
             metrics.clone(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with(ready: Option<(&str, &str)>) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {
+                "nodeInfo": {"bootID": "boot-7", "machineID": "", "systemUUID": "", "kernelVersion": "",
+                             "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "",
+                             "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+                "conditions": ready.map(|(status, reason)| vec![serde_json::json!(
+                    {"type": "Ready", "status": status, "reason": reason})]).unwrap_or_default(),
+            }
+        }))
+        .expect("a Node")
+    }
+
+    #[test]
+    fn only_an_unknown_ready_condition_means_the_machine_is_down() {
+        let up = |ready| machine_of(&node_with(ready)).up;
+        assert!(up(Some(("True", "KubeletReady"))));
+        assert!(
+            up(Some(("False", "ContainerRuntimeUnhealthy"))),
+            "a kubelet that reports runs on a machine that is up"
+        );
+        assert!(up(None), "a Node not yet reporting Ready is counted as up");
+        assert!(!up(Some(("Unknown", "NodeStatusUnknown"))));
+        assert_eq!(
+            machine_of(&node_with(None)).boot_id.as_deref(),
+            Some("boot-7")
+        );
     }
 }

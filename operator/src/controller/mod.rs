@@ -411,7 +411,7 @@ impl Reconciler {
                 translate: |inventories: &BTreeMap<String, Inventory>| {
                     caches.translate(now, inventories)
                 },
-                machine_up: |node: &str| self.caches.machine_up(node),
+                machine: |node: &str| self.caches.machine(node),
                 may_publish: || *leader.borrow(),
                 loaded: self.loaded.take(),
                 solve: &self.options.solve,

@@ -11,7 +11,7 @@ use kilowatt_solver::{Plan, Problem, SolveError, SolveOptions};
 
 use crate::plan::published::{self, NodePlan, PublishedPlan};
 use crate::plan::reasons;
-use crate::plan::rollout::{self, AgentView};
+use crate::plan::rollout::{self, AgentView, Machine};
 use crate::plan::status::measured_per_budget;
 use crate::plan::translate::{PodWarning, Translation};
 use crate::store::{Loaded, PlanStore, StoreError};
@@ -52,14 +52,14 @@ impl PassError {
 pub struct PassInputs<'a, T, U, W>
 where
     T: FnOnce(&BTreeMap<String, Inventory>) -> Translation,
-    U: Fn(&str) -> bool,
+    U: Fn(&str) -> Machine,
     W: Fn() -> bool,
 {
     pub now: Timestamp,
     /// The cluster translated at `now`, given the inventories that live agents reported.
     pub translate: T,
-    /// Whether a node's machine is known to be up (its Node is Ready).
-    pub machine_up: U,
+    /// What Kubernetes says about a node's machine.
+    pub machine: U,
     /// Whether this process may still write; checked right before publishing (the store's fence
     /// covers the rest of the race).
     pub may_publish: W,
@@ -188,16 +188,23 @@ pub async fn run<S, T, U, W>(
 where
     S: PlanStore,
     T: FnOnce(&BTreeMap<String, Inventory>) -> Translation,
-    U: Fn(&str) -> bool,
+    U: Fn(&str) -> Machine,
     W: Fn() -> bool,
 {
     let now = inputs.now;
     let pass_started = std::time::Instant::now();
     let mut views = store.read_views().await?;
     for (node, view) in &mut views {
-        view.machine_up = (inputs.machine_up)(node);
+        let machine = (inputs.machine)(node);
+        view.machine_up = machine.up;
+        view.boot_id = machine.boot_id;
     }
     let mut translation = (inputs.translate)(&inventories(&views));
+    for (node, facts) in &translation.nodes {
+        if let Some(view) = views.get_mut(node) {
+            view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
+        }
+    }
 
     let (loaded, read_plan) = match inputs.loaded {
         Some(loaded) => (loaded, None),
@@ -365,7 +372,10 @@ mod tests {
                             now,
                         )
                     },
-                    machine_up: |_: &str| true,
+                    machine: |_: &str| Machine {
+                        up: true,
+                        boot_id: None,
+                    },
                     may_publish: || true,
                     loaded: self.loaded.take(),
                     solve: &SolveOptions::default(),
@@ -505,7 +515,10 @@ mod tests {
                         at("2026-12-01T12:00:00Z"),
                     )
                 },
-                machine_up: |_: &str| true,
+                machine: |_: &str| Machine {
+                    up: true,
+                    boot_id: None,
+                },
                 may_publish: || true,
                 loaded: fleet.loaded.take(),
                 solve: &SolveOptions::default(),

@@ -1,16 +1,32 @@
 //! The two-phase rollout rule: which node plans may be written now so that every budget stays under its
 //! cap whatever each agent has applied so far. Lowering is always allowed; a raise is written only when
 //! every budget above the node can hold it with every other node counted at the most it may enforce —
-//! its last acknowledged limits or anything written since, while its lease lives or its machine is up
-//! (a dead agent fences nothing: its GPUs keep their limits); once the lease is gone and the machine is
-//! not known to be up (the agent fenced itself to its floors before the lease expired, or the machine
-//! is gone), its plan is lowered to its floors and it counts at them. Pure.
+//! while its lease lives or its machine is up, the largest of its acknowledged limits (from its
+//! current boot; before any, its maximum), what is written for it, and anything written since the
+//! acknowledgement (a raise it may have applied before it was lowered again); a dead agent fences
+//! nothing: its GPUs keep their limits. Once the lease is gone and the machine is not known to be up
+//! (the agent fenced itself to its floors before the lease expired, or the machine is gone), its plan
+//! is lowered to its floors and it counts at them. Pure.
 
 use std::collections::BTreeMap;
 
-use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan, PowerReport};
+use kilowatt_crds::plan::{Acknowledgement, EarlierLimits, Inventory, NodePlan, PowerReport};
 
-/// What etcd says about one node's agent.
+/// The most earlier writes a node plan carries; older ones are merged (their per-GPU maximum, at the
+/// later revision), which can only count more, never less.
+const MAX_UNACKNOWLEDGED: usize = 16;
+
+/// What Kubernetes says about a node's machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// The Node exists and its Ready condition is not Unknown (a kubelet that reports Ready=False,
+    /// say for an unhealthy runtime or CNI, runs on a machine that is up).
+    pub up: bool,
+    /// `status.nodeInfo.bootID`, when reported.
+    pub boot_id: Option<String>,
+}
+
+/// What etcd and Kubernetes say about one node's agent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentView {
     /// The node plan in etcd now.
@@ -19,17 +35,88 @@ pub struct AgentView {
     pub ack: Option<Acknowledgement>,
     /// The agent's inventory (lease-bound); `None`: no live agent.
     pub inventory: Option<Inventory>,
-    /// Whether the node's machine is known to be up (its Kubernetes Node is Ready): then its GPUs may
-    /// still enforce what was last acknowledged even when its agent is gone.
+    /// Whether the node's machine is known to be up (its Node exists and its Ready condition is not
+    /// Unknown): then its GPUs may still enforce what was last acknowledged even when its agent is
+    /// gone.
     pub machine_up: bool,
+    /// The machine's current boot ID (the Node's `status.nodeInfo.bootID`), when Kubernetes reports
+    /// one: an acknowledgement from another boot does not count (a reboot resets limits to the
+    /// driver's default, about the maximum).
+    pub boot_id: Option<String>,
+    /// Each GPU's largest limit, by index, as the plan's translation knows it (validated inventory,
+    /// else the GPU model table): what a GPU counts at when nothing proves it lower.
+    pub gpu_max_watts: Vec<f64>,
     /// The GPU power the agent last measured (lease-bound); not used by the rollout rule.
     pub power: Option<PowerReport>,
 }
 
+impl AgentView {
+    /// The acknowledgement, if it is from the machine's current boot (or Kubernetes reports no boot
+    /// ID to tell).
+    pub fn current_ack(&self) -> Option<&Acknowledgement> {
+        self.ack.as_ref().filter(|ack| match &self.boot_id {
+            Some(boot) => ack.boot_id.as_ref() == Some(boot),
+            None => true,
+        })
+    }
+
+    /// Whether the GPUs may still enforce what they were told: the agent lives or the machine is up.
+    fn may_enforce(&self) -> bool {
+        self.inventory.is_some() || self.machine_up
+    }
+
+    /// Limits written for the node that no current acknowledgement covers, the plan in etcd included.
+    fn unacknowledged(&self) -> Vec<EarlierLimits> {
+        let Some(written) = &self.written else {
+            return Vec::new();
+        };
+        let acknowledged = self.current_ack().map(|ack| ack.revision);
+        let covered = |revision: u64| acknowledged.is_some_and(|ack| ack >= revision);
+        let mut pending: Vec<EarlierLimits> = written
+            .unacknowledged
+            .iter()
+            .filter(|earlier| !covered(earlier.revision))
+            .cloned()
+            .collect();
+        if !covered(written.revision) {
+            let mut limits = Vec::new();
+            for gpu in &written.gpus {
+                let index = gpu.index as usize;
+                if limits.len() <= index {
+                    limits.resize(index + 1, 0.0);
+                }
+                limits[index] = gpu.power_limit_watts;
+            }
+            pending.push(EarlierLimits {
+                revision: written.revision,
+                power_limits_watts: limits,
+            });
+        }
+        while pending.len() > MAX_UNACKNOWLEDGED {
+            let older = pending.remove(0);
+            let newer = &mut pending[0];
+            if newer.power_limits_watts.len() < older.power_limits_watts.len() {
+                newer
+                    .power_limits_watts
+                    .resize(older.power_limits_watts.len(), 0.0);
+            }
+            for (watts, old) in newer
+                .power_limits_watts
+                .iter_mut()
+                .zip(older.power_limits_watts)
+            {
+                *watts = watts.max(old);
+            }
+        }
+        pending
+    }
+}
+
 /// The most GPU `index` of a node may enforce now, given what is written for it: while its lease
-/// lives or its machine is up, the larger of its acknowledged limit (or, before any acknowledgement,
-/// its maximum) and the written one; otherwise the written one — the agent fenced itself, or the
-/// machine is gone, and a returning agent applies what it finds.
+/// lives or its machine is up, the largest of its current-boot acknowledged limit (or, before any,
+/// its maximum), every limit written since that acknowledgement, and the written one; otherwise the
+/// written one — the agent fenced itself, or the machine is gone, and a returning agent applies what
+/// it finds.
 fn possible_gpu_watts(
     view: &AgentView,
     written: Option<&NodePlan>,
@@ -39,25 +126,33 @@ fn possible_gpu_watts(
     let planned = written
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
-    let acknowledged = view
-        .ack
-        .as_ref()
-        .and_then(|ack| ack.power_limits_watts.get(index).copied());
-    let enforced = match (&view.inventory, view.machine_up) {
-        (Some(inventory), _) => {
-            acknowledged.or_else(|| inventory.gpus.get(index).map(|g| g.max_limit_watts))
-        }
-        (None, true) => acknowledged,
-        (None, false) => None,
+    if !view.may_enforce() {
+        return planned.into_iter().fold(floor, f64::max);
+    }
+    let maximum = view.gpu_max_watts.get(index).copied().or_else(|| {
+        view.inventory
+            .as_ref()
+            .and_then(|inventory| inventory.gpus.get(index))
+            .map(|g| g.max_limit_watts)
+    });
+    let acknowledged = match view.current_ack() {
+        Some(ack) => ack.power_limits_watts.get(index).copied().or(maximum),
+        None => maximum,
     };
-    [planned, enforced]
+    let earlier = view
+        .unacknowledged()
+        .into_iter()
+        .filter_map(|e| e.power_limits_watts.get(index).copied());
+    [planned, acknowledged]
         .into_iter()
         .flatten()
+        .chain(earlier)
+        .filter(|w| !w.is_nan())
         .fold(floor, f64::max)
 }
 
 /// The most a node may draw with `written` in etcd (GPU limits plus overhead).
-fn possible_node_watts(view: &AgentView, written: Option<&NodePlan>, target: &NodePlan) -> f64 {
+pub fn possible_node_watts(view: &AgentView, written: Option<&NodePlan>, target: &NodePlan) -> f64 {
     target.overhead_watts
         + target
             .gpus
@@ -174,6 +269,11 @@ pub fn next_step(
             .as_ref()
             .is_none_or(|w| !same_targets(w, plan))
     });
+    // Every write carries what was written before it and not acknowledged, so that the count above
+    // survives the next write (and a restart of this operator, which reads it back).
+    for (node, plan) in &mut step.writes {
+        plan.unacknowledged = view(node).unacknowledged();
+    }
     step
 }
 
@@ -216,6 +316,8 @@ pub(crate) mod tests {
             }),
             inventory: Some(inventory(written.len())),
             machine_up: false,
+            boot_id: None,
+            gpu_max_watts: Vec::new(),
             power: None,
         }
     }
@@ -345,6 +447,100 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_unacknowledged_raise_still_counts_after_the_node_is_lowered() {
+        // a was raised to 600 W a GPU at revision 2 and may have applied it (no ack yet, its agent is
+        // stopped); the new targets lower it to 300 W and would hand the difference to b.
+        let caps = BTreeMap::from([("rack".to_string(), 2.0 * 100.0 + 600.0 + 1200.0)]);
+        let targets = BTreeMap::from([
+            ("a".to_string(), plan(&[300.0, 300.0])),
+            ("b".to_string(), plan(&[600.0, 600.0])),
+        ]);
+        let raised = NodePlan {
+            revision: 2,
+            ..plan(&[600.0, 600.0])
+        };
+        let views = BTreeMap::from([
+            (
+                "a".to_string(),
+                AgentView {
+                    written: Some(raised),
+                    ..live(&[200.0, 200.0], Some(&[200.0, 200.0]))
+                },
+            ),
+            (
+                "b".to_string(),
+                live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+            ),
+        ]);
+        let step = next_step(&targets, &views, &rack(&["a", "b"]), &caps);
+        assert_eq!(step.held_back, ["b"], "a may still enforce 600 W a GPU");
+        let lowered = &step.writes["a"];
+        assert_eq!(
+            lowered.unacknowledged,
+            [EarlierLimits {
+                revision: 2,
+                power_limits_watts: vec![600.0, 600.0]
+            }],
+            "the lowered plan remembers the raise it replaces"
+        );
+        // The next pass reads the lowered plan back (at revision 3): the raise still counts.
+        let mut after = views.clone();
+        after.get_mut("a").expect("a").written = Some(NodePlan {
+            revision: 3,
+            ..lowered.clone()
+        });
+        let step = next_step(&targets, &after, &rack(&["a", "b"]), &caps);
+        assert_eq!(step.held_back, ["b"]);
+        // Once a acknowledges revision 3, only what it enforces counts.
+        after.get_mut("a").expect("a").ack = Some(Acknowledgement {
+            revision: 3,
+            power_limits_watts: vec![300.0, 300.0],
+            boot_id: None,
+        });
+        let step = next_step(&targets, &after, &rack(&["a", "b"]), &caps);
+        assert!(step.held_back.is_empty());
+        assert!(step.writes.contains_key("b"));
+    }
+
+    #[test]
+    fn an_acknowledgement_from_an_earlier_boot_does_not_count() {
+        // b rebooted: its GPUs came back at the driver default; its acknowledgement is from before.
+        let caps = BTreeMap::from([("rack".to_string(), 2.0 * 100.0 + 1200.0 + 400.0)]);
+        let targets = BTreeMap::from([
+            ("a".to_string(), plan(&[600.0, 600.0])),
+            ("b".to_string(), plan(&[200.0, 200.0])),
+        ]);
+        let acked_in = |boot: &str| Acknowledgement {
+            revision: 1,
+            power_limits_watts: vec![200.0, 200.0],
+            boot_id: Some(boot.to_string()),
+        };
+        let views = |b_boot: &str| {
+            BTreeMap::from([
+                (
+                    "a".to_string(),
+                    live(&[200.0, 200.0], Some(&[200.0, 200.0])),
+                ),
+                (
+                    "b".to_string(),
+                    AgentView {
+                        ack: Some(acked_in("boot-1")),
+                        inventory: None,
+                        machine_up: true,
+                        boot_id: Some(b_boot.to_string()),
+                        gpu_max_watts: vec![700.0, 700.0],
+                        ..live(&[200.0, 200.0], None)
+                    },
+                ),
+            ])
+        };
+        let same_boot = next_step(&targets, &views("boot-1"), &rack(&["a", "b"]), &caps);
+        assert!(same_boot.held_back.is_empty());
+        let rebooted = next_step(&targets, &views("boot-2"), &rack(&["a", "b"]), &caps);
+        assert_eq!(rebooted.held_back, ["a"], "b counts at 700 W a GPU");
+    }
+
+    #[test]
     fn nodes_already_at_their_targets_are_not_rewritten() {
         let caps = BTreeMap::from([("rack".to_string(), 10_000.0)]);
         let targets = BTreeMap::from([
@@ -396,25 +592,39 @@ pub(crate) mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// Whatever agents have acknowledged (or whether their leases live and machines are up), after
-        /// any step the most every node may enforce — max(acknowledged, written) while alive or up,
-        /// written otherwise — fits the cap, provided it did before and the targets do.
+        /// any step the most every node may enforce — max(acknowledged, written, written since the
+        /// acknowledgement) while alive or up, written otherwise — fits the cap, provided it did
+        /// before and the targets do.
         #[test]
         fn every_step_keeps_the_possible_draw_under_the_cap(
             nodes in prop::collection::vec(
                 (prop::collection::vec(200.0..700.0f64, 2), prop::collection::vec(200.0..700.0f64, 2),
-                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), any::<bool>(), any::<bool>()),
+                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), any::<bool>(), any::<bool>(),
+                 prop::option::of(prop::collection::vec(200.0..700.0f64, 2)), 1..4u64),
                 1..6),
             slack in 0.0..500.0f64,
         ) {
             let mut targets = BTreeMap::new();
             let mut views = BTreeMap::new();
-            for (i, (written, target, acked, alive, machine_up)) in nodes.iter().enumerate() {
+            for (i, (written, target, acked, alive, machine_up, earlier, acked_revision)) in nodes.iter().enumerate() {
                 let name = format!("n{i}");
                 targets.insert(name.clone(), plan(target));
                 let mut view = live(written, acked.as_deref());
                 view.machine_up = *machine_up;
                 if !alive {
                     view.inventory = None;
+                }
+                // Written at revision 3, over an earlier unacknowledged write at revision 2; the ack
+                // covers revision 1, 2 or 3.
+                if let Some(written) = &mut view.written {
+                    written.revision = 3;
+                    written.unacknowledged = earlier.iter().map(|limits| EarlierLimits {
+                        revision: 2,
+                        power_limits_watts: limits.clone(),
+                    }).collect();
+                }
+                if let Some(ack) = &mut view.ack {
+                    ack.revision = *acked_revision;
                 }
                 views.insert(name, view);
             }

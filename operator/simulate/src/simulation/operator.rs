@@ -2,6 +2,7 @@
 //! (`kilowatt_operator::controller::timing`), and the planning pass it runs when they say so. No IO.
 
 use super::*;
+use kilowatt_operator::plan::rollout::Machine;
 /// The operator of a planned run: its store, its fence and its timers, as the reconcile loop keeps them.
 pub(super) struct Operator {
     pub(super) store: MemoryPlanStore,
@@ -62,7 +63,10 @@ impl Simulation {
                 now,
                 translate: translate_at,
                 // The scenario's machines stay up; only agents are cut off.
-                machine_up: |_: &str| true,
+                machine: |_: &str| Machine {
+                    up: true,
+                    boot_id: None,
+                },
                 may_publish: || true,
                 loaded: operator.loaded.take(),
                 solve: &solve,
