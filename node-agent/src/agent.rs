@@ -70,10 +70,15 @@ pub enum AgentError {
 /// A live connection to etcd: the client and lease for writes; a task keeps the lease alive and
 /// watches the plan, reporting through the runner's channel. Dropping the session stops the task.
 struct Session {
+    /// Tags the task's events, so that those still queued from a dropped session are told apart.
+    id: SessionId,
     client: Client,
     lease: i64,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Numbers the sessions of one agent process, from 1.
+type SessionId = u64;
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -89,6 +94,20 @@ enum SessionEvent {
     Lost(String),
 }
 
+/// A [`SessionEvent`] and the session that sent it.
+#[derive(Debug)]
+struct Tagged {
+    session: SessionId,
+    event: SessionEvent,
+}
+
+/// The event, if its session is the live one. NB: every session shares the runner's channel, and an
+/// aborted task's events stay queued: handled after the new session's fresh read, a dropped session's
+/// plan would be older than the one just read, and its `Lost` would end the new session.
+fn from_live_session(tagged: Tagged, live: Option<SessionId>) -> Option<SessionEvent> {
+    (live == Some(tagged.session)).then_some(tagged.event)
+}
+
 /// Keeps the lease alive every `period` and forwards renewals and plan changes until something fails
 /// or no renewal came for a whole `ttl` (the lease is gone; a cut link may never make a stream fail).
 async fn session_task(
@@ -97,8 +116,10 @@ async fn session_task(
     mut watch: WatchStream,
     period: Duration,
     ttl: Duration,
-    events: mpsc::Sender<SessionEvent>,
+    session: SessionId,
+    events: mpsc::Sender<Tagged>,
 ) {
+    let send = |event| events.send(Tagged { session, event });
     let mut renew = tokio::time::interval(period);
     let mut lease_gone_at = Instant::now() + ttl;
     let lost = loop {
@@ -114,7 +135,7 @@ async fn session_task(
             message = keep_alive.message() => match message {
                 Ok(Some(response)) if response.ttl() > 0 => {
                     lease_gone_at = Instant::now() + ttl;
-                    if events.send(SessionEvent::Renewed).await.is_err() {
+                    if send(SessionEvent::Renewed).await.is_err() {
                         return;
                     }
                 }
@@ -131,7 +152,7 @@ async fn session_task(
                                 .and_then(|kv| serde_json::from_slice::<NodePlan>(kv.value()).ok()),
                             EventType::Delete => None,
                         };
-                        if events.send(SessionEvent::Plan(plan)).await.is_err() {
+                        if send(SessionEvent::Plan(plan)).await.is_err() {
                             return;
                         }
                     }
@@ -141,7 +162,7 @@ async fn session_task(
             },
         }
     };
-    let _ = events.send(SessionEvent::Lost(lost)).await;
+    let _ = send(SessionEvent::Lost(lost)).await;
 }
 
 /// Why a session could not be opened or ended.
@@ -210,7 +231,8 @@ async fn open_session(
     options: &AgentOptions,
     keys: &KeyLayout,
     inventory: &Inventory,
-    events: mpsc::Sender<SessionEvent>,
+    id: SessionId,
+    events: mpsc::Sender<Tagged>,
 ) -> Result<(Session, Option<NodePlan>), SessionError> {
     let mut connect = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
@@ -271,10 +293,12 @@ async fn open_session(
         watch,
         options.lease_ttl / 3,
         options.lease_ttl,
+        id,
         events,
     ));
     Ok((
         Session {
+            id,
             client,
             lease,
             task,
@@ -524,6 +548,7 @@ pub async fn run(
 
     let (events_tx, mut events) = mpsc::channel(64);
     let mut session: Option<Session> = None;
+    let mut sessions_opened: SessionId = 0;
     let mut next_connect = Instant::now();
     let mut sample = tokio::time::interval(runner.options.sample_period);
     let mut drift = tokio::time::interval(runner.options.drift_check);
@@ -531,10 +556,12 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         if session.is_none() && Instant::now() >= next_connect {
+            sessions_opened += 1;
             match open_session(
                 &runner.options,
                 &runner.keys,
                 &runner.inventory(),
+                sessions_opened,
                 events_tx.clone(),
             )
             .await
@@ -587,10 +614,11 @@ pub async fn run(
                 let limits = with_backend(&runner.backend, move |b| driver::read_limits(b, count)).await?;
                 runner.feed(Event::ReadBack(limits), &mut session).await?;
             }
-            Some(event) = events.recv() => match event {
-                SessionEvent::Renewed => runner.feed(Event::LeaseRenewed, &mut session).await?,
-                SessionEvent::Plan(plan) => runner.feed(Event::PlanChanged(plan), &mut session).await?,
-                SessionEvent::Lost(reason) => {
+            Some(tagged) = events.recv() => match from_live_session(tagged, session.as_ref().map(|s| s.id)) {
+                None => {}
+                Some(SessionEvent::Renewed) => runner.feed(Event::LeaseRenewed, &mut session).await?,
+                Some(SessionEvent::Plan(plan)) => runner.feed(Event::PlanChanged(plan), &mut session).await?,
+                Some(SessionEvent::Lost(reason)) => {
                     tracing::warn!(%reason, "lost the etcd session; re-registering");
                     runner.telemetry.etcd_error();
                     session = None;
@@ -607,6 +635,17 @@ mod tests {
 
     fn etcd_status(code: tonic::Code, message: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn events_of_a_dropped_session_are_dropped() {
+        let tagged = |session, event| Tagged { session, event };
+        let stale = from_live_session(tagged(1, SessionEvent::Plan(None)), Some(2));
+        assert!(stale.is_none(), "{stale:?}");
+        let lost = from_live_session(tagged(1, SessionEvent::Lost("gone".into())), None);
+        assert!(lost.is_none(), "{lost:?}");
+        let live = from_live_session(tagged(2, SessionEvent::Renewed), Some(2));
+        assert!(matches!(live, Some(SessionEvent::Renewed)), "{live:?}");
     }
 
     #[test]

@@ -239,6 +239,14 @@ impl Agent {
                 Vec::new()
             }
             Event::PlanChanged(plan) => {
+                // NB: the IO layer may deliver a plan read earlier after a newer one (a dropped
+                // session's queued watch events); the operator's revisions only increase, so an older
+                // one is stale and ignored. A deletion carries no revision and always applies.
+                if let (Some(arrived), Some(followed)) = (&plan, self.revision())
+                    && arrived.revision < followed
+                {
+                    return Vec::new();
+                }
                 self.plan = plan;
                 if self.mode == Mode::Fenced {
                     // Fenced: only ever lower; the plan is applied once contact is back.
@@ -492,6 +500,32 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_plan_older_than_the_one_followed_is_ignored_and_not_acknowledged() {
+        let mut device = vec![400.0, 400.0];
+        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        run(
+            &mut device,
+            &agent.handle(Event::PlanChanged(Some(plan(9, &[300.0, 350.0]))), secs(1)),
+        );
+        let acks = agent.handle(Event::ReadBack(device.clone()), secs(1));
+        assert!(matches!(acks[..], [Command::Acknowledge(ref a)] if a.revision == 9));
+        let stale = agent.handle(Event::PlanChanged(Some(plan(8, &[700.0, 700.0]))), secs(2));
+        assert!(stale.is_empty(), "{stale:?}");
+        assert_eq!(agent.revision(), Some(9));
+        assert_eq!(agent.enforced(), [300.0, 350.0]);
+        assert!(
+            agent
+                .handle(Event::ReadBack(device.clone()), secs(3))
+                .is_empty(),
+            "nothing set and nothing acknowledged for the stale plan"
+        );
+        // A deletion has no revision: it always applies, and every GPU goes to its floor.
+        let deleted = agent.handle(Event::PlanChanged(None), secs(4));
+        run(&mut device, &deleted);
+        assert_eq!(device, [200.0, 200.0]);
     }
 
     #[derive(Debug, Clone)]
