@@ -486,6 +486,8 @@ impl Runner {
             .await;
     }
 
+    /// Writes an acknowledgement and tells the protocol once etcd stored it; without a session, or
+    /// when the write fails, the protocol sends it again.
     async fn acknowledge(&mut self, ack: &Acknowledgement, session: &mut Option<Session>) {
         let Some(live) = session.as_mut() else {
             return;
@@ -501,9 +503,16 @@ impl Runner {
             Ok(_) => {
                 self.telemetry.revision(ack.revision);
                 tracing::info!(revision = ack.revision, limits = ?ack.power_limits_watts, "acknowledged plan");
+                // Its answer sets nothing: only a stored acknowledgement stops the protocol sending
+                // it again at every tick.
+                let stored = Event::Acknowledged {
+                    revision: ack.revision,
+                };
+                self.agent.handle(stored, self.now());
             }
             Err(error) => {
-                tracing::warn!(%error, "could not write the acknowledgement; dropping the etcd session");
+                self.telemetry.etcd_error();
+                tracing::warn!(%error, "could not write the acknowledgement; dropping the etcd session (the next one writes it again)");
                 *session = None;
             }
         }
@@ -570,8 +579,7 @@ pub async fn run(
                     tracing::info!(lease = live.lease, "registered with etcd");
                     session = Some(live);
                     runner.pods_unregistered = false;
-                    runner.feed(Event::LeaseRenewed, &mut session).await?;
-                    runner.feed(Event::PlanChanged(plan), &mut session).await?;
+                    runner.feed(Event::Registered(plan), &mut session).await?;
                 }
                 Err(error) => {
                     runner.telemetry.etcd_error();

@@ -170,7 +170,7 @@ impl PowerPeriod {
 
 /// An agent whose events arrive as calls, with time passed in: the protocol machine over a backend that
 /// applies settings at once (a simulated one), so a single read-back follows every batch. What it
-/// acknowledges is returned to the caller, who plays the plan store.
+/// acknowledges is returned to the caller, who plays a plan store that stores every acknowledgement.
 pub struct SteppedAgent<B: GpuBackend> {
     agent: Agent,
     backend: B,
@@ -230,6 +230,16 @@ impl<B: GpuBackend> SteppedAgent<B> {
             );
             self.gpu_errors += follow_up.errors.len() as u64;
             acknowledgements.extend(follow_up.acknowledgements);
+        }
+        for ack in &acknowledgements {
+            // The caller stores what it is handed, so each is confirmed at once; this answer sets
+            // nothing.
+            self.agent.handle(
+                Event::Acknowledged {
+                    revision: ack.revision,
+                },
+                now,
+            );
         }
         acknowledgements
     }

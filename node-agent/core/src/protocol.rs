@@ -44,8 +44,16 @@ pub enum Command {
 pub enum Event {
     /// The node's plan key changed (`None`: deleted, the node is in no budget any more).
     PlanChanged(Option<NodePlan>),
-    /// The etcd lease was renewed (or granted).
+    /// The etcd lease was renewed.
     LeaseRenewed,
+    /// A new etcd session registered under a fresh lease and read the plan key: contact is back (as
+    /// with [`Event::LeaseRenewed`]), the plan read is taken whatever its revision (it is etcd's
+    /// current one, not a queued event), and its acknowledgement is sent again, since nothing says
+    /// the last one reached etcd.
+    Registered(Option<NodePlan>),
+    /// The acknowledgement of `revision` is stored in etcd. Until this arrives the agent sends it
+    /// again at every tick and read-back.
+    Acknowledged { revision: u64 },
     /// Limits read back from every GPU, by index (after applying commands, or periodically).
     ReadBack(Vec<f64>),
     /// Time passed.
@@ -88,6 +96,7 @@ pub struct Agent {
     last_contact: Duration,
     fence_after: Duration,
     mode: Mode,
+    /// The revision whose acknowledgement etcd stored ([`Event::Acknowledged`]).
     acknowledged: Option<u64>,
     /// Set after commands are emitted; an acknowledgement waits for the read-back that follows.
     awaiting_read_back: bool,
@@ -209,7 +218,10 @@ impl Agent {
         self.converge(&floors)
     }
 
-    fn acknowledgement(&mut self) -> Option<Command> {
+    /// The acknowledgement of the plan followed, until etcd stored it. NB: not marked sent here: a
+    /// write that fails (etcd away, the session lost) must be tried again, or the operator would
+    /// count the node's older limits for good.
+    fn acknowledgement(&self) -> Option<Command> {
         if self.mode != Mode::Following || self.awaiting_read_back {
             return None;
         }
@@ -217,13 +229,20 @@ impl Agent {
         if self.acknowledged == Some(plan.revision) {
             return None;
         }
-        let revision = plan.revision;
-        self.acknowledged = Some(revision);
         Some(Command::Acknowledge(Acknowledgement {
-            revision,
+            revision: plan.revision,
             power_limits_watts: self.enforced.clone(),
             boot_id: None,
         }))
+    }
+
+    /// Moves every GPU to the plan's targets (counting clamps), and acknowledges when nothing moved.
+    fn apply_plan(&mut self) -> Vec<Command> {
+        let (targets, clamps) = self.targets();
+        self.counters.clamps += clamps;
+        let mut commands = self.converge(&targets);
+        commands.extend(self.acknowledgement());
+        commands
     }
 
     /// Handles one event at `now` (time since start) and returns the commands to run, in order.
@@ -233,7 +252,7 @@ impl Agent {
                 self.mode = Mode::ShuttingDown;
                 self.lower_to_floors()
             }
-            Event::PlanChanged(_) | Event::LeaseRenewed | Event::Tick
+            Event::PlanChanged(_) | Event::Registered(_) | Event::LeaseRenewed | Event::Tick
                 if self.mode == Mode::ShuttingDown =>
             {
                 Vec::new()
@@ -252,11 +271,18 @@ impl Agent {
                     // Fenced: only ever lower; the plan is applied once contact is back.
                     return self.lower_to_floors();
                 }
-                let (targets, clamps) = self.targets();
-                self.counters.clamps += clamps;
-                let mut commands = self.converge(&targets);
-                commands.extend(self.acknowledgement());
-                commands
+                self.apply_plan()
+            }
+            Event::Registered(plan) => {
+                self.last_contact = now;
+                self.mode = Mode::Following;
+                self.acknowledged = None;
+                self.plan = plan;
+                self.apply_plan()
+            }
+            Event::Acknowledged { revision } => {
+                self.acknowledged = Some(revision);
+                Vec::new()
             }
             Event::LeaseRenewed => {
                 self.last_contact = now;
@@ -278,7 +304,7 @@ impl Agent {
                     self.counters.fences += 1;
                     return self.lower_to_floors();
                 }
-                Vec::new()
+                self.acknowledgement().into_iter().collect()
             }
             Event::ReadBack(limits) => {
                 let expected = std::mem::take(&mut self.awaiting_read_back);
@@ -379,6 +405,7 @@ mod tests {
                 boot_id: None,
             })]
         );
+        agent.handle(Event::Acknowledged { revision: 7 }, secs(1));
         assert!(
             agent
                 .handle(Event::ReadBack(device.clone()), secs(2))
@@ -512,6 +539,7 @@ mod tests {
         );
         let acks = agent.handle(Event::ReadBack(device.clone()), secs(1));
         assert!(matches!(acks[..], [Command::Acknowledge(ref a)] if a.revision == 9));
+        agent.handle(Event::Acknowledged { revision: 9 }, secs(1));
         let stale = agent.handle(Event::PlanChanged(Some(plan(8, &[700.0, 700.0]))), secs(2));
         assert!(stale.is_empty(), "{stale:?}");
         assert_eq!(agent.revision(), Some(9));
@@ -528,6 +556,73 @@ mod tests {
         assert_eq!(device, [200.0, 200.0]);
     }
 
+    fn ack(revision: u64, limits: &[f64]) -> Command {
+        Command::Acknowledge(Acknowledgement {
+            revision,
+            power_limits_watts: limits.to_vec(),
+            boot_id: None,
+        })
+    }
+
+    #[test]
+    fn an_acknowledgement_is_sent_again_until_etcd_stored_it() {
+        let mut device = vec![400.0];
+        let mut agent = Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0));
+        run(
+            &mut device,
+            &agent.handle(Event::PlanChanged(Some(plan(3, &[300.0]))), secs(0)),
+        );
+        let sent = agent.handle(Event::ReadBack(device.clone()), secs(0));
+        assert_eq!(sent, [ack(3, &[300.0])]);
+        // Its write failed: nothing said it was stored.
+        assert_eq!(agent.handle(Event::Tick, secs(1)), [ack(3, &[300.0])]);
+        assert_eq!(
+            agent.handle(Event::ReadBack(device.clone()), secs(1)),
+            [ack(3, &[300.0])]
+        );
+        assert!(
+            agent
+                .handle(Event::Acknowledged { revision: 3 }, secs(1))
+                .is_empty()
+        );
+        assert!(agent.handle(Event::Tick, secs(2)).is_empty());
+        assert!(
+            agent
+                .handle(Event::ReadBack(device.clone()), secs(2))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn every_new_session_sends_the_acknowledgement_of_the_plan_followed_again() {
+        let mut device = vec![400.0, 400.0];
+        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        run(
+            &mut device,
+            &agent.handle(Event::Registered(Some(plan(5, &[300.0, 350.0]))), secs(0)),
+        );
+        assert_eq!(
+            agent.handle(Event::ReadBack(device.clone()), secs(0)),
+            [ack(5, &[300.0, 350.0])]
+        );
+        agent.handle(Event::Acknowledged { revision: 5 }, secs(0));
+        assert!(agent.handle(Event::LeaseRenewed, secs(1)).is_empty());
+        // The session was lost and a new one read the same plan: nothing to set, the ack again.
+        assert_eq!(
+            agent.handle(Event::Registered(Some(plan(5, &[300.0, 350.0]))), secs(2)),
+            [ack(5, &[300.0, 350.0])]
+        );
+        // What a new session reads is etcd's current plan, even at a lower revision (a restored etcd).
+        let restored = agent.handle(Event::Registered(Some(plan(2, &[250.0, 350.0]))), secs(3));
+        assert_eq!(
+            restored,
+            [Command::SetLimit {
+                index: 0,
+                watts: 250.0
+            }]
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Plan(Vec<f64>),
@@ -535,6 +630,10 @@ mod tests {
         Wait(u64),
         ReadBack,
         Drift(usize, f64),
+        /// etcd stores the last acknowledgement sent.
+        Stored,
+        /// A new session reads the last plan again.
+        Reregister,
         Shutdown,
     }
 
@@ -545,6 +644,8 @@ mod tests {
             3 => (0u64..4000).prop_map(Step::Wait),
             3 => Just(Step::ReadBack),
             1 => (0usize..4, 100.0..800.0f64).prop_map(|(i, w)| Step::Drift(i, w)),
+            2 => Just(Step::Stored),
+            1 => Just(Step::Reregister),
             1 => Just(Step::Shutdown),
         ]
     }
@@ -562,9 +663,20 @@ mod tests {
             let mut agent = Agent::new(vec![BOUNDS; 4], device.clone(), Duration::from_millis(2500), Duration::ZERO);
             let mut now = Duration::ZERO;
             let mut revision = 0;
+            let mut last_plan = None;
+            let mut last_sent = None;
             for step in steps {
                 let event = match step {
-                    Step::Plan(limits) => { revision += 1; Event::PlanChanged(Some(plan(revision, &limits))) }
+                    Step::Plan(limits) => {
+                        revision += 1;
+                        last_plan = Some(plan(revision, &limits));
+                        Event::PlanChanged(last_plan.clone())
+                    }
+                    Step::Stored => match last_sent {
+                        Some(revision) => Event::Acknowledged { revision },
+                        None => Event::Tick,
+                    },
+                    Step::Reregister => Event::Registered(last_plan.clone()),
                     Step::Renew => Event::LeaseRenewed,
                     Step::Wait(ms) => { now += Duration::from_millis(ms); Event::Tick }
                     Step::ReadBack => Event::ReadBack(device.clone()),
@@ -587,6 +699,7 @@ mod tests {
                         }
                         Command::Acknowledge(ack) => {
                             prop_assert_eq!(&ack.power_limits_watts, &device);
+                            last_sent = Some(ack.revision);
                         }
                         Command::LockClock { .. } | Command::ResetClock { .. } => {}
                     }
