@@ -505,10 +505,8 @@ impl Runner {
                 tracing::info!(revision = ack.revision, limits = ?ack.power_limits_watts, "acknowledged plan");
                 // Its answer sets nothing: only a stored acknowledgement stops the protocol sending
                 // it again at every tick.
-                let stored = Event::Acknowledged {
-                    revision: ack.revision,
-                };
-                self.agent.handle(stored, self.now());
+                self.agent
+                    .handle(Event::Acknowledged(ack.clone()), self.now());
             }
             Err(error) => {
                 self.telemetry.etcd_error();

@@ -234,12 +234,7 @@ impl<B: GpuBackend> SteppedAgent<B> {
         for ack in &acknowledgements {
             // The caller stores what it is handed, so each is confirmed at once; this answer sets
             // nothing.
-            self.agent.handle(
-                Event::Acknowledged {
-                    revision: ack.revision,
-                },
-                now,
-            );
+            self.agent.handle(Event::Acknowledged(ack.clone()), now);
         }
         acknowledgements
     }

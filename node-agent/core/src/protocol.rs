@@ -5,10 +5,12 @@
 //!
 //! The rules, each of which keeps the budgets under their caps:
 //! - decreases are applied before increases, within every batch of commands;
-//! - a plan is acknowledged only after its limits were read back from the GPUs;
+//! - a plan is acknowledged only after its limits were read back from the GPUs, with the values read,
+//!   and sent again until etcd stored it;
+//! - a plan older than the one followed is ignored;
 //! - without a lease renewal for `fence_after`, every GPU is lowered to its floor, by the agent alone;
 //! - on shutdown no limit is raised: every GPU goes to the lower of its limit and its floor;
-//! - a limit changed behind the agent's back (drift) is counted and the plan re-applied.
+//! - a limit changed behind the agent's back (drift) is counted, and set again when above the plan.
 
 use std::time::Duration;
 
@@ -51,9 +53,9 @@ pub enum Event {
     /// current one, not a queued event), and its acknowledgement is sent again, since nothing says
     /// the last one reached etcd.
     Registered(Option<NodePlan>),
-    /// The acknowledgement of `revision` is stored in etcd. Until this arrives the agent sends it
-    /// again at every tick and read-back.
-    Acknowledged { revision: u64 },
+    /// This acknowledgement is stored in etcd. Until one arrives for the plan followed and the limits
+    /// read back, the agent sends it again at every tick and read-back.
+    Acknowledged(Acknowledgement),
     /// Limits read back from every GPU, by index (after applying commands, or periodically).
     ReadBack(Vec<f64>),
     /// Time passed.
@@ -96,8 +98,8 @@ pub struct Agent {
     last_contact: Duration,
     fence_after: Duration,
     mode: Mode,
-    /// The revision whose acknowledgement etcd stored ([`Event::Acknowledged`]).
-    acknowledged: Option<u64>,
+    /// The acknowledgement etcd last stored ([`Event::Acknowledged`]).
+    acknowledged: Option<Acknowledgement>,
     /// Set after commands are emitted; an acknowledgement waits for the read-back that follows.
     awaiting_read_back: bool,
     pub counters: Counters,
@@ -174,6 +176,26 @@ impl Agent {
         (targets, clamps)
     }
 
+    /// The plan's targets after a read-back: a GPU at or below its target (within the driver's rounding
+    /// above it) is taken as it is. NB: setting it again cannot help when something the agent does not
+    /// control holds it lower (an out-of-band BMC cap) or the GPU rounds to a coarser step; it would be
+    /// set forever and never acknowledged. Lower is always within the budget, so only a GPU above its
+    /// target is set again.
+    fn read_back_targets(&self) -> Vec<(f64, Option<u32>)> {
+        let (targets, _) = self.targets();
+        targets
+            .into_iter()
+            .zip(&self.enforced)
+            .map(|((watts, clock), &read)| {
+                if read <= watts + TOLERANCE_WATTS {
+                    (read, clock)
+                } else {
+                    (watts, clock)
+                }
+            })
+            .collect()
+    }
+
     /// Commands that move every GPU to `targets`: all decreases, then clocks, then all increases.
     fn converge(&mut self, targets: &[(f64, Option<u32>)]) -> Vec<Command> {
         let mut decreases = Vec::new();
@@ -226,7 +248,18 @@ impl Agent {
             return None;
         }
         let plan = self.plan.as_ref()?;
-        if self.acknowledged == Some(plan.revision) {
+        // NB: the limits count too: a GPU may settle after its acknowledgement (a late limit, a BMC
+        // cap lifted), and the operator must learn what it enforces now.
+        let stored = self.acknowledged.as_ref().is_some_and(|ack| {
+            ack.revision == plan.revision
+                && ack.power_limits_watts.len() == self.enforced.len()
+                && ack
+                    .power_limits_watts
+                    .iter()
+                    .zip(&self.enforced)
+                    .all(|(acked, enforced)| (acked - enforced).abs() <= TOLERANCE_WATTS)
+        });
+        if stored {
             return None;
         }
         Some(Command::Acknowledge(Acknowledgement {
@@ -280,8 +313,8 @@ impl Agent {
                 self.plan = plan;
                 self.apply_plan()
             }
-            Event::Acknowledged { revision } => {
-                self.acknowledged = Some(revision);
+            Event::Acknowledged(ack) => {
+                self.acknowledged = Some(ack);
                 Vec::new()
             }
             Event::LeaseRenewed => {
@@ -328,7 +361,7 @@ impl Agent {
                     // Before any plan, a (re)started agent keeps what it adopted.
                     Mode::Following if self.plan.is_none() => Vec::new(),
                     Mode::Following => {
-                        let (targets, _) = self.targets();
+                        let targets = self.read_back_targets();
                         self.converge(&targets)
                     }
                     Mode::Fenced | Mode::ShuttingDown => self.lower_to_floors(),
@@ -370,6 +403,23 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    fn acknowledgement(revision: u64, limits: &[f64]) -> Acknowledgement {
+        Acknowledgement {
+            revision,
+            power_limits_watts: limits.to_vec(),
+            boot_id: None,
+        }
+    }
+
+    fn ack(revision: u64, limits: &[f64]) -> Command {
+        Command::Acknowledge(acknowledgement(revision, limits))
+    }
+
+    /// What the IO layer reports once etcd stored an acknowledgement.
+    fn stored(revision: u64, limits: &[f64]) -> Event {
+        Event::Acknowledged(acknowledgement(revision, limits))
+    }
+
     #[test]
     fn decreases_are_applied_before_any_increase_and_acknowledged_after_read_back() {
         let mut device = vec![400.0, 400.0, 400.0];
@@ -405,7 +455,7 @@ mod tests {
                 boot_id: None,
             })]
         );
-        agent.handle(Event::Acknowledged { revision: 7 }, secs(1));
+        agent.handle(stored(7, &[600.0, 250.0, 300.0]), secs(1));
         assert!(
             agent
                 .handle(Event::ReadBack(device.clone()), secs(2))
@@ -484,6 +534,41 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_held_below_its_target_is_not_set_again_and_is_acknowledged_as_read_back() {
+        let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0));
+        let commands = agent.handle(Event::PlanChanged(Some(plan(4, &[600.0, 333.3]))), secs(0));
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        // GPU 0 is capped at 450 W out of band; GPU 1 rounds its limit 0.4 W up.
+        let read = [450.0, 333.7];
+        assert_eq!(
+            agent.handle(Event::ReadBack(read.to_vec()), secs(0)),
+            [ack(4, &read)]
+        );
+        agent.handle(stored(4, &read), secs(0));
+        assert!(
+            agent
+                .handle(Event::ReadBack(read.to_vec()), secs(10))
+                .is_empty(),
+            "not set again at the drift check"
+        );
+        assert_eq!(agent.counters.drifts, 0);
+        // The cap lifts and GPU 0 settles at its target: the operator is told.
+        assert_eq!(
+            agent.handle(Event::ReadBack(vec![600.0, 333.7]), secs(15)),
+            [ack(4, &[600.0, 333.7])]
+        );
+        agent.handle(stored(4, &[600.0, 333.7]), secs(15));
+        // Above its target (beyond the rounding) a GPU is still set again.
+        assert_eq!(
+            agent.handle(Event::ReadBack(vec![600.0, 334.0]), secs(20)),
+            [Command::SetLimit {
+                index: 1,
+                watts: 333.3
+            }]
+        );
+    }
+
+    #[test]
     fn targets_outside_the_device_range_are_clamped_and_counted() {
         let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0));
         let commands = agent.handle(Event::PlanChanged(Some(plan(1, &[900.0, 100.0]))), secs(0));
@@ -539,7 +624,7 @@ mod tests {
         );
         let acks = agent.handle(Event::ReadBack(device.clone()), secs(1));
         assert!(matches!(acks[..], [Command::Acknowledge(ref a)] if a.revision == 9));
-        agent.handle(Event::Acknowledged { revision: 9 }, secs(1));
+        agent.handle(stored(9, &[300.0, 350.0]), secs(1));
         let stale = agent.handle(Event::PlanChanged(Some(plan(8, &[700.0, 700.0]))), secs(2));
         assert!(stale.is_empty(), "{stale:?}");
         assert_eq!(agent.revision(), Some(9));
@@ -554,14 +639,6 @@ mod tests {
         let deleted = agent.handle(Event::PlanChanged(None), secs(4));
         run(&mut device, &deleted);
         assert_eq!(device, [200.0, 200.0]);
-    }
-
-    fn ack(revision: u64, limits: &[f64]) -> Command {
-        Command::Acknowledge(Acknowledgement {
-            revision,
-            power_limits_watts: limits.to_vec(),
-            boot_id: None,
-        })
     }
 
     #[test]
@@ -580,11 +657,7 @@ mod tests {
             agent.handle(Event::ReadBack(device.clone()), secs(1)),
             [ack(3, &[300.0])]
         );
-        assert!(
-            agent
-                .handle(Event::Acknowledged { revision: 3 }, secs(1))
-                .is_empty()
-        );
+        assert!(agent.handle(stored(3, &[300.0]), secs(1)).is_empty());
         assert!(agent.handle(Event::Tick, secs(2)).is_empty());
         assert!(
             agent
@@ -605,7 +678,7 @@ mod tests {
             agent.handle(Event::ReadBack(device.clone()), secs(0)),
             [ack(5, &[300.0, 350.0])]
         );
-        agent.handle(Event::Acknowledged { revision: 5 }, secs(0));
+        agent.handle(stored(5, &[300.0, 350.0]), secs(0));
         assert!(agent.handle(Event::LeaseRenewed, secs(1)).is_empty());
         // The session was lost and a new one read the same plan: nothing to set, the ack again.
         assert_eq!(
@@ -672,8 +745,8 @@ mod tests {
                         last_plan = Some(plan(revision, &limits));
                         Event::PlanChanged(last_plan.clone())
                     }
-                    Step::Stored => match last_sent {
-                        Some(revision) => Event::Acknowledged { revision },
+                    Step::Stored => match last_sent.clone() {
+                        Some(ack) => Event::Acknowledged(ack),
                         None => Event::Tick,
                     },
                     Step::Reregister => Event::Registered(last_plan.clone()),
@@ -699,7 +772,7 @@ mod tests {
                         }
                         Command::Acknowledge(ack) => {
                             prop_assert_eq!(&ack.power_limits_watts, &device);
-                            last_sent = Some(ack.revision);
+                            last_sent = Some(ack.clone());
                         }
                         Command::LockClock { .. } | Command::ResetClock { .. } => {}
                     }
