@@ -97,6 +97,12 @@ pub struct PowerBudgetStatus {
     pub measured_watts: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headroom_watts: Option<f64>,
+    /// The most the GPU limits and node overheads under this budget may enforce now: acknowledged
+    /// limits, anything written since, GPUs at their maximum where nothing proves them lower (a
+    /// rebooted machine, GPUs no agent reports), and nodes that do not lower counted at what they
+    /// hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub possible_watts: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +116,7 @@ pub struct PowerBudgetStatus {
     pub last_solve_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Infeasible`, `Conflict`, `Degraded`.
+    /// `Ready`, `Infeasible`, `Conflict`, `Degraded`, `CapEnforced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -85,6 +85,10 @@ pub struct NodePlan {
     /// counts them until an acknowledgement at or after their revision. Agents ignore it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unacknowledged: Vec<EarlierLimits>,
+    /// When the operator wrote this plan (RFC 3339): an agent that has not acknowledged it within the
+    /// operator's `--ack-timeout` is planned as not lowering. Agents ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_at: Option<String>,
 }
 
 /// Limits once written for a node and not acknowledged before they were replaced.
@@ -119,6 +123,7 @@ impl NodePlan {
                 })
                 .collect(),
             unacknowledged: Vec::new(),
+            written_at: None,
         }
     }
 }

@@ -95,9 +95,9 @@ fn limit_mw(watts: f64) -> Milliwatts {
 
 /// Largest cap, in watts, that the solver accepts (10 GW): above any campus, and small enough that
 /// sums in milliwatts cannot overflow.
-const MAX_CAP_WATTS: f64 = 1e10;
+pub const MAX_CAP_WATTS: f64 = 1e10;
 /// Largest per-node or per-GPU figure, in watts (10 MW), for the same reason.
-const MAX_DEVICE_WATTS: f64 = 1e7;
+pub const MAX_DEVICE_WATTS: f64 = 1e7;
 /// Largest weight or throughput accepted, so that objective sums stay finite.
 const MAX_MAGNITUDE: f64 = 1e15;
 

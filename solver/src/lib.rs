@@ -17,7 +17,7 @@ mod proptests;
 use std::fmt;
 use std::str::FromStr;
 
-pub use instance::InvalidProblem;
+pub use instance::{InvalidProblem, MAX_CAP_WATTS, MAX_DEVICE_WATTS};
 pub use milp::{MilpError, MilpLimits};
 pub use model::Problem;
 pub use plan::{Method, Plan, Status};

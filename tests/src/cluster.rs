@@ -57,6 +57,7 @@ pub fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> Operat
         lease_name: "kilowatt-operator".to_owned(),
         lease_duration: Duration::from_secs(3),
         debounce: Duration::from_millis(100),
+        ack_timeout: Duration::from_secs(10),
         resync,
         solve: SolveOptions::default(),
     }

@@ -201,6 +201,10 @@ pub struct OperatorArgs {
     /// Changes arriving within this window are planned together.
     #[arg(long, default_value_t = timing::DEFAULT_DEBOUNCE.as_millis() as u64, value_name = "MILLISECONDS")]
     pub debounce_ms: u64,
+    /// How long an agent may take to acknowledge a plan before its node is planned as not lowering:
+    /// counted at what its GPUs may still enforce, with every other node lowered to absorb it.
+    #[arg(long, default_value_t = timing::DEFAULT_ACK_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ack_timeout_seconds: u64,
     /// Solve again at least this often, even without changes; also how often PowerBudget status picks up
     /// the power the agents measured.
     #[arg(long, default_value_t = timing::DEFAULT_RESYNC.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::http::metrics::Metrics;
 use crate::plan::rollout::Machine;
-use crate::plan::translate::{Cluster, Translation, translate};
+use crate::plan::translate::{Cluster, NodeHold, Translation, translate};
 
 /// Read handles on the caches.
 #[derive(Clone)]
@@ -36,6 +36,7 @@ impl Caches {
         &self,
         now: Timestamp,
         inventories: &BTreeMap<String, Inventory>,
+        holds: &BTreeMap<String, NodeHold>,
     ) -> Translation {
         let (budgets, profiles, nodes, pods) = (
             self.budgets.state(),
@@ -50,6 +51,7 @@ impl Caches {
                 nodes: &nodes,
                 pods: &pods,
                 inventories,
+                holds,
             },
             now,
         )

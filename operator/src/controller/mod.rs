@@ -37,7 +37,7 @@ use crate::plan::pass::{self, PassError, PassInputs};
 use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::reasons;
 use crate::plan::status::{EventNote, budget_events, budget_status};
-use crate::plan::translate::{PodWarning, ProfileSource, Translation};
+use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use crate::store::{Loaded, StoreError};
 use kilowatt_crds::plan::Inventory;
@@ -67,6 +67,8 @@ pub struct OperatorOptions {
     pub lease_duration: Duration,
     /// Changes arriving within this window are planned together.
     pub debounce: Duration,
+    /// How long an agent may take to acknowledge a plan before its node is planned as not lowering.
+    pub ack_timeout: Duration,
     /// A pass runs at least this often, changes or not.
     pub resync: Duration,
     pub solve: SolveOptions,
@@ -408,9 +410,11 @@ impl Reconciler {
             &self.store,
             PassInputs {
                 now,
-                translate: |inventories: &BTreeMap<String, Inventory>| {
-                    caches.translate(now, inventories)
+                translate: |inventories: &BTreeMap<String, Inventory>,
+                            holds: &BTreeMap<String, NodeHold>| {
+                    caches.translate(now, inventories, holds)
                 },
+                ack_timeout: self.options.ack_timeout,
                 machine: |node: &str| self.caches.machine(node),
                 may_publish: || *leader.borrow(),
                 loaded: self.loaded.take(),
@@ -461,8 +465,13 @@ impl Reconciler {
             }
         }
         let spec_caps = outcome.translation.spec_caps();
-        self.metrics
-            .observe_plan(in_force, &spec_caps, &outcome.measured);
+        self.metrics.observe_plan(
+            in_force,
+            &spec_caps,
+            &outcome.measured,
+            &outcome.possible,
+            &outcome.translation.cap_enforced(),
+        );
         self.feed.record(PassRecord {
             plan: in_force,
             spec_caps: &spec_caps,
@@ -471,8 +480,13 @@ impl Reconciler {
             now,
         });
 
-        self.write_budget_statuses(&outcome.translation, in_force, &outcome.measured)
-            .await?;
+        self.write_budget_statuses(
+            &outcome.translation,
+            in_force,
+            &outcome.measured,
+            &outcome.possible,
+        )
+        .await?;
         self.write_profile_statuses(&outcome.translation).await?;
         self.announce_pods(&outcome.translation).await;
         Ok(findings)
@@ -483,6 +497,7 @@ impl Reconciler {
         translation: &Translation,
         plan: &PublishedPlan,
         measured: &BTreeMap<String, f64>,
+        possible: &BTreeMap<String, f64>,
     ) -> Result<(), PassError> {
         let api: Api<PowerBudget> = Api::all(self.client.clone());
         let now = kube_time(Timestamp::now());
@@ -498,6 +513,7 @@ impl Reconciler {
                 Some(plan),
                 self.solve_time.as_ref(),
                 measured.get(&name).copied(),
+                possible.get(&name).copied(),
                 previous,
                 &now,
             );

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub budget_allocated_watts: GaugeVec,
     pub budget_headroom_watts: GaugeVec,
     pub budget_measured_watts: GaugeVec,
+    pub budget_possible_watts: GaugeVec,
+    pub budget_cap_enforced: GaugeVec,
     pub budget_normalized_throughput: GaugeVec,
     pub budget_gpus: GaugeVec,
     pub plan_revision: IntGauge,
@@ -74,6 +76,14 @@ impl Metrics {
             budget_measured_watts: budget(
                 "kilowatt_budget_measured_watts",
                 "GPU power the agents under a PowerBudget measured over their last report, plus those nodes' overheads",
+            )?,
+            budget_possible_watts: budget(
+                "kilowatt_budget_possible_watts",
+                "The most the GPU limits and node overheads under a PowerBudget may enforce now (acknowledged, written since, unseen GPUs and nodes that do not lower counted at what they hold)",
+            )?,
+            budget_cap_enforced: budget(
+                "kilowatt_budget_cap_enforced",
+                "Whether a PowerBudget's cap can be enforced with nodes that do not lower counted at what they hold and every other GPU at its floor (1) or not (0)",
             )?,
             budget_headroom_watts: budget(
                 "kilowatt_budget_headroom_watts",
@@ -166,6 +176,8 @@ impl Metrics {
         plan: &PublishedPlan,
         spec_caps: &BTreeMap<String, f64>,
         measured: &BTreeMap<String, f64>,
+        possible: &BTreeMap<String, f64>,
+        cap_enforced: &BTreeMap<String, bool>,
     ) {
         for gauge in [
             &self.budget_cap_watts,
@@ -173,6 +185,8 @@ impl Metrics {
             &self.budget_allocated_watts,
             &self.budget_headroom_watts,
             &self.budget_measured_watts,
+            &self.budget_possible_watts,
+            &self.budget_cap_enforced,
             &self.budget_normalized_throughput,
             &self.budget_gpus,
         ] {
@@ -185,6 +199,16 @@ impl Metrics {
             self.budget_measured_watts
                 .with_label_values(&[name])
                 .set(*watts);
+        }
+        for (name, watts) in possible {
+            self.budget_possible_watts
+                .with_label_values(&[name])
+                .set(*watts);
+        }
+        for (name, enforced) in cap_enforced {
+            self.budget_cap_enforced
+                .with_label_values(&[name])
+                .set(if *enforced { 1.0 } else { 0.0 });
         }
         for b in &plan.budgets {
             let label = [b.name.as_str()];

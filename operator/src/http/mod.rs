@@ -10,6 +10,7 @@ pub mod web;
 pub mod whatif;
 pub mod whatif_client;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -133,7 +134,7 @@ async fn whatif(
     let caches = state.caches.clone();
     let options = state.solve_options.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let translation = caches.translate(Timestamp::now(), &inventories);
+        let translation = caches.translate(Timestamp::now(), &inventories, &BTreeMap::new());
         what_if(&translation, &request, &options)
     })
     .await;

@@ -13,7 +13,7 @@ use crate::plan::published::{self, NodePlan, PublishedPlan};
 use crate::plan::reasons;
 use crate::plan::rollout::{self, AgentView, Machine};
 use crate::plan::status::measured_per_budget;
-use crate::plan::translate::{PodWarning, Translation};
+use crate::plan::translate::{NodeHold, PodWarning, Translation};
 use crate::store::{Loaded, PlanStore, StoreError};
 
 /// How soon a pass looks again while pods wait for their agents' reports of which GPUs they hold
@@ -51,13 +51,17 @@ impl PassError {
 /// What the caller brings to a pass.
 pub struct PassInputs<'a, T, U, W>
 where
-    T: FnOnce(&BTreeMap<String, Inventory>) -> Translation,
+    T: Fn(&BTreeMap<String, Inventory>, &BTreeMap<String, NodeHold>) -> Translation,
     U: Fn(&str) -> Machine,
     W: Fn() -> bool,
 {
     pub now: Timestamp,
-    /// The cluster translated at `now`, given the inventories that live agents reported.
+    /// The cluster translated at `now`, given the inventories that live agents reported and the
+    /// nodes the pass holds outside the optimisation (called more than once when some do not lower
+    /// or a budget is infeasible).
     pub translate: T,
+    /// How long an agent may take to acknowledge a plan before its node is planned as not lowering.
+    pub ack_timeout: std::time::Duration,
     /// What Kubernetes says about a node's machine.
     pub machine: U,
     /// Whether this process may still write; checked right before publishing (the store's fence
@@ -94,6 +98,8 @@ pub struct PassOutcome {
     pub held_back: Vec<String>,
     /// Measured watts per budget, from the agents' power reports plus overheads.
     pub measured: BTreeMap<String, f64>,
+    /// The most the limits and overheads under each budget may enforce after this pass's writes.
+    pub possible: BTreeMap<String, f64>,
     pub solve_seconds: f64,
     /// Wall-clock time of the whole pass: store reads, translation, solve, build, rollout, publish.
     pub pass_seconds: f64,
@@ -180,6 +186,33 @@ pub fn node_budgets(translation: &Translation) -> BTreeMap<String, Vec<String>> 
         .collect()
 }
 
+/// The most the limits and overheads under each budget may enforce once `step` is written: every
+/// planned node at what it may enforce with its plan after the step, plus GPUs no agent sees.
+fn possible_per_budget(
+    translation: &Translation,
+    candidate: &PublishedPlan,
+    views: &BTreeMap<String, AgentView>,
+    step: &rollout::Step,
+    budgets_of: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, f64> {
+    let empty = AgentView::default();
+    let mut possible: BTreeMap<String, f64> = translation
+        .budgets
+        .keys()
+        .map(|b| (b.clone(), 0.0))
+        .collect();
+    for (node, target) in &candidate.nodes {
+        let view = views.get(node).unwrap_or(&empty);
+        let after = step.writes.get(node).or(view.written.as_ref());
+        let unseen = translation.nodes.get(node).map_or(0.0, |n| n.unseen_watts);
+        let watts = rollout::possible_node_watts(view, after, target) + unseen;
+        for budget in budgets_of.get(node).into_iter().flatten() {
+            *possible.entry(budget.clone()).or_default() += watts;
+        }
+    }
+    possible
+}
+
 /// Runs one pass against `store`.
 pub async fn run<S, T, U, W>(
     store: &S,
@@ -187,7 +220,7 @@ pub async fn run<S, T, U, W>(
 ) -> Result<PassOutcome, PassError>
 where
     S: PlanStore,
-    T: FnOnce(&BTreeMap<String, Inventory>) -> Translation,
+    T: Fn(&BTreeMap<String, Inventory>, &BTreeMap<String, NodeHold>) -> Translation,
     U: Fn(&str) -> Machine,
     W: Fn() -> bool,
 {
@@ -199,12 +232,33 @@ where
         view.machine_up = machine.up;
         view.boot_id = machine.boot_id;
     }
-    let mut translation = (inputs.translate)(&inventories(&views));
+    let inventories = inventories(&views);
+    let mut translation = (inputs.translate)(&inventories, &BTreeMap::new());
     for (node, facts) in &translation.nodes {
-        if let Some(view) = views.get_mut(node) {
-            view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
-        }
+        let view = views.entry(node.clone()).or_insert_with(|| {
+            // A GPU node no agent ever registered from: its GPUs run at the driver default.
+            let machine = (inputs.machine)(node);
+            AgentView {
+                machine_up: machine.up,
+                boot_id: machine.boot_id,
+                ..AgentView::default()
+            }
+        });
+        view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
     }
+    let mut holds: BTreeMap<String, NodeHold> =
+        rollout::not_lowering(&views, now, inputs.ack_timeout)
+            .into_iter()
+            .map(|(node, found)| {
+                let message = format!("node {node} does not lower: {}", found.why.describe());
+                let hold = NodeHold {
+                    reason: reasons::NODE_NOT_LOWERING,
+                    message,
+                    gpu_watts: Some(found.gpu_watts),
+                };
+                (node, hold)
+            })
+            .collect();
 
     let (loaded, read_plan) = match inputs.loaded {
         Some(loaded) => (loaded, None),
@@ -215,11 +269,48 @@ where
         }
     };
 
-    let problem = translation.problem.clone();
-    let options = inputs.solve.clone();
+    // Solve; a budget whose floors exceed its cap has its subtree held at its floors and the rest of
+    // the fleet is solved again (each round holds at least one more node, so this ends).
+    let mut infeasible: Vec<String> = Vec::new();
     let started = std::time::Instant::now();
-    let (plan, dropped) =
-        tokio::task::spawn_blocking(move || solve_dropping_invalid(problem, &options)).await??;
+    let (plan, dropped) = loop {
+        if !holds.is_empty() {
+            translation = (inputs.translate)(&inventories, &holds);
+        }
+        let problem = translation.problem.clone();
+        let options = inputs.solve.clone();
+        let (plan, dropped) =
+            tokio::task::spawn_blocking(move || solve_dropping_invalid(problem, &options))
+                .await??;
+        let short: Vec<String> = plan.shortfalls.iter().map(|s| s.budget.clone()).collect();
+        let budgets_of = node_budgets(&translation);
+        let mut more = false;
+        for (node, budgets) in &budgets_of {
+            if holds.contains_key(node) {
+                continue;
+            }
+            if let Some(budget) = budgets.iter().find(|b| short.contains(b)) {
+                holds.insert(
+                    node.clone(),
+                    NodeHold {
+                        reason: reasons::BUDGET_INFEASIBLE,
+                        message: format!(
+                            "the floors under budget {budget} exceed its cap; node {node} is held \
+                             at its floors"
+                        ),
+                        gpu_watts: None,
+                    },
+                );
+                more = true;
+            }
+        }
+        infeasible.extend(short);
+        if !more {
+            break (plan, dropped);
+        }
+    };
+    infeasible.sort();
+    infeasible.dedup();
     let solve_seconds = started.elapsed().as_secs_f64();
     mark_dropped(&mut translation, &dropped);
 
@@ -231,6 +322,10 @@ where
         now.to_string(),
         loaded.plan.as_ref(),
     );
+    let candidate = PublishedPlan {
+        infeasible_budgets: infeasible,
+        ..candidate
+    };
     // The rollout step: lower what must go down, raise only where acknowledgements (or expired
     // leases) prove the room (docs/plan-protocol.md).
     let budgets_of = node_budgets(&translation);
@@ -239,7 +334,12 @@ where
         .iter()
         .map(|b| (b.name.clone(), b.planning_cap_watts))
         .collect();
-    let step = rollout::next_step(&candidate.nodes, &views, &budgets_of, &caps);
+    let mut step = rollout::next_step(&candidate.nodes, &views, &budgets_of, &caps);
+    let written_at = now.to_string();
+    for plan in step.writes.values_mut() {
+        plan.written_at = Some(written_at.clone());
+    }
+    let possible = possible_per_budget(&translation, &candidate, &views, &step, &budgets_of);
     let measured = measured_per_budget(&views, &budgets_of, |node| {
         translation
             .nodes
@@ -266,6 +366,7 @@ where
             published: None,
             held_back: step.held_back,
             measured,
+            possible,
             solve_seconds,
             pass_seconds: pass_started.elapsed().as_secs_f64(),
         });
@@ -296,6 +397,7 @@ where
         }),
         held_back: step.held_back,
         measured,
+        possible,
         solve_seconds,
         pass_seconds: pass_started.elapsed().as_secs_f64(),
     })
@@ -326,6 +428,7 @@ mod tests {
         nodes: Vec<Arc<Node>>,
         pods: Vec<Arc<Pod>>,
         loaded: Option<Loaded>,
+        now: Timestamp,
     }
 
     /// A training pod holding all 8 GPUs of `node`, with a weight in the objective.
@@ -343,9 +446,13 @@ mod tests {
             }
             Fleet {
                 store,
-                nodes: NODES.iter().map(|n| node(n, json!({}), "8")).collect(),
+                nodes: NODES
+                    .iter()
+                    .map(|n| node(n, json!({"kubernetes.io/hostname": n}), "8"))
+                    .collect(),
                 pods: NODES.iter().map(|n| training_pod(n, 1.0)).collect(),
                 loaded: None,
+                now: at("2026-12-01T12:00:00Z"),
             }
         }
 
@@ -355,19 +462,26 @@ mod tests {
                 "rack",
                 json!({"capWatts": cap_watts, "nodeSelector": {}}),
             )];
-            let now = at("2026-12-01T12:00:00Z");
+            self.pass_under(&budgets).await
+        }
+
+        /// One pass under `budgets` at `self.now`, keeping the store's fence for the next.
+        async fn pass_under(&mut self, budgets: &[Arc<PowerBudget>]) -> PassOutcome {
+            let now = self.now;
             let outcome = run(
                 &self.store,
                 PassInputs {
                     now,
-                    translate: |inventories: &BTreeMap<String, Inventory>| {
+                    translate: |inventories: &BTreeMap<String, Inventory>,
+                                holds: &BTreeMap<String, NodeHold>| {
                         translate(
                             Cluster {
-                                budgets: &budgets,
+                                budgets,
                                 profiles: &[],
                                 nodes: &self.nodes,
                                 pods: &self.pods,
                                 inventories,
+                                holds,
                             },
                             now,
                         )
@@ -376,6 +490,7 @@ mod tests {
                         up: true,
                         boot_id: None,
                     },
+                    ack_timeout: std::time::Duration::from_secs(10),
                     may_publish: || true,
                     loaded: self.loaded.take(),
                     solve: &SolveOptions::default(),
@@ -401,18 +516,23 @@ mod tests {
 
         /// Every agent acknowledges the limits written for it.
         fn acknowledge_all(&self) {
-            for (name, limits) in NODES.iter().zip(self.written()) {
-                let (_, plan) = self.store.node_plan(name);
-                let revision = plan.map_or(0, |p| p.revision);
-                self.store.acknowledge(
-                    name,
-                    &Acknowledgement {
-                        revision,
-                        power_limits_watts: limits,
-                        boot_id: None,
-                    },
-                );
+            for name in NODES {
+                self.acknowledge(name);
             }
+        }
+
+        /// `node`'s agent acknowledges the limits written for it.
+        fn acknowledge(&self, node: &str) {
+            let (_, plan) = self.store.node_plan(node);
+            let plan = plan.expect("a written plan");
+            self.store.acknowledge(
+                node,
+                &Acknowledgement {
+                    revision: plan.revision,
+                    power_limits_watts: plan.gpus.iter().map(|g| g.power_limit_watts).collect(),
+                    boot_id: None,
+                },
+            );
         }
     }
 
@@ -500,7 +620,8 @@ mod tests {
             &fleet.store,
             PassInputs {
                 now: at("2026-12-01T12:00:00Z"),
-                translate: |inventories: &BTreeMap<String, Inventory>| {
+                translate: |inventories: &BTreeMap<String, Inventory>,
+                            holds: &BTreeMap<String, NodeHold>| {
                     translate(
                         Cluster {
                             budgets: &[budget(
@@ -511,6 +632,7 @@ mod tests {
                             nodes: &fleet.nodes,
                             pods: &fleet.pods,
                             inventories,
+                            holds,
                         },
                         at("2026-12-01T12:00:00Z"),
                     )
@@ -519,6 +641,7 @@ mod tests {
                     up: true,
                     boot_id: None,
                 },
+                ack_timeout: std::time::Duration::from_secs(10),
                 may_publish: || true,
                 loaded: fleet.loaded.take(),
                 solve: &SolveOptions::default(),
@@ -530,5 +653,98 @@ mod tests {
             matches!(error, PassError::Store(StoreError::Fenced)),
             "{error}"
         );
+    }
+
+    /// The limits and overheads every node may enforce now, from the rack's possible watts.
+    fn possible(outcome: &PassOutcome) -> f64 {
+        outcome.possible["rack"]
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_agent_died_is_planned_at_what_it_holds_and_the_others_absorb_a_cut() {
+        let mut fleet = settled_fleet().await;
+        let n1_held: f64 = fleet.written()[0].iter().sum();
+        fleet.store.expire_lease("n1");
+        let cut = fleet.pass(6_000.0).await;
+        let n2: f64 = fleet.written()[1].iter().sum();
+        assert!(n1_held + n2 <= 6_000.0 + 1e-6, "{n1_held} + {n2}");
+        let rack = &cut.translation.budgets["rack"];
+        assert_eq!(rack.held.len(), 1, "{:?}", rack.held);
+        assert!(rack.held[0].contains("n1"), "{:?}", rack.held);
+        assert!(cut.translation.cap_enforced()["rack"]);
+        // Once n2 has acknowledged its cut, what may be enforced fits the new cap.
+        fleet.acknowledge("n2");
+        let after = fleet.pass(6_000.0).await;
+        assert!(
+            possible(&after) <= 6_000.0 + 1e-6,
+            "{} W may be enforced under a 6000 W cap",
+            possible(&after)
+        );
+
+        // A cut the other node cannot absorb even at its floors: CapEnforced is false.
+        let deeper = fleet.pass(n1_held + 1_000.0).await;
+        assert!(!deeper.translation.cap_enforced()["rack"]);
+        assert!(deeper.translation.budgets["rack"].floor_watts > n1_held + 1_000.0);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_does_not_acknowledge_in_time_is_planned_at_what_it_may_enforce() {
+        let mut fleet = settled_fleet().await;
+        let before = fleet.written();
+        // The cut goes out; n1 acknowledges it, n2 never does.
+        fleet.pass(6_000.0).await;
+        fleet.acknowledge("n1");
+        let within = fleet.pass(6_000.0).await;
+        assert!(within.translation.budgets["rack"].held.is_empty());
+        fleet.now = at("2026-12-01T12:00:11Z");
+        let late = fleet.pass(6_000.0).await;
+        let rack = &late.translation.budgets["rack"];
+        assert_eq!(rack.held.len(), 1, "{:?}", rack.held);
+        assert!(rack.held[0].contains("n2"), "{:?}", rack.held);
+        let n2_may: f64 = before[1].iter().sum();
+        let n1: f64 = fleet.written()[0].iter().sum();
+        assert!(
+            n1 + n2_may <= 6_000.0 + 1e-6,
+            "n1 {n1} W, n2 may {n2_may} W"
+        );
+        fleet.acknowledge("n1");
+        let absorbed = fleet.pass(6_000.0).await;
+        assert!(
+            possible(&absorbed) <= 6_000.0 + 1e-6,
+            "{}",
+            possible(&absorbed)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_infeasible_budget_holds_only_its_subtree_at_its_floors() {
+        let mut fleet = Fleet::new();
+        let budgets = |rack_a_cap: f64| -> Vec<Arc<PowerBudget>> {
+            vec![
+                budget("row", json!({"capWatts": 20_000.0})),
+                budget(
+                    "rack-a",
+                    json!({"capWatts": rack_a_cap, "parent": "row",
+                           "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "n1"}}}),
+                ),
+                budget(
+                    "rack-b",
+                    json!({"capWatts": 8_000.0, "parent": "row",
+                           "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": "n2"}}}),
+                ),
+            ]
+        };
+        fleet.pass_under(&budgets(8_000.0)).await;
+        fleet.acknowledge_all();
+        fleet.pass_under(&budgets(8_000.0)).await;
+        fleet.acknowledge_all();
+        let n2_before: f64 = fleet.written()[1].iter().sum();
+        let outcome = fleet.pass_under(&budgets(1_000.0)).await;
+        assert_eq!(outcome.in_force.infeasible_budgets, ["rack-a"]);
+        let written = fleet.written();
+        assert!(written[0].iter().all(|&w| w == 200.0), "{:?}", written[0]);
+        let n2: f64 = written[1].iter().sum();
+        assert!(n2 > 8.0 * 200.0, "rack-b is still planned: {n2} W");
+        assert_eq!(n2, n2_before, "rack-b keeps its plan");
     }
 }

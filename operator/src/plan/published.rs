@@ -103,6 +103,7 @@ impl PublishedPlan {
                 overhead_watts,
                 gpus,
                 unacknowledged: _,
+                written_at: _,
             } = a;
             *budget == b.budget && *overhead_watts == b.overhead_watts && *gpus == b.gpus
         };
@@ -207,11 +208,13 @@ pub fn build(
                 overhead_watts: facts.overhead_watts,
                 gpus,
                 unacknowledged: Vec::new(),
+                written_at: None,
             };
             if let Some(old) = previous.and_then(|p| p.nodes.get(name)) {
                 let unchanged = NodePlan {
                     revision: old.revision,
                     unacknowledged: old.unacknowledged.clone(),
+                    written_at: old.written_at.clone(),
                     ..node_plan.clone()
                 };
                 if unchanged == *old {

@@ -10,6 +10,9 @@ pub const INFEASIBLE: &str = "Infeasible";
 pub const CONFLICT: &str = "Conflict";
 /// Condition type: some input of the budget is invalid and was planned around.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: the limits under the budget can be brought under its cap, counting nodes that do
+/// not lower at what they hold and every other GPU at its floor.
+pub const CAP_ENFORCED: &str = "CapEnforced";
 
 /// `Ready` is true; also the event when a budget becomes ready.
 pub const PLANNED: &str = "Planned";
@@ -27,6 +30,10 @@ pub const NO_CONFLICT: &str = "NoConflict";
 pub const CONFLICT_RESOLVED: &str = "ConflictResolved";
 /// `Degraded` is false; also the event of a recovery.
 pub const INPUTS_VALID: &str = "InputsValid";
+/// `CapEnforced` is true; also the event of a recovery.
+pub const ABSORBED: &str = "Absorbed";
+/// `CapEnforced` is false; also the event when it becomes false.
+pub const NODES_NOT_LOWERING: &str = "NodesNotLowering";
 /// The event when a budget's effective cap changes (a window opened or closed, an edit).
 pub const EFFECTIVE_CAP_CHANGED: &str = "EffectiveCapChanged";
 
@@ -40,6 +47,13 @@ pub const INVALID_NODE_SELECTOR: &str = "InvalidNodeSelector";
 pub const INVALID_GPU_CAPACITY: &str = "InvalidGpuCapacity";
 /// Budget issue: a node's GPU model is unknown and no agent reported it.
 pub const UNKNOWN_GPU_MODEL: &str = "UnknownGpuModel";
+/// Budget issue: a node's agent registered an inventory that cannot be true (limits out of range,
+/// more GPUs than the Node has); the node is held at its floors from the GPU model table.
+pub const INVALID_INVENTORY: &str = "InvalidInventory";
+/// Budget issue: a node has more GPUs than its agent reports; the unseen ones count at their maximum.
+pub const UNSEEN_GPUS: &str = "UnseenGpus";
+/// Budget issue: `capWatts` is above what the solver accepts; the solver's maximum is planned.
+pub const CAP_OUT_OF_RANGE: &str = "CapOutOfRange";
 /// Budget issue or pod warning: an annotation does not parse.
 pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";
 
@@ -47,6 +61,13 @@ pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";
 pub const PROFILE_NOT_FOUND: &str = "ProfileNotFound";
 /// Pod warning: the solver rejected the workload's profile.
 pub const INVALID_PROFILE: &str = "InvalidProfile";
+/// Pod warning: the pod's node does not lower (its agent is gone, silent or its GPUs refuse limits),
+/// so it is planned at what it holds.
+pub const NODE_NOT_LOWERING: &str = "NodeNotLowering";
+/// Pod warning: the floors of the pod's budget exceed its cap; its subtree is held at its floors.
+pub const BUDGET_INFEASIBLE: &str = "BudgetInfeasible";
+/// Pod warning: the pod's node registered an invalid inventory.
+pub const NODE_INVENTORY_INVALID: &str = "NodeInventoryInvalid";
 /// Pod warning: the pod's node is in conflicting budgets.
 pub const NODE_IN_CONFLICTING_BUDGETS: &str = "NodeInConflictingBudgets";
 /// Pod warning: the pod's settings differ from the first pod of its job.

@@ -183,6 +183,93 @@ fn lowered(view: &AgentView, target: &NodePlan) -> NodePlan {
     plan
 }
 
+/// Why a node is planned at what it may still enforce rather than at what it is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLowering {
+    /// Its agent is gone (no lease) while its machine is up: nothing lowers its GPUs.
+    AgentGone,
+    /// Its agent lives but has not acknowledged the plan written for it within the timeout.
+    NotAcknowledged,
+    /// Its agent acknowledged limits above the ones written: a GPU refuses them.
+    AboveWritten,
+}
+
+impl NotLowering {
+    pub fn describe(self) -> &'static str {
+        match self {
+            NotLowering::AgentGone => "its agent is gone while its machine is up",
+            NotLowering::NotAcknowledged => "its agent has not acknowledged its plan in time",
+            NotLowering::AboveWritten => "its GPUs enforce more than the limits written for them",
+        }
+    }
+}
+
+/// A node that does not lower, with what each of its GPUs may enforce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotLoweringNode {
+    pub why: NotLowering,
+    pub gpu_watts: Vec<f64>,
+}
+
+/// Acknowledged limits this far above the written ones mean the GPU did not take them (a driver
+/// rounds by less).
+const REFUSED_BY_WATTS: f64 = 1.0;
+
+/// The nodes that do not lower now, at `now`: the pass plans them at what they may enforce (their
+/// GPUs count at [`possible_gpu_watts`] and every other node is lowered to absorb it). Only nodes
+/// whose GPUs may still enforce anything (agent alive or machine up) and that the translation knows
+/// (`gpu_max_watts` set) are considered; an agent gets `ack_timeout` from a plan's `writtenAt` to
+/// acknowledge it.
+pub fn not_lowering(
+    views: &BTreeMap<String, AgentView>,
+    now: k8s_openapi::jiff::Timestamp,
+    ack_timeout: std::time::Duration,
+) -> BTreeMap<String, NotLoweringNode> {
+    let mut found = BTreeMap::new();
+    for (node, view) in views {
+        if !view.may_enforce() || view.gpu_max_watts.is_empty() {
+            continue;
+        }
+        let written = view.written.as_ref();
+        let ack = view.current_ack();
+        let covered = match (written, ack) {
+            (Some(written), Some(ack)) => ack.revision >= written.revision,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let overdue = written
+            .and_then(|w| w.written_at.as_deref())
+            .and_then(|at| at.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|at| {
+                now.duration_since(at)
+                    .try_into()
+                    .is_ok_and(|waited: std::time::Duration| waited > ack_timeout)
+            });
+        let refused = match (written, ack) {
+            (Some(written), Some(ack)) if covered => written.gpus.iter().any(|g| {
+                ack.power_limits_watts
+                    .get(g.index as usize)
+                    .is_some_and(|&enforced| enforced > g.power_limit_watts + REFUSED_BY_WATTS)
+            }),
+            _ => false,
+        };
+        let why = if view.inventory.is_none() {
+            NotLowering::AgentGone
+        } else if !covered && overdue {
+            NotLowering::NotAcknowledged
+        } else if refused {
+            NotLowering::AboveWritten
+        } else {
+            continue;
+        };
+        let gpu_watts = (0..view.gpu_max_watts.len())
+            .map(|index| possible_gpu_watts(view, written, index, 0.0))
+            .collect();
+        found.insert(node.clone(), NotLoweringNode { why, gpu_watts });
+    }
+    found
+}
+
 /// What to write now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Step {

@@ -47,13 +47,16 @@ fn condition(
 
 /// The status of budget `name` after a pass. `plan` is the plan in force (`None` before the first
 /// publish); `solve_time` is when that plan was solved; `measured_watts` what the agents under the
-/// budget last reported (see [`measured_per_budget`]).
+/// budget last reported (see [`measured_per_budget`]); `possible_watts` the most the limits under it
+/// may enforce after the pass's writes.
+#[allow(clippy::too_many_arguments)]
 pub fn budget_status(
     name: &str,
     facts: &BudgetFacts,
     plan: Option<&PublishedPlan>,
     solve_time: Option<&Time>,
     measured_watts: Option<f64>,
+    possible_watts: Option<f64>,
     previous: Option<&PowerBudgetStatus>,
     now: &Time,
 ) -> PowerBudgetStatus {
@@ -136,6 +139,43 @@ pub fn budget_status(
             now,
         ),
     };
+    // Whether the cap can be brought about: nodes that do not lower at what they hold, every other
+    // GPU at its floor.
+    let cap = facts.effective.cap_watts;
+    let cap_enforced_condition = if facts.floor_watts <= cap + 1e-6 {
+        condition(
+            reasons::CAP_ENFORCED,
+            true,
+            reasons::ABSORBED,
+            if facts.held.is_empty() {
+                "every node under this budget lowers when told".to_owned()
+            } else {
+                format!(
+                    "the other nodes are lowered to absorb the nodes that do not lower: {}",
+                    facts.held.join("; ")
+                )
+            },
+            generation,
+            old,
+            now,
+        )
+    } else {
+        condition(
+            reasons::CAP_ENFORCED,
+            false,
+            reasons::NODES_NOT_LOWERING,
+            format!(
+                "even with every other GPU at its floor the limits under this budget may reach \
+                 {:.0} W, over its {cap:.0} W cap{}{}",
+                facts.floor_watts,
+                if facts.held.is_empty() { "" } else { ": " },
+                facts.held.join("; ")
+            ),
+            generation,
+            old,
+            now,
+        )
+    };
     let ready_condition = match (summary, infeasible, conflicted) {
         (None, _, _) => condition(
             reasons::READY,
@@ -183,6 +223,7 @@ pub fn budget_status(
         allocated_watts: summary.map(|s| milliwatt_precision(s.allocated_watts)),
         measured_watts: measured_watts.map(milliwatt_precision),
         headroom_watts: summary.map(|s| milliwatt_precision(s.headroom_watts)),
+        possible_watts: possible_watts.map(milliwatt_precision),
         nodes: Some(facts.nodes),
         gpus: Some(facts.gpus),
         normalized_throughput: summary.map(|s| (s.normalized_throughput * 1e6).round() / 1e6),
@@ -194,6 +235,7 @@ pub fn budget_status(
             infeasible_condition,
             conflict_condition,
             degraded_condition,
+            cap_enforced_condition,
         ],
     }
 }
@@ -254,6 +296,10 @@ pub fn budget_events(
         let event = match (new.type_.as_str(), is_true) {
             (reasons::READY, true) => Some((false, reasons::PLANNED.to_owned())),
             (reasons::READY, false) => None,
+            // True is the good state of this one: a recovery, or nothing new for a fresh budget.
+            (reasons::CAP_ENFORCED, true) if before.is_none() => None,
+            (reasons::CAP_ENFORCED, true) => Some((false, reasons::ABSORBED.to_owned())),
+            (reasons::CAP_ENFORCED, false) => Some((true, reasons::NODES_NOT_LOWERING.to_owned())),
             // A fresh budget starts with these false; only a recovery from true is news.
             (_, false) if before.is_none() => None,
             (reasons::INFEASIBLE, false) => Some((false, reasons::FEASIBLE.to_owned())),
@@ -311,6 +357,8 @@ mod tests {
             safety_margin_watts: 0.0,
             planning_cap_watts: 10000.0,
             pinned_watts: 0.0,
+            floor_watts: 0.0,
+            held: Vec::new(),
             nodes: 2,
             gpus: 16,
             conflicts: Vec::new(),
@@ -370,6 +418,7 @@ mod tests {
             Some(&t0),
             None,
             None,
+            None,
             &t0,
         );
         assert_eq!(find_condition(&first, "Ready").status, "True");
@@ -387,6 +436,7 @@ mod tests {
             &facts(),
             Some(&plan(false)),
             Some(&t0),
+            None,
             None,
             Some(&first),
             &t1,
@@ -409,6 +459,7 @@ mod tests {
             Some(&t0),
             None,
             None,
+            None,
             &t0,
         );
         let bad = budget_status(
@@ -416,6 +467,7 @@ mod tests {
             &facts(),
             Some(&plan(true)),
             Some(&t1),
+            None,
             None,
             Some(&ok),
             &t1,
@@ -432,6 +484,7 @@ mod tests {
             &facts(),
             Some(&plan(false)),
             Some(&t1),
+            None,
             None,
             Some(&bad),
             &t1,
@@ -453,6 +506,7 @@ mod tests {
             Some(&t0),
             None,
             None,
+            None,
             &t0,
         );
         let mut degraded = facts();
@@ -466,6 +520,7 @@ mod tests {
             &degraded,
             Some(&plan(false)),
             Some(&t0),
+            None,
             None,
             Some(&ok),
             &t0,
@@ -525,6 +580,7 @@ mod tests {
             Some(&plan),
             Some(&t0),
             Some(21_200.000_000_3),
+            None,
             None,
             &t0,
         );

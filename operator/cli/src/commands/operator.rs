@@ -63,6 +63,7 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         lease_name: args.lease_name.clone(),
         lease_duration: std::time::Duration::from_secs(args.lease_seconds),
         debounce: std::time::Duration::from_millis(args.debounce_ms),
+        ack_timeout: std::time::Duration::from_secs(args.ack_timeout_seconds),
         resync: std::time::Duration::from_secs(args.resync_seconds),
         solve: args.solve_options(),
     };

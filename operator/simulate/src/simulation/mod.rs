@@ -23,13 +23,15 @@ use kilowatt_solver::{MethodChoice, SolveOptions};
 use serde::Serialize;
 
 use crate::scenario::{Prepared, instant};
-use kilowatt_operator::controller::timing::{self, LoopTimers, PassOutcome, Timing};
+use kilowatt_operator::controller::timing::{
+    self, DEFAULT_ACK_TIMEOUT, LoopTimers, PassOutcome, Timing,
+};
 use kilowatt_operator::http::metrics::Metrics;
 use kilowatt_operator::http::web::{Feed, PassRecord, RunView, SimulationView};
 use kilowatt_operator::plan::pass::{self, PassInputs};
 use kilowatt_operator::plan::published::{KeyLayout, PublishedPlan};
 use kilowatt_operator::plan::status::measured_per_budget;
-use kilowatt_operator::plan::translate::{Cluster, translate};
+use kilowatt_operator::plan::translate::{Cluster, NodeHold, translate};
 use kilowatt_operator::store::memory::MemoryPlanStore;
 use kilowatt_operator::store::{Loaded, PlanStore};
 

@@ -44,7 +44,8 @@ impl Simulation {
         };
         operator.passes += 1;
         operator.timers.pass_started(loop_time(t));
-        let translate_at = |inventories: &BTreeMap<String, Inventory>| {
+        let translate_at = |inventories: &BTreeMap<String, Inventory>,
+                            holds: &BTreeMap<String, NodeHold>| {
             translate(
                 Cluster {
                     budgets,
@@ -52,6 +53,7 @@ impl Simulation {
                     nodes,
                     pods,
                     inventories,
+                    holds,
                 },
                 now,
             )
@@ -62,6 +64,7 @@ impl Simulation {
             PassInputs {
                 now,
                 translate: translate_at,
+                ack_timeout: DEFAULT_ACK_TIMEOUT,
                 // The scenario's machines stay up; only agents are cut off.
                 machine: |_: &str| Machine {
                     up: true,
@@ -121,8 +124,13 @@ impl Simulation {
             if outcome.published.is_some() {
                 self.metrics.plan_publishes.inc();
             }
-            self.metrics
-                .observe_plan(&outcome.in_force, &spec_caps, &outcome.measured);
+            self.metrics.observe_plan(
+                &outcome.in_force,
+                &spec_caps,
+                &outcome.measured,
+                &outcome.possible,
+                &outcome.translation.cap_enforced(),
+            );
             self.feed.record(PassRecord {
                 plan: &outcome.in_force,
                 spec_caps: &spec_caps,

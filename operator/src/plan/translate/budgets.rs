@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::PowerBudget;
+use kilowatt_solver::MAX_CAP_WATTS;
 use kube::ResourceExt;
 
 use super::{BudgetFacts, BudgetIssue};
@@ -24,9 +25,24 @@ pub(super) fn budget_forest(
     let mut facts: BTreeMap<String, BudgetFacts> = BTreeMap::new();
     for (name, budget) in &by_name {
         let spec = &budget.spec;
-        let effective = schedule::effective_cap(spec, now);
-        let margin = spec.safety_margin_watts.unwrap_or(0.0).max(0.0);
+        let mut effective = schedule::effective_cap(spec, now);
         let mut issues = Vec::new();
+        if !(effective.cap_watts <= MAX_CAP_WATTS) {
+            issues.push(BudgetIssue {
+                reason: reasons::CAP_OUT_OF_RANGE,
+                message: format!(
+                    "the effective cap ({} W) is above the most the solver plans ({MAX_CAP_WATTS} W); \
+                     {MAX_CAP_WATTS} W is planned",
+                    effective.cap_watts
+                ),
+            });
+            effective.cap_watts = MAX_CAP_WATTS;
+        }
+        let margin = spec
+            .safety_margin_watts
+            .filter(|m| m.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, MAX_CAP_WATTS);
         let parent = match &spec.parent {
             Some(parent) if !by_name.contains_key(parent) => {
                 issues.push(BudgetIssue {
@@ -50,6 +66,8 @@ pub(super) fn budget_forest(
                 effective,
                 safety_margin_watts: margin,
                 pinned_watts: 0.0,
+                floor_watts: 0.0,
+                held: Vec::new(),
                 nodes: 0,
                 gpus: 0,
                 conflicts: Vec::new(),

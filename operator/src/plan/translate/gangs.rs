@@ -57,6 +57,7 @@ impl Gangs {
         } = placed;
         let namespace = facts.namespace.clone();
         let pinned = node.pinned;
+        let hold = node.hold.clone();
         let model = node.model;
 
         let intent = match pod_intent(pod) {
@@ -87,12 +88,22 @@ impl Gangs {
         }
         facts.profile = Some(source.clone());
         if pinned {
-            facts.warnings.push(PodWarning {
-                reason: reasons::NODE_IN_CONFLICTING_BUDGETS,
-                message: format!(
-                    "node {node_name} is selected by PowerBudgets that are not ancestor and descendant; \
-                     the pod's GPUs are held at their minimum power limit until the selectors are fixed"
-                ),
+            facts.warnings.push(match hold {
+                Some(hold) => PodWarning {
+                    reason: hold.reason,
+                    message: format!(
+                        "{}; the pod's GPUs are planned at their minimum power limit meanwhile",
+                        hold.message
+                    ),
+                },
+                None => PodWarning {
+                    reason: reasons::NODE_IN_CONFLICTING_BUDGETS,
+                    message: format!(
+                        "node {node_name} is selected by PowerBudgets that are not ancestor and \
+                         descendant; the pod's GPUs are held at their minimum power limit until the \
+                         selectors are fixed"
+                    ),
+                },
             });
             self.pods.push(facts);
             return;

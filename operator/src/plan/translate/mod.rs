@@ -51,6 +51,20 @@ pub struct Cluster<'a> {
     /// GPU inventories reported by node agents, by node; they replace the capacity and the model
     /// table for their nodes.
     pub inventories: &'a BTreeMap<String, Inventory>,
+    /// Nodes the planning pass holds outside the optimisation, by node.
+    pub holds: &'a BTreeMap<String, NodeHold>,
+}
+
+/// A node the planning pass holds outside the optimisation: its GPUs are planned at their floors and
+/// counted in its budgets at `gpu_watts` — what they may still enforce, for a node that does not
+/// lower, or their floors (`None`) for a node under an infeasible budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeHold {
+    /// CamelCase pod warning reason.
+    pub reason: &'static str,
+    /// Why, for the budget's condition and the pods' warnings.
+    pub message: String,
+    pub gpu_watts: Option<Vec<f64>>,
 }
 
 /// Something wrong with a budget's inputs, shown in its `Degraded` condition.
@@ -74,8 +88,14 @@ pub struct BudgetFacts {
     pub safety_margin_watts: f64,
     /// Effective cap minus safety margin: what the plan must fit under.
     pub planning_cap_watts: f64,
-    /// Floors and overheads of conflicting nodes, held outside the optimisation but counted here.
+    /// Floors and overheads of conflicting nodes, and what held nodes may enforce, held outside the
+    /// optimisation but counted here; unseen GPUs at their maximum too.
     pub pinned_watts: f64,
+    /// The least the limits and overheads under this budget can be brought to now: every GPU at its
+    /// floor, except held nodes at what they may enforce and unseen GPUs at their maximum.
+    pub floor_watts: f64,
+    /// One message per node under this budget that is held at what it may enforce.
+    pub held: Vec<String>,
     /// Nodes and GPUs in this budget's subtree.
     pub nodes: u32,
     pub gpus: u32,
@@ -105,8 +125,13 @@ pub struct NodeFacts {
     pub slots: Vec<GpuSlot>,
     /// Every budget whose selector matches the node, by name.
     pub selected_by: Vec<String>,
-    /// Selected by unrelated budgets: held at its GPUs' minimum limits, outside the optimisation.
+    /// Held at its GPUs' minimum limits, outside the optimisation: selected by unrelated budgets, or
+    /// held by the pass (`hold`), or its inventory is invalid.
     pub pinned: bool,
+    /// Why the pass holds it, when it does.
+    pub hold: Option<NodeHold>,
+    /// GPUs the Node has (capacity) beyond those its agent reports, counted at their maximum.
+    pub unseen_watts: f64,
 }
 
 /// Where a managed pod's curve came from.
@@ -162,6 +187,18 @@ pub struct Translation {
 }
 
 impl Translation {
+    /// Whether each budget's cap can be enforced: nodes that do not lower at what they hold, unseen
+    /// GPUs at their maximum, every other GPU at its floor, all under the effective cap.
+    pub fn cap_enforced(&self) -> BTreeMap<String, bool> {
+        self.budgets
+            .iter()
+            .map(|(name, facts)| {
+                let enforced = facts.floor_watts <= facts.effective.cap_watts + 1e-6;
+                (name.clone(), enforced)
+            })
+            .collect()
+    }
+
     /// Each budget's spec `capWatts`, by name.
     pub fn spec_caps(&self) -> BTreeMap<String, f64> {
         self.budgets
@@ -188,7 +225,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
     let mut nodes = nodes::node_facts(
         selected,
         &sorted_nodes,
-        cluster.inventories,
+        (cluster.inventories, cluster.holds),
         &mut budgets,
         &chains,
     );

@@ -8,7 +8,11 @@ use k8s_openapi::api::core::v1::Node;
 use kilowatt_crds::plan::Inventory;
 use kube::ResourceExt;
 
-use super::{BudgetFacts, BudgetIssue, GpuSlot, NodeFacts, OVERHEAD_ANNOTATION, parse_finite};
+use kilowatt_solver::MAX_DEVICE_WATTS;
+
+use super::{
+    BudgetFacts, BudgetIssue, GpuSlot, NodeFacts, NodeHold, OVERHEAD_ANNOTATION, parse_finite,
+};
 use crate::plan::gpu_models::{self, GPU_PRODUCT_LABEL, GPU_RESOURCE};
 use crate::plan::reasons;
 
@@ -16,7 +20,7 @@ use crate::plan::reasons;
 pub(super) fn node_facts(
     selected: BTreeMap<String, Vec<String>>,
     sorted_nodes: &BTreeMap<String, &Node>,
-    inventories: &BTreeMap<String, Inventory>,
+    (inventories, holds): (&BTreeMap<String, Inventory>, &BTreeMap<String, NodeHold>),
     budgets: &mut BTreeMap<String, BudgetFacts>,
     chains: &BTreeMap<String, Vec<String>>,
 ) -> BTreeMap<String, NodeFacts> {
@@ -33,8 +37,12 @@ pub(super) fn node_facts(
             .cloned()
             .unwrap_or_default();
         let deepest_chain = chains.get(&deepest).cloned().unwrap_or_default();
-        let pinned = !matched.iter().all(|b| deepest_chain.contains(b));
-        let home = if pinned { matched[0].clone() } else { deepest };
+        let in_conflict = !matched.iter().all(|b| deepest_chain.contains(b));
+        let home = if in_conflict {
+            matched[0].clone()
+        } else {
+            deepest
+        };
 
         let model = gpu_models::from_product_label(
             node.labels().get(GPU_PRODUCT_LABEL).map(String::as_str),
@@ -44,11 +52,37 @@ pub(super) fn node_facts(
             .as_ref()
             .and_then(|s| s.capacity.as_ref())
             .and_then(|c| c.get(GPU_RESOURCE));
-        let reported = inventories.get(&node_name);
+        let capacity_count = capacity.and_then(|q| gpu_count(&q.0));
+        let mut hold = holds.get(&node_name).cloned();
+        let reported = match inventories.get(&node_name) {
+            Some(inventory) => match inventory_problem(inventory, capacity_count) {
+                None => Some(inventory),
+                Some(problem) => {
+                    let message = format!(
+                        "node {node_name}'s agent registered an invalid inventory ({problem}); the \
+                         node is held at its floors from the GPU model table"
+                    );
+                    if let Some(f) = budgets.get_mut(&home) {
+                        f.issues.push(BudgetIssue {
+                            reason: reasons::INVALID_INVENTORY,
+                            message: message.clone(),
+                        });
+                    }
+                    hold.get_or_insert(NodeHold {
+                        reason: reasons::NODE_INVENTORY_INVALID,
+                        message,
+                        gpu_watts: None,
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
+        let pinned = in_conflict || hold.is_some();
         let gpu_total = match (reported, capacity) {
             (Some(inventory), _) => u32::try_from(inventory.gpus.len()).unwrap_or(u32::MAX),
             (None, None) => 0,
-            (None, Some(q)) => gpu_count(&q.0).unwrap_or_else(|| {
+            (None, Some(q)) => capacity_count.unwrap_or_else(|| {
                 if let Some(f) = budgets.get_mut(&home) {
                     f.issues.push(BudgetIssue {
                         reason: reasons::INVALID_GPU_CAPACITY,
@@ -62,6 +96,25 @@ pub(super) fn node_facts(
                 0
             }),
         };
+        // GPUs the Node has that its agent does not see are not planned, but they run at whatever
+        // limit they hold, at most their maximum.
+        let unseen = match (reported, capacity_count) {
+            (Some(_), Some(count)) => count.saturating_sub(gpu_total),
+            _ => 0,
+        };
+        let unseen_watts = f64::from(unseen) * model.max_watts;
+        if unseen > 0
+            && let Some(f) = budgets.get_mut(&home)
+        {
+            f.issues.push(BudgetIssue {
+                reason: reasons::UNSEEN_GPUS,
+                message: format!(
+                    "node {node_name} has {} GPUs but its agent reports {gpu_total}; the {unseen} it \
+                     cannot see are counted at their maximum ({unseen_watts} W together)",
+                    gpu_total + unseen
+                ),
+            });
+        }
         // Each GPU's range: what its agent reported, else the model table.
         let ranges: Vec<(f64, f64)> = (0..gpu_total as usize)
             .map(|i| {
@@ -114,7 +167,7 @@ pub(super) fn node_facts(
                 }
             },
         };
-        if pinned {
+        if in_conflict {
             let others = matched.join(", ");
             for b in &matched {
                 if let Some(f) = budgets.get_mut(b) {
@@ -122,16 +175,6 @@ pub(super) fn node_facts(
                         "node {node_name} is selected by unrelated budgets ({others}); it is held at \
                          its GPUs' minimum limits and counted in each"
                     ));
-                }
-            }
-            let floor_watts = overhead_watts + ranges.iter().map(|(min, _)| min).sum::<f64>();
-            let affected: BTreeSet<&String> = matched
-                .iter()
-                .flat_map(|b| chains.get(b).into_iter().flatten())
-                .collect();
-            for b in affected {
-                if let Some(f) = budgets.get_mut(b) {
-                    f.pinned_watts += floor_watts;
                 }
             }
         }
@@ -143,10 +186,28 @@ pub(super) fn node_facts(
         } else {
             chains.get(&home).into_iter().flatten().collect()
         };
+        let floors: f64 = ranges.iter().map(|(min, _)| min).sum();
+        let held_gpu_watts = hold
+            .as_ref()
+            .and_then(|h| h.gpu_watts.as_ref())
+            .map(|watts| watts.iter().sum::<f64>());
+        let least_gpu_watts = held_gpu_watts.unwrap_or(floors);
         for b in counted {
             if let Some(f) = budgets.get_mut(b) {
                 f.nodes += 1;
                 f.gpus += gpu_total;
+                f.pinned_watts += unseen_watts;
+                if pinned {
+                    f.pinned_watts += overhead_watts + least_gpu_watts;
+                }
+                f.floor_watts += overhead_watts + least_gpu_watts + unseen_watts;
+                if let (Some(hold), Some(watts)) = (&hold, held_gpu_watts) {
+                    f.held.push(format!(
+                        "node {node_name} ({}) counts at {:.0} W",
+                        hold.message,
+                        overhead_watts + watts
+                    ));
+                }
             }
         }
         let slots = ranges
@@ -168,10 +229,41 @@ pub(super) fn node_facts(
                 slots,
                 selected_by: matched,
                 pinned,
+                hold,
+                unseen_watts,
             },
         );
     }
     nodes
+}
+
+/// What makes an inventory impossible, if anything: GPU indices out of order, limits that are not
+/// finite with 0 < min <= max <= the solver's device maximum, or more GPUs than the Node's capacity.
+fn inventory_problem(inventory: &Inventory, capacity: Option<u32>) -> Option<String> {
+    if let Some(count) = capacity
+        && inventory.gpus.len() > count as usize
+    {
+        return Some(format!(
+            "{} GPUs on a node whose capacity is {count}",
+            inventory.gpus.len()
+        ));
+    }
+    inventory.gpus.iter().enumerate().find_map(|(i, gpu)| {
+        let (min, max) = (gpu.min_limit_watts, gpu.max_limit_watts);
+        if gpu.index as usize != i {
+            Some(format!("GPU {i} has index {}", gpu.index))
+        } else if !(min.is_finite() && max.is_finite() && min > 0.0 && min <= max) {
+            Some(format!(
+                "GPU {i}: minLimitWatts {min} and maxLimitWatts {max} are not 0 < min <= max"
+            ))
+        } else if max > MAX_DEVICE_WATTS {
+            Some(format!(
+                "GPU {i}: maxLimitWatts {max} is above {MAX_DEVICE_WATTS} W"
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// A non-negative whole number of GPUs from a quantity string (`"8"`); `None` when it is not one.

@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::plan::gpu_models::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use crate::plan::reasons;
+use kilowatt_solver::SolveOptions;
 use serde_json::{Value, json};
 
 pub(crate) fn at(text: &str) -> Timestamp {
@@ -80,6 +82,7 @@ fn run(
             nodes,
             pods,
             inventories: &BTreeMap::new(),
+            holds: &BTreeMap::new(),
         },
         at("2026-11-28T12:00:00Z"),
     )
@@ -399,7 +402,7 @@ fn node_overrides_unknown_models_and_overfull_nodes_are_reported() {
 }
 
 #[test]
-fn an_agents_inventory_replaces_capacity_and_the_model_table() {
+fn an_agents_inventory_replaces_the_model_table_and_gpus_it_cannot_see_count_at_their_maximum() {
     let mut unknown = (*node("n1", json!({}), "8")).clone();
     unknown
         .metadata
@@ -431,16 +434,126 @@ fn an_agents_inventory_replaces_capacity_and_the_model_table() {
             nodes: &[Arc::new(unknown)],
             pods: &[],
             inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
+            holds: &BTreeMap::new(),
         },
         at("2026-11-28T12:00:00Z"),
     );
     let slots = &t.nodes["n1"].slots;
-    assert_eq!(slots.len(), 2, "the agent's GPU count wins over capacity");
+    assert_eq!(slots.len(), 2, "only the GPUs the agent sees are planned");
     assert_eq!((slots[1].min_watts, slots[1].max_watts), (60.0, 70.0));
-    assert!(
-        t.budgets["rack"].issues.is_empty(),
-        "a reported GPU is not unknown"
+    let rack = &t.budgets["rack"];
+    assert_eq!(
+        rack.issues.iter().map(|i| i.reason).collect::<Vec<_>>(),
+        [reasons::UNSEEN_GPUS],
+        "a reported GPU is not unknown; the 6 unseen ones are named"
     );
+    let unseen = 6.0 * t.nodes["n1"].model.max_watts;
+    assert_eq!(t.nodes["n1"].unseen_watts, unseen);
+    assert_eq!(
+        rack.pinned_watts, unseen,
+        "counted outside the optimisation"
+    );
+    assert_eq!(rack.floor_watts, 2.0 * 60.0 + unseen);
+    assert_eq!(t.problem.budgets[0].cap_watts, 9000.0 - unseen);
+}
+
+#[test]
+fn an_impossible_inventory_holds_its_node_at_the_model_tables_floors_and_the_rest_is_planned() {
+    let budgets = [budget(
+        "rack",
+        json!({"capWatts": 9000.0, "nodeSelector": {}}),
+    )];
+    let nodes = [node("n1", json!({}), "2"), node("n2", json!({}), "2")];
+    let good = reported_inventory("|");
+    let corrupt = |change: &dyn Fn(&mut Inventory)| {
+        let mut inventory = reported_inventory("|");
+        change(&mut inventory);
+        inventory
+    };
+    let cases: [(&str, Inventory); 4] = [
+        ("min 0", corrupt(&|i| i.gpus[0].min_limit_watts = 0.0)),
+        (
+            "NaN max",
+            corrupt(&|i| i.gpus[1].max_limit_watts = f64::NAN),
+        ),
+        (
+            "min above max",
+            corrupt(&|i| i.gpus[1].min_limit_watts = 900.0),
+        ),
+        ("more GPUs than the Node", reported_inventory("|||")),
+    ];
+    for (case, inventory) in cases {
+        let inventories = BTreeMap::from([
+            ("n1".to_owned(), inventory),
+            ("n2".to_owned(), good.clone()),
+        ]);
+        let t = translate(
+            Cluster {
+                budgets: &budgets,
+                profiles: &[],
+                nodes: &nodes,
+                pods: &[],
+                inventories: &inventories,
+                holds: &BTreeMap::new(),
+            },
+            at("2026-11-28T12:00:00Z"),
+        );
+        let n1 = &t.nodes["n1"];
+        assert!(n1.pinned, "{case}: n1 is held");
+        assert_eq!(n1.slots.len(), 2, "{case}: the Node's capacity");
+        let table = (n1.model.min_watts, n1.model.max_watts);
+        assert_eq!(
+            (n1.slots[0].min_watts, n1.slots[0].max_watts),
+            table,
+            "{case}"
+        );
+        assert_eq!(
+            t.budgets["rack"]
+                .issues
+                .iter()
+                .map(|i| i.reason)
+                .collect::<Vec<_>>(),
+            [reasons::INVALID_INVENTORY],
+            "{case}"
+        );
+        assert_eq!(
+            t.problem
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>(),
+            ["n2"],
+            "{case}: the other node is still planned"
+        );
+        assert!(
+            kilowatt_solver::solve(&t.problem, &SolveOptions::default()).is_ok(),
+            "{case}: the problem solves"
+        );
+    }
+}
+
+#[test]
+fn a_cap_above_the_solvers_range_is_planned_at_its_maximum_and_named() {
+    let budgets = [budget(
+        "rack",
+        json!({"capWatts": 1e300, "nodeSelector": {}}),
+    )];
+    let nodes = [node("n1", json!({}), "2")];
+    let t = translate(
+        Cluster {
+            budgets: &budgets,
+            profiles: &[],
+            nodes: &nodes,
+            pods: &[],
+            inventories: &BTreeMap::new(),
+            holds: &BTreeMap::new(),
+        },
+        at("2026-11-28T12:00:00Z"),
+    );
+    let rack = &t.budgets["rack"];
+    assert_eq!(rack.issues[0].reason, reasons::CAP_OUT_OF_RANGE);
+    assert_eq!(rack.planning_cap_watts, kilowatt_solver::MAX_CAP_WATTS);
+    assert!(kilowatt_solver::solve(&t.problem, &SolveOptions::default()).is_ok());
 }
 
 /// An H100 inventory with one GPU per `|`-separated entry of `holders`, each held by the pods (of
@@ -493,6 +606,7 @@ fn pods_take_the_gpus_their_agent_reports_and_unlisted_pods_only_unheld_ones() {
                 nodes: &nodes,
                 pods: &pods,
                 inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
+                holds: &BTreeMap::new(),
             },
             at("2026-11-28T12:00:00Z"),
         )
