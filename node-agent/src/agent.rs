@@ -534,12 +534,14 @@ pub async fn run(
     .await?
     .map_err(AgentError::Inventory)?;
     tracing::info!(backend = name, gpus = gpus.len(), limits = ?enforced, "adopted the limits in force");
-    let bounds = driver::bounds(&gpus);
+    let bounds = driver::bounds(&gpus).map_err(|e| AgentError::Inventory(e.into()))?;
     let fence_after = defaults::fence_after(options.lease_ttl, options.fence_fraction);
+    let agent = Agent::new(bounds, enforced, fence_after, Duration::ZERO)
+        .map_err(|e| AgentError::Inventory(e.into()))?;
     let started = Instant::now();
     let mut runner = Runner {
         keys: KeyLayout::new(&options.etcd_prefix),
-        agent: Agent::new(bounds, enforced, fence_after, Duration::ZERO),
+        agent,
         options,
         backend,
         gpus,

@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 use kilowatt_agent_core::defaults;
 use kilowatt_agent_core::gpu::GpuBackend;
 use kilowatt_agent_core::gpu::simulated::{Curve, SimulatedGpus, parse_profile};
+use kilowatt_agent_core::protocol::GpuBounds;
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{CredentialsSource, check_url};
@@ -140,6 +141,17 @@ fn backend(args: &Args) -> anyhow::Result<Box<dyn GpuBackend>> {
     match args.gpu_backend {
         Backend::Nvml => Ok(Box::new(NvmlBackend::new()?)),
         Backend::Simulated => {
+            anyhow::ensure!(
+                GpuBounds {
+                    min_watts: args.simulated_min_watts,
+                    max_watts: args.simulated_max_watts,
+                }
+                .check(0)
+                .is_ok(),
+                "--simulated-min-watts {} and --simulated-max-watts {} are no limit range: they must be finite, with 0 < min <= max",
+                args.simulated_min_watts,
+                args.simulated_max_watts
+            );
             let workload = args
                 .simulated_profile
                 .as_deref()

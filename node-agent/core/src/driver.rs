@@ -10,7 +10,7 @@ use std::time::Duration;
 use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, PowerReport};
 
 use crate::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
-use crate::protocol::{Agent, Command, Event, GpuBounds};
+use crate::protocol::{Agent, Command, Event, GpuBounds, InvalidBounds};
 
 /// A pod, as `namespace/name`.
 pub type PodName = String;
@@ -96,12 +96,16 @@ pub fn inventory(
     }
 }
 
-/// Each GPU's limit range, for the protocol machine.
-pub fn bounds(gpus: &[GpuInfo]) -> Vec<GpuBounds> {
+/// Each GPU's limit range, for the protocol machine; fails on the first GPU whose range no limit fits
+/// in ([`GpuBounds::check`]).
+pub fn bounds(gpus: &[GpuInfo]) -> Result<Vec<GpuBounds>, InvalidBounds> {
     gpus.iter()
-        .map(|g| GpuBounds {
-            min_watts: g.min_limit_watts,
-            max_watts: g.max_limit_watts,
+        .map(|g| {
+            let bounds = GpuBounds {
+                min_watts: g.min_limit_watts,
+                max_watts: g.max_limit_watts,
+            };
+            bounds.check(g.index).map(|()| bounds)
         })
         .collect()
 }
@@ -186,7 +190,7 @@ impl<B: GpuBackend> SteppedAgent<B> {
         let gpus = backend.inventory()?;
         let enforced = read_limits(&backend, gpus.len());
         Ok(SteppedAgent {
-            agent: Agent::new(bounds(&gpus), enforced, fence_after, now),
+            agent: Agent::new(bounds(&gpus)?, enforced, fence_after, now)?,
             backend,
             gpus,
             power: PowerPeriod::default(),

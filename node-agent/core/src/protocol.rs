@@ -23,6 +23,40 @@ pub struct GpuBounds {
     pub max_watts: f64,
 }
 
+/// A GPU whose limit range no limit can be clamped into.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "GPU {index} reports power limits from {min_watts} W to {max_watts} W; the agent needs finite limits with 0 < min <= max"
+)]
+pub struct InvalidBounds {
+    pub index: u32,
+    pub min_watts: f64,
+    pub max_watts: f64,
+}
+
+impl GpuBounds {
+    /// Whether the range of GPU `index` is usable: finite, with 0 < min <= max.
+    pub fn check(&self, index: u32) -> Result<(), InvalidBounds> {
+        let GpuBounds {
+            min_watts,
+            max_watts,
+        } = *self;
+        if min_watts.is_finite()
+            && max_watts.is_finite()
+            && 0.0 < min_watts
+            && min_watts <= max_watts
+        {
+            Ok(())
+        } else {
+            Err(InvalidBounds {
+                index,
+                min_watts,
+                max_watts,
+            })
+        }
+    }
+}
+
 /// Something the IO layer must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -87,6 +121,16 @@ pub struct Counters {
 /// Differences below this are the driver's rounding, not drift.
 const TOLERANCE_WATTS: f64 = 0.5;
 
+/// A limit as read back from a GPU; one that could not be read (NaN) or is not a limit (infinite,
+/// negative) is taken as high, so the GPU is set again.
+fn read_limit(watts: f64) -> f64 {
+    if watts.is_finite() && watts >= 0.0 {
+        watts
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// The agent's protocol state.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -107,15 +151,23 @@ pub struct Agent {
 
 impl Agent {
     /// An agent that adopts the limits it finds enforced (a restart does not touch the GPUs until it
-    /// knows the plan). `fence_after` is how long it may go without a lease renewal.
+    /// knows the plan). `fence_after` is how long it may go without a lease renewal. Fails when a
+    /// GPU's range is unusable ([`GpuBounds::check`]); a limit missing from `enforced` or not a
+    /// limit is taken as high, as in a read-back.
     pub fn new(
         gpus: Vec<GpuBounds>,
         enforced: Vec<f64>,
         fence_after: Duration,
         now: Duration,
-    ) -> Agent {
+    ) -> Result<Agent, InvalidBounds> {
+        for (bounds, index) in gpus.iter().zip(0u32..) {
+            bounds.check(index)?;
+        }
+        let enforced = (0..gpus.len())
+            .map(|i| enforced.get(i).copied().map_or(f64::INFINITY, read_limit))
+            .collect();
         let clocks = vec![None; gpus.len()];
-        Agent {
+        Ok(Agent {
             gpus,
             enforced,
             clocks,
@@ -126,7 +178,7 @@ impl Agent {
             acknowledged: None,
             awaiting_read_back: false,
             counters: Counters::default(),
-        }
+        })
     }
 
     pub fn mode(&self) -> Mode {
@@ -142,13 +194,18 @@ impl Agent {
         self.plan.as_ref().map(|p| p.revision)
     }
 
-    /// The floor of GPU `index`: the plan's, else the device minimum (never below the minimum).
+    /// The floor of GPU `index`: the plan's moved into the device's range, else (none, or not a
+    /// number) the device minimum.
     fn floor(&self, index: usize) -> f64 {
-        let device_min = self.gpus[index].min_watts;
+        let bounds = self.gpus[index];
         self.plan
             .as_ref()
             .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
-            .map_or(device_min, |g| g.floor_watts.max(device_min))
+            .map(|g| g.floor_watts)
+            .filter(|watts| watts.is_finite())
+            .map_or(bounds.min_watts, |watts| {
+                watts.clamp(bounds.min_watts, bounds.max_watts)
+            })
     }
 
     /// Target limit and clock of each GPU under the current plan, clamped to the device, and how many
@@ -165,10 +222,17 @@ impl Agent {
             let Some(bounds) = self.gpus.get(gpu.index as usize) else {
                 continue;
             };
-            let clamped = gpu
-                .power_limit_watts
-                .clamp(bounds.min_watts, bounds.max_watts);
-            if (clamped - gpu.power_limit_watts).abs() > TOLERANCE_WATTS {
+            // NB: `clamp` cannot panic here: `new` checked that 0 < min <= max, all finite. A target
+            // that is not a number (NaN, infinite) is a broken plan: the GPU sits at its floor.
+            let clamped = if gpu.power_limit_watts.is_finite() {
+                gpu.power_limit_watts
+                    .clamp(bounds.min_watts, bounds.max_watts)
+            } else {
+                self.floor(gpu.index as usize)
+            };
+            if !gpu.power_limit_watts.is_finite()
+                || (clamped - gpu.power_limit_watts).abs() > TOLERANCE_WATTS
+            {
                 clamps += 1;
             }
             targets[gpu.index as usize] = (clamped, gpu.sm_clock_mhz);
@@ -344,11 +408,7 @@ impl Agent {
                 if limits.len() != self.enforced.len() {
                     return Vec::new();
                 }
-                // A limit that could not be read is assumed high, so it is set again.
-                let limits: Vec<f64> = limits
-                    .into_iter()
-                    .map(|w| if w.is_finite() { w } else { f64::INFINITY })
-                    .collect();
+                let limits: Vec<f64> = limits.into_iter().map(read_limit).collect();
                 let drifted = limits
                     .iter()
                     .zip(&self.enforced)
@@ -423,7 +483,8 @@ mod tests {
     #[test]
     fn decreases_are_applied_before_any_increase_and_acknowledged_after_read_back() {
         let mut device = vec![400.0, 400.0, 400.0];
-        let mut agent = Agent::new(vec![BOUNDS; 3], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 3], device.clone(), FENCE, secs(0)).expect("usable bounds");
         let commands = agent.handle(
             Event::PlanChanged(Some(plan(7, &[600.0, 250.0, 300.0]))),
             secs(1),
@@ -467,7 +528,8 @@ mod tests {
     #[test]
     fn silence_beyond_the_fence_lowers_every_gpu_to_its_floor_until_contact_returns() {
         let mut device = vec![400.0, 400.0];
-        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0)).expect("usable bounds");
         run(
             &mut device,
             &agent.handle(Event::PlanChanged(Some(plan(1, &[650.0, 500.0]))), secs(0)),
@@ -494,7 +556,8 @@ mod tests {
     #[test]
     fn shutdown_never_raises_and_leaves_the_floor() {
         let mut device = vec![450.0, 150.0];
-        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0)).expect("usable bounds");
         let commands = agent.handle(Event::Shutdown, secs(1));
         run(&mut device, &commands);
         assert_eq!(
@@ -515,7 +578,8 @@ mod tests {
     #[test]
     fn drift_is_counted_and_the_plan_reapplied() {
         let mut device = vec![400.0];
-        let mut agent = Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0)).expect("usable bounds");
         run(
             &mut device,
             &agent.handle(Event::PlanChanged(Some(plan(1, &[300.0]))), secs(0)),
@@ -535,7 +599,8 @@ mod tests {
 
     #[test]
     fn a_gpu_held_below_its_target_is_not_set_again_and_is_acknowledged_as_read_back() {
-        let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0)).expect("usable bounds");
         let commands = agent.handle(Event::PlanChanged(Some(plan(4, &[600.0, 333.3]))), secs(0));
         assert_eq!(commands.len(), 2, "{commands:?}");
         // GPU 0 is capped at 450 W out of band; GPU 1 rounds its limit 0.4 W up.
@@ -570,7 +635,8 @@ mod tests {
 
     #[test]
     fn targets_outside_the_device_range_are_clamped_and_counted() {
-        let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], vec![400.0, 400.0], FENCE, secs(0)).expect("usable bounds");
         let commands = agent.handle(Event::PlanChanged(Some(plan(1, &[900.0, 100.0]))), secs(0));
         assert_eq!(
             commands,
@@ -590,7 +656,8 @@ mod tests {
 
     #[test]
     fn a_restarted_agent_adopts_what_is_enforced_until_a_plan_arrives() {
-        let mut agent = Agent::new(vec![BOUNDS; 2], vec![333.0, 444.0], FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], vec![333.0, 444.0], FENCE, secs(0)).expect("usable bounds");
         assert!(
             agent
                 .handle(Event::ReadBack(vec![333.0, 444.0]), secs(0))
@@ -617,7 +684,8 @@ mod tests {
     #[test]
     fn a_plan_older_than_the_one_followed_is_ignored_and_not_acknowledged() {
         let mut device = vec![400.0, 400.0];
-        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0)).expect("usable bounds");
         run(
             &mut device,
             &agent.handle(Event::PlanChanged(Some(plan(9, &[300.0, 350.0]))), secs(1)),
@@ -644,7 +712,8 @@ mod tests {
     #[test]
     fn an_acknowledgement_is_sent_again_until_etcd_stored_it() {
         let mut device = vec![400.0];
-        let mut agent = Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS], device.clone(), FENCE, secs(0)).expect("usable bounds");
         run(
             &mut device,
             &agent.handle(Event::PlanChanged(Some(plan(3, &[300.0]))), secs(0)),
@@ -669,7 +738,8 @@ mod tests {
     #[test]
     fn every_new_session_sends_the_acknowledgement_of_the_plan_followed_again() {
         let mut device = vec![400.0, 400.0];
-        let mut agent = Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0));
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], device.clone(), FENCE, secs(0)).expect("usable bounds");
         run(
             &mut device,
             &agent.handle(Event::Registered(Some(plan(5, &[300.0, 350.0]))), secs(0)),
@@ -694,6 +764,131 @@ mod tests {
                 watts: 250.0
             }]
         );
+    }
+
+    #[test]
+    fn a_gpu_whose_range_no_limit_fits_in_is_refused_naming_it_and_its_values() {
+        let inverted = GpuBounds {
+            min_watts: 700.0,
+            max_watts: 200.0,
+        };
+        let error = Agent::new(vec![BOUNDS, inverted], vec![400.0; 2], FENCE, secs(0))
+            .expect_err("min above max");
+        assert_eq!(
+            error.to_string(),
+            "GPU 1 reports power limits from 700 W to 200 W; the agent needs finite limits with 0 < min <= max"
+        );
+        for (min_watts, max_watts) in [(f64::NAN, 700.0), (200.0, f64::INFINITY), (0.0, 700.0)] {
+            let bounds = GpuBounds {
+                min_watts,
+                max_watts,
+            };
+            assert!(
+                Agent::new(vec![bounds], vec![400.0], FENCE, secs(0)).is_err(),
+                "{bounds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_or_floor_that_is_not_a_number_means_the_floor() {
+        let mut agent =
+            Agent::new(vec![BOUNDS; 3], vec![400.0; 3], FENCE, secs(0)).expect("usable bounds");
+        let mut broken = plan(2, &[f64::NAN, f64::INFINITY, 500.0]);
+        broken.gpus[1].floor_watts = 250.0;
+        broken.gpus[2].floor_watts = f64::NAN;
+        let commands = agent.handle(Event::PlanChanged(Some(broken)), secs(0));
+        assert_eq!(
+            commands,
+            [
+                Command::SetLimit {
+                    index: 0,
+                    watts: 200.0
+                },
+                Command::SetLimit {
+                    index: 1,
+                    watts: 250.0
+                },
+                Command::SetLimit {
+                    index: 2,
+                    watts: 500.0
+                },
+            ]
+        );
+        assert_eq!(agent.counters.clamps, 2);
+        // A floor above the range is the device's maximum, and a limit missing at start is taken as
+        // high.
+        let mut agent = Agent::new(vec![BOUNDS; 2], vec![400.0], FENCE, secs(0)).expect("bounds");
+        let mut high_floor = plan(3, &[f64::NAN]);
+        high_floor.gpus[0].floor_watts = 900.0;
+        assert_eq!(
+            agent.handle(Event::PlanChanged(Some(high_floor)), secs(1)),
+            [
+                Command::SetLimit {
+                    index: 1,
+                    watts: 200.0
+                },
+                Command::SetLimit {
+                    index: 0,
+                    watts: 700.0
+                },
+            ]
+        );
+    }
+
+    /// Any event the IO layer may feed, with values of any kind (NaN, infinite, negative, huge).
+    #[derive(Debug, Clone)]
+    enum Input {
+        Plan(u64, Vec<(u32, f64, f64, Option<u32>)>),
+        Deleted,
+        Registered(u64, Vec<(u32, f64, f64, Option<u32>)>),
+        Stored(u64, Vec<f64>),
+        ReadBack(Vec<f64>),
+        Renew,
+        Wait(u64),
+        Shutdown,
+    }
+
+    fn watts() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            3 => 100.0..800.0f64,
+            1 => any::<f64>(),
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(f64::NEG_INFINITY),
+            1 => Just(0.0),
+        ]
+    }
+
+    fn targets() -> impl Strategy<Value = Vec<(u32, f64, f64, Option<u32>)>> {
+        prop::collection::vec(
+            (0u32..6, watts(), watts(), prop::option::of(any::<u32>())),
+            0..6,
+        )
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            (0u64..20, targets()).prop_map(|(r, t)| Input::Plan(r, t)),
+            Just(Input::Deleted),
+            (0u64..20, targets()).prop_map(|(r, t)| Input::Registered(r, t)),
+            (0u64..20, prop::collection::vec(watts(), 0..6)).prop_map(|(r, l)| Input::Stored(r, l)),
+            prop::collection::vec(watts(), 0..6).prop_map(Input::ReadBack),
+            Just(Input::Renew),
+            (0u64..10_000).prop_map(Input::Wait),
+            Just(Input::Shutdown),
+        ]
+    }
+
+    fn any_plan(revision: u64, targets: &[(u32, f64, f64, Option<u32>)]) -> NodePlan {
+        let mut plan = plan(revision, &vec![0.0; targets.len()]);
+        for (gpu, &(index, limit, floor, clock)) in plan.gpus.iter_mut().zip(targets) {
+            gpu.index = index;
+            gpu.power_limit_watts = limit;
+            gpu.floor_watts = floor;
+            gpu.sm_clock_mhz = clock;
+        }
+        plan
     }
 
     #[derive(Debug, Clone)]
@@ -726,6 +921,54 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
+        /// Whatever the bounds, the limits found, the plans and the read-backs: no panic, an agent only
+        /// for usable ranges, and every limit it sets is a number within its GPU's range.
+        #[test]
+        fn no_input_panics_or_sets_a_limit_outside_the_range(
+            bounds in prop::collection::vec((watts(), watts()), 0..5),
+            enforced in prop::collection::vec(watts(), 0..6),
+            inputs in prop::collection::vec(input(), 0..40),
+        ) {
+            let bounds: Vec<GpuBounds> = bounds
+                .into_iter()
+                .map(|(min_watts, max_watts)| GpuBounds { min_watts, max_watts })
+                .collect();
+            let usable = bounds.iter().zip(0u32..).all(|(b, i)| b.check(i).is_ok());
+            let Ok(mut agent) = Agent::new(bounds.clone(), enforced, FENCE, Duration::ZERO) else {
+                prop_assert!(!usable, "refused usable bounds {bounds:?}");
+                return Ok(());
+            };
+            prop_assert!(usable, "took unusable bounds {bounds:?}");
+            let mut now = Duration::ZERO;
+            for input in inputs {
+                let event = match input {
+                    Input::Plan(revision, targets) => Event::PlanChanged(Some(any_plan(revision, &targets))),
+                    Input::Deleted => Event::PlanChanged(None),
+                    Input::Registered(revision, targets) => Event::Registered(Some(any_plan(revision, &targets))),
+                    Input::Stored(revision, limits) => Event::Acknowledged(acknowledgement(revision, &limits)),
+                    Input::ReadBack(limits) => Event::ReadBack(limits),
+                    Input::Renew => Event::LeaseRenewed,
+                    Input::Wait(ms) => { now += Duration::from_millis(ms); Event::Tick }
+                    Input::Shutdown => Event::Shutdown,
+                };
+                for command in agent.handle(event, now) {
+                    match command {
+                        Command::SetLimit { index, watts } => {
+                            let range = bounds[index as usize];
+                            prop_assert!(
+                                (range.min_watts..=range.max_watts).contains(&watts),
+                                "GPU {index} set to {watts} W outside {range:?}"
+                            );
+                        }
+                        Command::Acknowledge(ack) => {
+                            prop_assert!(ack.power_limits_watts.iter().all(|w| w.is_finite()), "{ack:?}");
+                        }
+                        Command::LockClock { .. } | Command::ResetClock { .. } => {}
+                    }
+                }
+            }
+        }
+
         /// Under any order of plans, renewals, silences, read-backs, drift and shutdown: the node's total
         /// limit never passes the larger of its total before and after a batch (decreases first); a
         /// fenced or stopping agent holds every GPU at or below its floor and raises nothing; an
@@ -733,7 +976,7 @@ mod tests {
         #[test]
         fn no_batch_overshoots_and_silence_or_shutdown_holds_the_floor(steps in prop::collection::vec(step(), 1..60)) {
             let mut device = vec![400.0; 4];
-            let mut agent = Agent::new(vec![BOUNDS; 4], device.clone(), Duration::from_millis(2500), Duration::ZERO);
+            let mut agent = Agent::new(vec![BOUNDS; 4], device.clone(), Duration::from_millis(2500), Duration::ZERO).expect("usable bounds");
             let mut now = Duration::ZERO;
             let mut revision = 0;
             let mut last_plan = None;

@@ -94,7 +94,7 @@ impl Telemetry {
         let gpu_errors = IntCounterVec::new(
             Opts::new(
                 "kilowatt_gpu_errors_total",
-                "GPU backend calls that failed, by kind (driver_missing, no_permission, not_supported, no_such_gpu, failed, settings_file)",
+                "GPU backend calls that failed, by kind (driver_missing, no_permission, not_supported, no_such_gpu, failed, settings_file, invalid_bounds)",
             ),
             &["kind"],
         )?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use kilowatt_agent_core::driver;
 use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
 use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 
@@ -80,8 +81,10 @@ pub struct FileBackedGpus {
 
 impl FileBackedGpus {
     /// Takes the settings from `path` when it exists (the GPUs were left that way), else writes the
-    /// simulated GPUs' current settings there.
+    /// simulated GPUs' current settings there. Fails, before touching the file, on a GPU whose limit
+    /// range no limit fits in.
     pub fn open(mut gpus: SimulatedGpus, path: PathBuf) -> Result<Self, GpuError> {
+        driver::bounds(&gpus.inventory()?)?;
         let sequence = if path.exists() {
             let stored = StoredSettings::read(&path)?;
             apply(&mut gpus, &stored)?;
@@ -254,6 +257,20 @@ mod tests {
         assert_eq!(after.sequence, stored.sequence + 1);
         assert_eq!(after.total_limit_watts(), 550.0);
         Ok(())
+    }
+
+    #[test]
+    fn gpus_whose_range_no_limit_fits_in_are_refused_naming_the_gpu_and_its_range() {
+        let path = settings_path("inverted_range");
+        let inverted = SimulatedGpus::uniform("n", 2, "H100-SXM", 700.0, 200.0, None);
+        let error = FileBackedGpus::open(inverted, path.clone()).expect_err("min above max");
+        assert_eq!(
+            error.to_string(),
+            "GPU 0 reports power limits from 700 W to 200 W; the agent needs finite limits with 0 < min <= max"
+        );
+        assert!(!path.exists(), "nothing written");
+        let nan = SimulatedGpus::uniform("n", 1, "H100-SXM", f64::NAN, 700.0, None);
+        assert!(FileBackedGpus::open(nan, path).is_err());
     }
 
     #[test]

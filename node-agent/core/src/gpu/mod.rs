@@ -74,21 +74,25 @@ pub enum GpuError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// A GPU's limit range no limit fits in (not finite, or not 0 < min <= max).
+    #[error(transparent)]
+    InvalidBounds(#[from] crate::protocol::InvalidBounds),
 }
 
 impl GpuError {
     /// Every value [`GpuError::category`] returns.
-    pub const CATEGORIES: [&'static str; 6] = [
+    pub const CATEGORIES: [&'static str; 7] = [
         "driver_missing",
         "no_permission",
         "not_supported",
         "no_such_gpu",
         "failed",
         "settings_file",
+        "invalid_bounds",
     ];
 
     /// A fixed label for metrics and events: `driver_missing`, `no_permission`, `not_supported`,
-    /// `no_such_gpu`, `failed` or `settings_file`.
+    /// `no_such_gpu`, `failed`, `settings_file` or `invalid_bounds`.
     pub fn category(&self) -> &'static str {
         match self {
             Self::DriverMissing { .. } => "driver_missing",
@@ -97,6 +101,7 @@ impl GpuError {
             Self::NoSuchGpu { .. } => "no_such_gpu",
             Self::Failed { .. } => "failed",
             Self::SettingsFile { .. } => "settings_file",
+            Self::InvalidBounds(_) => "invalid_bounds",
         }
     }
 }
