@@ -58,6 +58,36 @@ pub struct AgentOptions {
     pub gpu_resource_name: String,
 }
 
+/// The kernel's boot ID: a random UUID drawn at every boot.
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// Why the machine's boot ID could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BootIdError {
+    #[error("reading the boot ID file {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the boot ID file {} is empty", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// The boot ID in `path`, trimmed. NB: a small file in procfs: reading it does not block the runtime.
+pub fn read_boot_id(path: &std::path::Path) -> Result<String, BootIdError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BootIdError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(BootIdError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(id.to_owned())
+}
+
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -517,14 +547,34 @@ impl Runner {
     }
 }
 
-/// Runs the agent until `shutdown` resolves; then lowers every GPU to its floor (never raising) and
-/// returns.
+/// Runs the agent until `shutdown` resolves, with the machine's boot ID from [`BOOT_ID_FILE`]; then
+/// lowers every GPU to its floor (never raising) and returns.
 pub async fn run(
     backend: Box<dyn GpuBackend>,
     options: AgentOptions,
     telemetry: Telemetry,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let boot_id_file = std::path::Path::new(BOOT_ID_FILE);
+    run_with_boot_id_file(backend, options, boot_id_file, telemetry, shutdown).await
+}
+
+/// [`run`], with the boot ID read from `boot_id_file` (the `--boot-id-file` flag). An unreadable boot
+/// ID is logged and the acknowledgements go without one.
+pub async fn run_with_boot_id_file(
+    backend: Box<dyn GpuBackend>,
+    options: AgentOptions,
+    boot_id_file: &std::path::Path,
+    telemetry: Telemetry,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let boot_id = match read_boot_id(boot_id_file) {
+        Ok(id) => Some(id),
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "no boot ID: acknowledgements go without one, and the operator cannot tell them from a previous boot's");
+            None
+        }
+    };
     let backend: SharedBackend = Arc::new(Mutex::new(backend));
     let (gpus, enforced, name) = with_backend(&backend, |b| {
         let gpus = b.inventory()?;
@@ -537,7 +587,8 @@ pub async fn run(
     let bounds = driver::bounds(&gpus).map_err(|e| AgentError::Inventory(e.into()))?;
     let fence_after = defaults::fence_after(options.lease_ttl, options.fence_fraction);
     let agent = Agent::new(bounds, enforced, fence_after, Duration::ZERO)
-        .map_err(|e| AgentError::Inventory(e.into()))?;
+        .map_err(|e| AgentError::Inventory(e.into()))?
+        .with_boot_id(boot_id);
     let started = Instant::now();
     let mut runner = Runner {
         keys: KeyLayout::new(&options.etcd_prefix),
@@ -643,6 +694,26 @@ mod tests {
 
     fn etcd_status(code: tonic::Code, message: &str) -> etcd_client::Error {
         etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn the_boot_id_is_read_trimmed_and_a_missing_or_empty_file_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("kilowatt-boot-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let file = dir.join("boot_id");
+        std::fs::write(&file, "5e1f3c1a-0d7b-4c55-9a0e-3f1b2c4d5e6f\n").expect("boot ID file");
+        assert_eq!(
+            read_boot_id(&file).expect("readable"),
+            "5e1f3c1a-0d7b-4c55-9a0e-3f1b2c4d5e6f"
+        );
+        std::fs::write(&file, " \n").expect("boot ID file");
+        assert!(matches!(
+            read_boot_id(&file),
+            Err(BootIdError::Empty { .. })
+        ));
+        let missing = read_boot_id(&dir.join("absent")).expect_err("no file");
+        assert!(missing.to_string().contains("absent"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -113,6 +113,12 @@ struct Args {
     /// ignored).
     #[arg(long, default_value = "nvidia.com/gpu", value_name = "NAME")]
     gpu_resource_name: String,
+    /// The machine's boot ID (a random UUID the kernel draws at every boot), sent with every
+    /// acknowledgement so the operator can tell limits this boot enforces from those a rebooted
+    /// machine's GPUs no longer hold. If it cannot be read, the agent says so and acknowledges without
+    /// one; tests point it at a file of their own.
+    #[arg(long, default_value = agent::BOOT_ID_FILE, value_name = "PATH")]
+    boot_id_file: PathBuf,
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "0.0.0.0:9400", value_name = "ADDR:PORT")]
     listen: SocketAddr,
@@ -219,7 +225,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::error!(%error, "telemetry server stopped");
             }
         });
-        agent::run(backend, options, telemetry, signals::termination()).await?;
+        agent::run_with_boot_id_file(
+            backend,
+            options,
+            &args.boot_id_file,
+            telemetry,
+            signals::termination(),
+        )
+        .await?;
         Ok(())
     })
 }

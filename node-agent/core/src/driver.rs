@@ -273,6 +273,7 @@ mod tests {
             sm_clock_mhz: None,
             utilization_percent: None,
             throttle_reasons: Vec::new(),
+            persistence_mode: None,
         })
     }
 

@@ -146,6 +146,8 @@ pub struct Agent {
     acknowledged: Option<Acknowledgement>,
     /// Set after commands are emitted; an acknowledgement waits for the read-back that follows.
     awaiting_read_back: bool,
+    /// The machine's boot ID, sent with every acknowledgement.
+    boot_id: Option<String>,
     pub counters: Counters,
 }
 
@@ -177,8 +179,16 @@ impl Agent {
             mode: Mode::Following,
             acknowledged: None,
             awaiting_read_back: false,
+            boot_id: None,
             counters: Counters::default(),
         })
+    }
+
+    /// Sends `boot_id` (the kernel's, drawn at every boot) with every acknowledgement, so the operator
+    /// can tell limits this boot enforces from those a rebooted machine no longer holds.
+    pub fn with_boot_id(mut self, boot_id: Option<String>) -> Agent {
+        self.boot_id = boot_id;
+        self
     }
 
     pub fn mode(&self) -> Mode {
@@ -329,7 +339,7 @@ impl Agent {
         Some(Command::Acknowledge(Acknowledgement {
             revision: plan.revision,
             power_limits_watts: self.enforced.clone(),
-            boot_id: None,
+            boot_id: self.boot_id.clone(),
         }))
     }
 
@@ -763,6 +773,21 @@ mod tests {
                 index: 0,
                 watts: 250.0
             }]
+        );
+    }
+
+    #[test]
+    fn every_acknowledgement_carries_the_boot_id() {
+        let mut agent = Agent::new(vec![BOUNDS], vec![300.0], FENCE, secs(0))
+            .expect("usable bounds")
+            .with_boot_id(Some("5e1f3c1a-0d7b-4c55-9a0e-3f1b2c4d5e6f".into()));
+        let commands = agent.handle(Event::PlanChanged(Some(plan(1, &[300.0]))), secs(0));
+        let [Command::Acknowledge(ack)] = &commands[..] else {
+            panic!("expected one acknowledgement, got {commands:?}");
+        };
+        assert_eq!(
+            ack.boot_id.as_deref(),
+            Some("5e1f3c1a-0d7b-4c55-9a0e-3f1b2c4d5e6f")
         );
     }
 

@@ -39,6 +39,7 @@ pub struct Telemetry {
     gpu_sm_clock_mhz: GaugeVec,
     gpu_utilization_ratio: GaugeVec,
     gpu_throttled: GaugeVec,
+    gpu_persistence_mode: GaugeVec,
     gpu_errors: IntCounterVec,
     pod_power_watts: GaugeVec,
     pod_energy_joules: GenericCounterVec<AtomicF64>,
@@ -129,6 +130,10 @@ impl Telemetry {
             gpu_utilization_ratio: per_gpu(
                 "kilowatt_gpu_utilization_ratio",
                 "GPU utilization (0..1)",
+            )?,
+            gpu_persistence_mode: per_gpu(
+                "kilowatt_gpu_persistence_mode",
+                "Whether a GPU's driver is in persistence mode (1) or not (0; the driver may then unload between clients and reset the limit to its default)",
             )?,
             gpu_energy_joules,
             gpu_throttled,
@@ -261,6 +266,12 @@ impl Telemetry {
                 &self.gpu_utilization_ratio,
                 reading.utilization_percent.map(|u| f64::from(u) / 100.0),
             );
+            set(
+                &self.gpu_persistence_mode,
+                reading
+                    .persistence_mode
+                    .map(|on| if on { 1.0 } else { 0.0 }),
+            );
             // Reasons are the backend's fixed names; one that went away is set to 0, not left at 1.
             let previous = std::mem::take(&mut last.throttle_reasons[position]);
             for reason in previous.iter().chain(&reading.throttle_reasons) {
@@ -349,6 +360,7 @@ mod tests {
             sm_clock_mhz: Some(1980),
             utilization_percent: Some(100),
             throttle_reasons: Vec::new(),
+            persistence_mode: Some(true),
         })
     }
 
@@ -393,6 +405,13 @@ mod tests {
         assert_eq!(
             sample(&text, &format!("kilowatt_pod_energy_joules_total{batch}")),
             Some(300.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"kilowatt_gpu_persistence_mode{gpu="0",uuid="GPU-a"}"#
+            ),
+            Some(1.0)
         );
 
         // batch leaves: its series go, serve now has GPU-a to itself.

@@ -88,6 +88,13 @@ impl GpuBackend for NvmlBackend {
                 let default_milliwatts = device
                     .power_management_limit_default()
                     .map_err(|e| classify("reading the default power limit", index, e))?;
+                // NB: said once here, and exported per sample (`kilowatt_gpu_persistence_mode`).
+                if let Ok(false) = device.is_in_persistent_mode() {
+                    tracing::warn!(
+                        gpu = index,
+                        "persistence mode is off: the driver may unload between clients and reset this GPU's power limit to its default; enable it (nvidia-smi -pm 1 or nvidia-persistenced)"
+                    );
+                }
                 Ok(GpuInfo {
                     index,
                     uuid,
@@ -188,6 +195,11 @@ impl GpuBackend for NvmlBackend {
             "reading the throttle reasons",
             index,
         )?;
+        let persistence_mode = optional(
+            device.is_in_persistent_mode(),
+            "reading the persistence mode",
+            index,
+        )?;
         Ok(GpuReading {
             power_watts: power_milliwatts.map(watts),
             // Precision: f64 holds integers exactly up to 2^53 mJ, about 285 years at 1 kW.
@@ -196,6 +208,7 @@ impl GpuBackend for NvmlBackend {
             sm_clock_mhz,
             utilization_percent: utilization.map(|u| u.gpu),
             throttle_reasons: reasons.map(throttle_reason_names).unwrap_or_default(),
+            persistence_mode,
         })
     }
 

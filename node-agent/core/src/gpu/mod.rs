@@ -46,6 +46,9 @@ pub struct GpuReading {
     pub utilization_percent: Option<u32>,
     /// Why clocks are held down, as short names such as `sw_power_cap` (the power limit holds the draw).
     pub throttle_reasons: Vec<&'static str>,
+    /// Whether the driver keeps the GPU initialised without a client (persistence mode). NB: without
+    /// it the driver may unload between clients and the GPU come back at its default limit.
+    pub persistence_mode: Option<bool>,
 }
 
 /// A GPU operation that failed. `operation` reads as a gerund phrase, e.g. "setting the power limit".

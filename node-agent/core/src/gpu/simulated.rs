@@ -466,6 +466,7 @@ impl GpuBackend for SimulatedGpus {
             .as_ref()
             .and_then(|curve| curve.points.iter().filter_map(|p| p.sm_clock_mhz).max());
         Ok(GpuReading {
+            persistence_mode: None,
             power_watts: Some(operating.draw_watts),
             energy_joules: Some(state.energy_joules),
             power_limit_watts: Some(state.limit_watts),
