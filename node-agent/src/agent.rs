@@ -615,6 +615,8 @@ pub async fn run_with_boot_id_file(
     let mut pod_refresh = tokio::time::interval(POD_REFRESH);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // NB: once a round: `/healthz` fails when this stops (the loop is wedged and fences nothing).
+        runner.telemetry.heartbeat(std::time::Instant::now());
         if session.is_none() && Instant::now() >= next_connect {
             sessions_opened += 1;
             match open_session(

@@ -219,7 +219,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let app = http::router(telemetry.clone());
+        let app = http::router(telemetry.clone(), http::wedged_after(options.sample_period));
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "telemetry server stopped");

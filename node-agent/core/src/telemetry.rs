@@ -52,6 +52,8 @@ pub struct Telemetry {
     fences: IntCounter,
     /// What was exported last, to export increments and clear reasons that went away.
     last: Arc<Mutex<Last>>,
+    /// When the agent's main loop last went round (the process passes its clock in), for `/healthz`.
+    heartbeat: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl Telemetry {
@@ -166,6 +168,7 @@ impl Telemetry {
                 "Times the agent lowered its GPUs to their floors for lack of contact",
             )?,
             last: Arc::new(Mutex::new(Last::default())),
+            heartbeat: Arc::default(),
             registry,
         };
         for collector in [
@@ -227,6 +230,22 @@ impl Telemetry {
         self.fences
             .inc_by(now.fences.saturating_sub(last.counters.fences));
         last.counters = now;
+    }
+
+    /// The main loop went round at `at`.
+    pub fn heartbeat(&self, at: std::time::Instant) {
+        *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    /// When the main loop last went round; `None` before it first did.
+    pub fn last_heartbeat(&self) -> Option<std::time::Instant> {
+        *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Exports one sample of every GPU, and of every pod holding GPUs (`pods`: holders by GPU UUID).
