@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("!has(self.parent) || self.parent != ''").message("parent must not be empty when set"))]
 #[serde(rename_all = "camelCase")]
 pub struct PowerBudgetSpec {
-    /// Cap in watts on the GPU power limits plus node overheads under this budget.
-    #[schemars(range(min = 0.0))]
+    /// Cap in watts on the GPU power limits plus node overheads under this budget; at most 1e10
+    /// (10 GW), the most the solver plans.
+    #[schemars(range(min = 0.0, max = 1e10))]
     pub cap_watts: f64,
     /// Name of the PowerBudget this one sits under; a budget without parent is a root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,7 +41,7 @@ pub struct PowerBudgetSpec {
     pub node_selector: Option<LabelSelector>,
     /// Non-GPU draw per node in watts; the node annotation `kilowatt.dev/overhead-watts` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1e7))]
     pub node_overhead_watts: Option<f64>,
     /// Time windows with their own cap; the effective cap is the lowest of `capWatts` and every active
     /// window's cap.
@@ -49,7 +50,7 @@ pub struct PowerBudgetSpec {
     pub schedule: Vec<ScheduleWindow>,
     /// Watts held back from the cap when planning (measurement error, transients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1e10))]
     pub safety_margin_watts: Option<f64>,
 }
 
@@ -62,7 +63,7 @@ pub struct PowerBudgetSpec {
 pub struct ScheduleWindow {
     /// Shown in events and status when the window opens or closes.
     pub name: String,
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = 1e10))]
     pub cap_watts: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Time>,

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::PowerBudget;
-use kilowatt_solver::MAX_CAP_WATTS;
+use kilowatt_solver::{MAX_CAP_WATTS, MAX_DEVICE_WATTS};
 use kube::ResourceExt;
 
 use super::{BudgetFacts, BudgetIssue};
@@ -27,7 +27,7 @@ pub(super) fn budget_forest(
         let spec = &budget.spec;
         let mut effective = schedule::effective_cap(spec, now);
         let mut issues = Vec::new();
-        if !(effective.cap_watts <= MAX_CAP_WATTS) {
+        if effective.cap_watts.is_nan() || effective.cap_watts > MAX_CAP_WATTS {
             issues.push(BudgetIssue {
                 reason: reasons::CAP_OUT_OF_RANGE,
                 message: format!(
@@ -38,6 +38,19 @@ pub(super) fn budget_forest(
             });
             effective.cap_watts = MAX_CAP_WATTS;
         }
+        let node_overhead_watts = match spec.node_overhead_watts {
+            Some(w) if !(0.0..=MAX_DEVICE_WATTS).contains(&w) => {
+                issues.push(BudgetIssue {
+                    reason: reasons::CAP_OUT_OF_RANGE,
+                    message: format!(
+                        "nodeOverheadWatts {w} is outside [0, {MAX_DEVICE_WATTS}]; {MAX_DEVICE_WATTS} W \
+                         a node is counted"
+                    ),
+                });
+                Some(MAX_DEVICE_WATTS)
+            }
+            other => other,
+        };
         let margin = spec
             .safety_margin_watts
             .filter(|m| m.is_finite())
@@ -61,7 +74,7 @@ pub(super) fn budget_forest(
                 generation: budget.metadata.generation,
                 parent,
                 spec_cap_watts: spec.cap_watts,
-                node_overhead_watts: spec.node_overhead_watts,
+                node_overhead_watts,
                 planning_cap_watts: (effective.cap_watts - margin).max(0.0),
                 effective,
                 safety_margin_watts: margin,

@@ -533,6 +533,30 @@ fn an_impossible_inventory_holds_its_node_at_the_model_tables_floors_and_the_res
 }
 
 #[test]
+fn the_crds_bounds_are_the_solvers_bounds() {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(PowerBudget::crd()).expect("the CRD serialises");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let maximum = |path: &Value| path["maximum"].as_f64();
+    assert_eq!(
+        maximum(&spec["capWatts"]),
+        Some(kilowatt_solver::MAX_CAP_WATTS)
+    );
+    assert_eq!(
+        maximum(&spec["safetyMarginWatts"]),
+        Some(kilowatt_solver::MAX_CAP_WATTS)
+    );
+    assert_eq!(
+        maximum(&spec["schedule"]["items"]["properties"]["capWatts"]),
+        Some(kilowatt_solver::MAX_CAP_WATTS)
+    );
+    assert_eq!(
+        maximum(&spec["nodeOverheadWatts"]),
+        Some(kilowatt_solver::MAX_DEVICE_WATTS)
+    );
+}
+
+#[test]
 fn a_cap_above_the_solvers_range_is_planned_at_its_maximum_and_named() {
     let budgets = [budget(
         "rack",
