@@ -57,7 +57,8 @@ pub fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> Operat
         lease_name: "kilowatt-operator".to_owned(),
         lease_duration: Duration::from_secs(3),
         debounce: Duration::from_millis(100),
-        ack_timeout: Duration::from_secs(10),
+        ack_timeout: kilowatt_operator::controller::timing::DEFAULT_ACK_TIMEOUT,
+        window_lead: kilowatt_operator::plan::schedule::DEFAULT_WINDOW_LEAD,
         resync,
         solve: SolveOptions::default(),
     }

@@ -182,6 +182,8 @@ pub struct SteppedAgent<B: GpuBackend> {
     power: PowerPeriod,
     /// Commands the backend refused since the agent started.
     pub gpu_errors: u64,
+    /// When to read limits back, for a backend that takes time to apply them.
+    read_back_at: Option<Duration>,
 }
 
 impl<B: GpuBackend> SteppedAgent<B> {
@@ -195,7 +197,54 @@ impl<B: GpuBackend> SteppedAgent<B> {
             gpus,
             power: PowerPeriod::default(),
             gpu_errors: 0,
+            read_back_at: None,
         })
+    }
+
+    /// Sends `boot_id` with every acknowledgement (see [`Agent::with_boot_id`]).
+    pub fn with_boot_id(mut self, boot_id: Option<String>) -> Self {
+        self.agent = self.agent.with_boot_id(boot_id);
+        self
+    }
+
+    /// The agent process starting again at `now` on the same GPUs (after a crash, or at boot): a
+    /// fresh protocol machine that adopts the limits the GPUs enforce and knows no plan yet.
+    pub fn restart(
+        &mut self,
+        fence_after: Duration,
+        now: Duration,
+        boot_id: Option<String>,
+    ) -> Result<(), GpuError> {
+        let enforced = read_limits(&self.backend, self.gpus.len());
+        self.agent =
+            Agent::new(bounds(&self.gpus)?, enforced, fence_after, now)?.with_boot_id(boot_id);
+        self.power = PowerPeriod::default();
+        self.read_back_at = None;
+        Ok(())
+    }
+
+    /// Advances a backend that applies limits late, and reads limits back once they have had the
+    /// time to settle; returns the acknowledgements to write.
+    pub fn poll(&mut self, now: Duration) -> Vec<Acknowledgement> {
+        if self.read_back_at.is_none() && self.backend.settle_time().is_zero() {
+            return Vec::new();
+        }
+        self.backend.advance(now);
+        match self.read_back_at {
+            Some(at) if at <= now => {
+                self.read_back_at = None;
+                self.check_limits(now)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The periodic drift check: reads every limit back and runs the answer; returns the
+    /// acknowledgements to write.
+    pub fn check_limits(&mut self, now: Duration) -> Vec<Acknowledgement> {
+        let limits = read_limits(&self.backend, self.gpus.len());
+        let commands = self.agent.handle(Event::ReadBack(limits), now);
+        self.run_and_read_back(commands, now)
     }
 
     /// The inventory to register; `pods_by_uuid` as for [`inventory`].
@@ -223,10 +272,17 @@ impl<B: GpuBackend> SteppedAgent<B> {
     /// answer to that; returns the acknowledgements to write, in order.
     pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Acknowledgement> {
         let commands = self.agent.handle(event, now);
+        self.run_and_read_back(commands, now)
+    }
+
+    fn run_and_read_back(&mut self, commands: Vec<Command>, now: Duration) -> Vec<Acknowledgement> {
         let executed = execute(&mut self.backend, commands);
         self.gpu_errors += executed.errors.len() as u64;
         let mut acknowledgements = executed.acknowledgements;
-        if executed.touched {
+        let settle = self.backend.settle_time();
+        if executed.touched && !settle.is_zero() {
+            self.read_back_at = Some(now + settle);
+        } else if executed.touched {
             let limits = read_limits(&self.backend, self.gpus.len());
             let follow_up = execute(
                 &mut self.backend,

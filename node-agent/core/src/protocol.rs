@@ -427,6 +427,21 @@ impl Agent {
                     self.counters.drifts += 1;
                 }
                 self.enforced = limits;
+                // The GPUs were just told and read back above their targets: they refuse the limit
+                // (or take time to apply it). Say what they enforce now, so the operator counts it
+                // and lowers other nodes, then try again.
+                let refused = expected
+                    && self.plan.is_some()
+                    && self
+                        .read_back_targets()
+                        .iter()
+                        .zip(&self.enforced)
+                        .any(|((target, _), read)| *read > target + TOLERANCE_WATTS);
+                let refusal = if refused {
+                    self.acknowledgement()
+                } else {
+                    None
+                };
                 let mut commands = match self.mode {
                     // Before any plan, a (re)started agent keeps what it adopted.
                     Mode::Following if self.plan.is_none() => Vec::new(),
@@ -438,6 +453,8 @@ impl Agent {
                 };
                 if commands.is_empty() {
                     commands.extend(self.acknowledgement());
+                } else if let Some(ack) = refusal {
+                    commands.insert(0, ack);
                 }
                 commands
             }
@@ -532,6 +549,53 @@ mod tests {
                 .handle(Event::ReadBack(device.clone()), secs(2))
                 .is_empty(),
             "acknowledged once"
+        );
+    }
+
+    #[test]
+    fn a_gpu_that_refuses_a_lower_limit_is_acknowledged_at_what_it_enforces_and_set_again() {
+        let mut agent =
+            Agent::new(vec![BOUNDS; 2], vec![600.0, 600.0], FENCE, secs(0)).expect("usable bounds");
+        let commands = agent.handle(Event::PlanChanged(Some(plan(4, &[300.0, 300.0]))), secs(0));
+        assert_eq!(
+            commands,
+            [
+                Command::SetLimit {
+                    index: 0,
+                    watts: 300.0
+                },
+                Command::SetLimit {
+                    index: 1,
+                    watts: 300.0
+                }
+            ]
+        );
+        // GPU 1 is stuck at 600 W.
+        let answer = agent.handle(Event::ReadBack(vec![300.0, 600.0]), secs(0));
+        assert_eq!(
+            answer,
+            [
+                Command::Acknowledge(Acknowledgement {
+                    revision: 4,
+                    power_limits_watts: vec![300.0, 600.0],
+                    boot_id: None,
+                }),
+                Command::SetLimit {
+                    index: 1,
+                    watts: 300.0
+                }
+            ],
+            "the operator learns what GPU 1 enforces; the agent tries again"
+        );
+        agent.handle(stored(4, &[300.0, 600.0]), secs(0));
+        // Once it takes the limit, the acknowledgement follows what it enforces.
+        assert_eq!(
+            agent.handle(Event::ReadBack(vec![300.0, 300.0]), secs(1)),
+            [Command::Acknowledge(Acknowledgement {
+                revision: 4,
+                power_limits_watts: vec![300.0, 300.0],
+                boot_id: None,
+            })]
         );
     }
 

@@ -205,6 +205,10 @@ pub struct OperatorArgs {
     /// counted at what its GPUs may still enforce, with every other node lowered to absorb it.
     #[arg(long, default_value_t = timing::DEFAULT_ACK_TIMEOUT.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ack_timeout_seconds: u64,
+    /// How long before a schedule window opens its cap is planned, so that it is enforced when the
+    /// window opens (PowerBudget status shows the window's cap from then).
+    #[arg(long, default_value_t = kilowatt_operator::plan::schedule::DEFAULT_WINDOW_LEAD.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub window_lead_seconds: u64,
     /// Solve again at least this often, even without changes; also how often PowerBudget status picks up
     /// the power the agents measured.
     #[arg(long, default_value_t = timing::DEFAULT_RESYNC.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]

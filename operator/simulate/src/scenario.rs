@@ -16,6 +16,7 @@ use kilowatt_solver::model::WorkloadKind;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::faults::Fault;
 use kilowatt_crds::profile_file::{self, EXAMPLE_PROFILES};
 use kilowatt_operator::plan::gpu_models::{self, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuModel};
 use kilowatt_operator::plan::translate::{
@@ -51,6 +52,9 @@ pub struct Scenario {
     /// Stretches during which a node's agent cannot reach the plan store.
     #[serde(default)]
     pub partitions: Vec<Partition>,
+    /// Agent crashes, reboots, stuck or slow GPUs, corrupt inventories, NotReady kubelets.
+    #[serde(default)]
+    pub faults: Vec<Fault>,
 }
 
 fn default_namespace() -> String {
@@ -546,6 +550,10 @@ impl Scenario {
                 ));
             }
         }
+        let gpus: Vec<(String, u32)> = nodes.iter().map(|n| (n.name.clone(), n.gpus)).collect();
+        if let Some(problem) = self.faults.iter().find_map(|f| f.problem(&gpus)) {
+            return Err(format!("faults: {problem}"));
+        }
         for partition in &self.partitions {
             if !nodes.iter().any(|n| n.name == partition.node) {
                 return Err(format!(
@@ -562,6 +570,11 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// The boot ID of `node` after `reboots` reboots, as its kubelet and its agent report it.
+pub fn simulated_boot_id(node: &str, reboots: usize) -> String {
+    format!("{node}-boot-{reboots}")
 }
 
 /// `seconds` after `start`, to the millisecond.
@@ -650,16 +663,35 @@ impl Prepared {
             .collect()
     }
 
-    /// The Nodes, Ready, with GPU capacity and product label as the kubelet and GPU feature discovery
-    /// would register them.
-    pub fn node_objects(&self) -> Vec<Arc<Node>> {
+    /// The Nodes at `seconds`, with GPU capacity and product label as the kubelet and GPU feature
+    /// discovery would register them: Ready, except while a `reboot` has the machine down (Unknown)
+    /// or a `nodeNotReady` fault holds (False); the boot ID counts the reboots completed.
+    pub fn node_objects(&self, seconds: f64) -> Vec<Arc<Node>> {
         self.nodes
             .iter()
             .filter_map(|n| {
+                let faults = || self.scenario.faults.iter().filter(|f| f.hits(&n.name));
+                let down = faults().any(|f| matches!(f, Fault::Reboot { .. }) && f.active(seconds));
+                let not_ready =
+                    faults().any(|f| matches!(f, Fault::NodeNotReady { .. }) && f.active(seconds));
+                let boots = faults()
+                    .filter(|f| matches!(f, Fault::Reboot { .. }))
+                    .filter(|f| f.boundaries().last().is_some_and(|up| *up <= seconds))
+                    .count();
+                let (status, reason) = match (down, not_ready) {
+                    (true, _) => ("Unknown", "NodeStatusUnknown"),
+                    (false, true) => ("False", "ContainerRuntimeUnhealthy"),
+                    (false, false) => ("True", "KubeletReady"),
+                };
                 serde_json::from_value(json!({
                     "metadata": {"name": n.name, "labels": n.labels},
                     "status": {"capacity": {GPU_RESOURCE: n.gpus.to_string()},
-                               "conditions": [{"type": "Ready", "status": "True"}]}}))
+                               "conditions": [{"type": "Ready", "status": status, "reason": reason}],
+                               "nodeInfo": {"bootID": simulated_boot_id(&n.name, boots),
+                                            "machineID": "", "systemUUID": "", "kernelVersion": "",
+                                            "osImage": "", "containerRuntimeVersion": "",
+                                            "kubeletVersion": "", "kubeProxyVersion": "",
+                                            "operatingSystem": "linux", "architecture": "amd64"}}}))
                 .ok()
                 .map(Arc::new)
             })
@@ -800,6 +832,7 @@ impl Prepared {
             .flat_map(|w| [Some(w.entry.start_seconds), w.entry.stop_seconds])
             .flatten()
             .chain(self.scenario.cap_changes.iter().map(|c| c.at_seconds))
+            .chain(self.scenario.faults.iter().flat_map(Fault::boundaries))
             .filter(|t| *t > 0.0 && *t < self.scenario.duration_seconds)
             .collect();
         times.sort_by(f64::total_cmp);

@@ -28,6 +28,8 @@ pub struct Caches {
     pub profiles: Store<WorkloadProfile>,
     pub nodes: Store<Node>,
     pub pods: Store<Pod>,
+    /// How long before a schedule window opens its cap is planned.
+    pub window_lead: std::time::Duration,
 }
 
 impl Caches {
@@ -52,6 +54,7 @@ impl Caches {
                 pods: &pods,
                 inventories,
                 holds,
+                window_lead: self.window_lead,
             },
             now,
         )
@@ -133,10 +136,12 @@ pub fn start(
     tasks: &mut JoinSet<()>,
     changed: Arc<Notify>,
     metrics: &Metrics,
+    window_lead: std::time::Duration,
 ) -> Caches {
     // NB: only pods bound to a node can hold GPUs; the field selector keeps pending pods out of memory.
     let bound = watcher::Config::default().fields("spec.nodeName!=");
     Caches {
+        window_lead,
         budgets: watch(
             Api::all(client.clone()),
             watcher::Config::default(),

@@ -69,6 +69,8 @@ pub struct OperatorOptions {
     pub debounce: Duration,
     /// How long an agent may take to acknowledge a plan before its node is planned as not lowering.
     pub ack_timeout: Duration,
+    /// How long before a schedule window opens its cap is planned.
+    pub window_lead: Duration,
     /// A pass runs at least this often, changes or not.
     pub resync: Duration,
     pub solve: SolveOptions,
@@ -220,7 +222,13 @@ pub async fn start(
 
     let mut tasks = JoinSet::new();
     let changed = Arc::new(Notify::new());
-    let caches = caches::start(&client, &mut tasks, changed.clone(), &metrics);
+    let caches = caches::start(
+        &client,
+        &mut tasks,
+        changed.clone(),
+        &metrics,
+        options.window_lead,
+    );
     let feed = Feed::new("operator");
     let state = AppState {
         feed: feed.clone(),
@@ -427,7 +435,8 @@ impl Reconciler {
             .observe(outcome.solve_seconds);
         self.loaded = Some(outcome.loaded.clone());
         let findings = PassFindings {
-            raises_held_back: !outcome.held_back.is_empty(),
+            raises_held_back: !outcome.held_back.is_empty()
+                || !outcome.awaiting_acknowledgement.is_empty(),
             awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
             next_transition: outcome.translation.next_transition,
         };

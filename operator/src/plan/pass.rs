@@ -96,6 +96,9 @@ pub struct PassOutcome {
     pub published: Option<Published>,
     /// Nodes whose raise waits for acknowledgements.
     pub held_back: Vec<String>,
+    /// Nodes whose agents may still enforce but have not acknowledged what is written for them:
+    /// the caller looks again soon, so that one that does not is held within the ack timeout.
+    pub awaiting_acknowledgement: Vec<String>,
     /// Measured watts per budget, from the agents' power reports plus overheads.
     pub measured: BTreeMap<String, f64>,
     /// The most the limits and overheads under each budget may enforce after this pass's writes.
@@ -340,6 +343,7 @@ where
         plan.written_at = Some(written_at.clone());
     }
     let possible = possible_per_budget(&translation, &candidate, &views, &step, &budgets_of);
+    let awaiting_acknowledgement = rollout::awaiting_acknowledgement(&views, &step);
     let measured = measured_per_budget(&views, &budgets_of, |node| {
         translation
             .nodes
@@ -365,6 +369,7 @@ where
             read_plan,
             published: None,
             held_back: step.held_back,
+            awaiting_acknowledgement,
             measured,
             possible,
             solve_seconds,
@@ -396,6 +401,7 @@ where
             content_changed: !unchanged,
         }),
         held_back: step.held_back,
+        awaiting_acknowledgement,
         measured,
         possible,
         solve_seconds,
@@ -482,6 +488,7 @@ mod tests {
                                 pods: &self.pods,
                                 inventories,
                                 holds,
+                                window_lead: std::time::Duration::ZERO,
                             },
                             now,
                         )
@@ -633,6 +640,7 @@ mod tests {
                             pods: &fleet.pods,
                             inventories,
                             holds,
+                            window_lead: std::time::Duration::ZERO,
                         },
                         at("2026-12-01T12:00:00Z"),
                     )

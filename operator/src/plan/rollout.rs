@@ -5,8 +5,9 @@
 //! current boot; before any, its maximum), what is written for it, and anything written since the
 //! acknowledgement (a raise it may have applied before it was lowered again); a dead agent fences
 //! nothing: its GPUs keep their limits. Once the lease is gone and the machine is not known to be up
-//! (the agent fenced itself to its floors before the lease expired, or the machine is gone), its plan
-//! is lowered to its floors and it counts at them. Pure.
+//! (the agent fenced itself to its floors before the lease expired, or the machine is down), its plan
+//! is lowered to its floors, and it counts at its GPUs' maximum: a machine that reboots comes back
+//! with its GPUs at the driver default before its agent can lower them. Pure.
 
 use std::collections::BTreeMap;
 
@@ -114,9 +115,9 @@ impl AgentView {
 
 /// The most GPU `index` of a node may enforce now, given what is written for it: while its lease
 /// lives or its machine is up, the largest of its current-boot acknowledged limit (or, before any,
-/// its maximum), every limit written since that acknowledgement, and the written one; otherwise the
-/// written one — the agent fenced itself, or the machine is gone, and a returning agent applies what
-/// it finds.
+/// its maximum), every limit written since that acknowledgement, and the written one; otherwise its
+/// maximum — the agent fenced itself or the machine is down, and a machine that reboots comes back
+/// at the driver default.
 fn possible_gpu_watts(
     view: &AgentView,
     written: Option<&NodePlan>,
@@ -126,15 +127,20 @@ fn possible_gpu_watts(
     let planned = written
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
-    if !view.may_enforce() {
-        return planned.into_iter().fold(floor, f64::max);
-    }
     let maximum = view.gpu_max_watts.get(index).copied().or_else(|| {
         view.inventory
             .as_ref()
             .and_then(|inventory| inventory.gpus.get(index))
             .map(|g| g.max_limit_watts)
     });
+    if !view.may_enforce() {
+        // Down (or cut off, its agent fenced): it draws nothing now, but it may come back at any
+        // moment from a reboot, with its GPUs at the driver default.
+        return [planned, maximum]
+            .into_iter()
+            .flatten()
+            .fold(floor, f64::max);
+    }
     let acknowledged = match view.current_ack() {
         Some(ack) => ack.power_limits_watts.get(index).copied().or(maximum),
         None => maximum,
@@ -192,6 +198,9 @@ pub enum NotLowering {
     NotAcknowledged,
     /// Its agent acknowledged limits above the ones written: a GPU refuses them.
     AboveWritten,
+    /// Its machine is down (Node Unknown) and its agent gone: it may come back from a reboot with
+    /// its GPUs at the driver default.
+    MachineDown,
 }
 
 impl NotLowering {
@@ -200,6 +209,9 @@ impl NotLowering {
             NotLowering::AgentGone => "its agent is gone while its machine is up",
             NotLowering::NotAcknowledged => "its agent has not acknowledged its plan in time",
             NotLowering::AboveWritten => "its GPUs enforce more than the limits written for them",
+            NotLowering::MachineDown => {
+                "its machine is down and may come back with its GPUs at their default limit"
+            }
         }
     }
 }
@@ -227,7 +239,7 @@ pub fn not_lowering(
 ) -> BTreeMap<String, NotLoweringNode> {
     let mut found = BTreeMap::new();
     for (node, view) in views {
-        if !view.may_enforce() || view.gpu_max_watts.is_empty() {
+        if view.gpu_max_watts.is_empty() {
             continue;
         }
         let written = view.written.as_ref();
@@ -243,7 +255,7 @@ pub fn not_lowering(
             .is_some_and(|at| {
                 now.duration_since(at)
                     .try_into()
-                    .is_ok_and(|waited: std::time::Duration| waited > ack_timeout)
+                    .is_ok_and(|waited: std::time::Duration| waited >= ack_timeout)
             });
         let refused = match (written, ack) {
             (Some(written), Some(ack)) if covered => written.gpus.iter().any(|g| {
@@ -253,7 +265,9 @@ pub fn not_lowering(
             }),
             _ => false,
         };
-        let why = if view.inventory.is_none() {
+        let why = if !view.may_enforce() {
+            NotLowering::MachineDown
+        } else if view.inventory.is_none() {
             NotLowering::AgentGone
         } else if !covered && overdue {
             NotLowering::NotAcknowledged
@@ -268,6 +282,23 @@ pub fn not_lowering(
         found.insert(node.clone(), NotLoweringNode { why, gpu_watts });
     }
     found
+}
+
+/// The nodes that, once `step` is written, have a plan their agent has not acknowledged while their
+/// GPUs may still enforce something else (agent alive or machine up).
+pub fn awaiting_acknowledgement(views: &BTreeMap<String, AgentView>, step: &Step) -> Vec<String> {
+    views
+        .iter()
+        .filter(|(node, view)| {
+            let written = step.writes.get(*node).or(view.written.as_ref());
+            let acknowledged = view.current_ack().map(|ack| ack.revision);
+            view.may_enforce()
+                && written.is_some_and(|w| {
+                    step.writes.contains_key(*node) || acknowledged < Some(w.revision)
+                })
+        })
+        .map(|(node, _)| node.clone())
+        .collect()
 }
 
 /// What to write now.
@@ -458,7 +489,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_silent_node_counts_at_its_last_ack_until_its_lease_expires_then_at_its_floor() {
+    fn a_silent_node_counts_at_its_last_ack_and_once_its_machine_is_down_at_what_may_come_back() {
         let caps = BTreeMap::from([("rack".to_string(), 1800.0)]);
         let targets = BTreeMap::from([
             ("a".to_string(), plan(&[600.0, 600.0])),
@@ -479,7 +510,9 @@ pub(crate) mod tests {
             next_step(&targets, &silent, &rack(&["a", "b"]), &caps).held_back,
             ["a"]
         );
-        // Its lease expired (inventory and ack gone): it has fenced itself to its floors.
+        // Its lease expired (inventory and ack gone) and its Node is Unknown: it has fenced itself to
+        // its floors, or its machine is down; without its GPUs' maxima known it counts at what is
+        // written.
         let expired = BTreeMap::from([
             (
                 "a".to_string(),
@@ -496,6 +529,12 @@ pub(crate) mod tests {
         let step = next_step(&targets, &expired, &rack(&["a", "b"]), &caps);
         assert!(step.held_back.is_empty());
         assert!(step.writes.contains_key("a"));
+        // Knowing them (as every pass does), it counts at them: it may come back from a reboot at the
+        // driver default.
+        let mut down = expired.clone();
+        down.get_mut("b").expect("b").gpu_max_watts = vec![700.0, 700.0];
+        let step = next_step(&targets, &down, &rack(&["a", "b"]), &caps);
+        assert_eq!(step.held_back, ["a"]);
     }
 
     #[test]
@@ -526,8 +565,8 @@ pub(crate) mod tests {
         let step = next_step(&targets, &dead_agent(true), &rack(&["a", "b"]), &caps);
         assert_eq!(step.held_back, ["a"]);
         assert!(step.writes.is_empty());
-        // Once the machine is not known to be up (gone, or partitioned and so fenced), b counts at
-        // what is written for it.
+        // Once the machine is not known to be up (down, or partitioned and so fenced), b counts at
+        // what is written for it when its GPUs' maxima are unknown (a pass knows them: see above).
         let step = next_step(&targets, &dead_agent(false), &rack(&["a", "b"]), &caps);
         assert!(step.held_back.is_empty());
         assert!(step.writes.contains_key("a"));

@@ -65,12 +65,36 @@ fn window_state(window: &ScheduleWindow, now: Timestamp) -> (bool, Option<Timest
     (open, next)
 }
 
-/// The cap of `spec` at `now`.
-pub fn effective_cap(spec: &PowerBudgetSpec, now: Timestamp) -> EffectiveCap {
+/// How long before a schedule window opens the operator plans its cap, so that the cap is enforced
+/// when the window opens (a pass and a rollout take well under a second; the rest is room for a slow
+/// solve or etcd).
+pub const DEFAULT_WINDOW_LEAD: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn plus(now: Timestamp, lead: std::time::Duration) -> Timestamp {
+    SignedDuration::try_from(lead)
+        .ok()
+        .and_then(|lead| now.checked_add(lead).ok())
+        .unwrap_or(now)
+}
+
+/// Whether `window` is open at `now` or opens within `lead` after it.
+fn open_within(window: &ScheduleWindow, now: Timestamp, lead: std::time::Duration) -> bool {
+    let (open, next) = window_state(window, now);
+    open || next
+        .is_some_and(|boundary| boundary <= plus(now, lead) && window_state(window, boundary).0)
+}
+
+/// The cap of `spec` to plan at `now`: the lowest of `capWatts` and every window open now or
+/// opening within `lead`.
+pub fn effective_cap(
+    spec: &PowerBudgetSpec,
+    now: Timestamp,
+    lead: std::time::Duration,
+) -> EffectiveCap {
     let mut cap_watts = spec.cap_watts;
     let mut open_windows = Vec::new();
     for window in &spec.schedule {
-        if window_state(window, now).0 {
+        if open_within(window, now, lead) {
             cap_watts = cap_watts.min(window.cap_watts);
             open_windows.push(window.name.clone());
         }
@@ -81,11 +105,27 @@ pub fn effective_cap(spec: &PowerBudgetSpec, now: Timestamp) -> EffectiveCap {
     }
 }
 
-/// The next instant after `now` at which any window of `spec` opens or closes.
-pub fn next_transition(spec: &PowerBudgetSpec, now: Timestamp) -> Option<Timestamp> {
+/// The next instant after `now` at which the cap to plan may change: a window of `spec` opens
+/// (less `lead`) or closes.
+pub fn next_transition(
+    spec: &PowerBudgetSpec,
+    now: Timestamp,
+    lead: std::time::Duration,
+) -> Option<Timestamp> {
+    let lead = SignedDuration::try_from(lead).unwrap_or(SignedDuration::ZERO);
     spec.schedule
         .iter()
-        .filter_map(|w| window_state(w, now).1)
+        .flat_map(|w| {
+            let closing = window_state(w, now).1;
+            let opening = now
+                .checked_add(lead)
+                .ok()
+                .and_then(|ahead| window_state(w, ahead).1)
+                .and_then(|at| at.checked_sub(lead).ok());
+            [closing, opening]
+        })
+        .flatten()
+        .filter(|at| *at > now)
         .min()
 }
 
@@ -141,48 +181,51 @@ mod tests {
             "2026-11-28T18:00:00Z",
             "2026-11-28T19:00:00Z",
         )]);
-        let before = effective_cap(&s, at("2026-11-28T17:59:59Z"));
+        let before = effective_cap(&s, at("2026-11-28T17:59:59Z"), std::time::Duration::ZERO);
         assert_eq!(before.cap_watts, 10_000.0);
         assert!(before.open_windows.is_empty());
-        let during = effective_cap(&s, at("2026-11-28T18:00:00Z"));
+        let during = effective_cap(&s, at("2026-11-28T18:00:00Z"), std::time::Duration::ZERO);
         assert_eq!(during.cap_watts, 6_000.0);
         assert_eq!(during.open_windows, vec!["dr-event".to_string()]);
         assert_eq!(
-            effective_cap(&s, at("2026-11-28T19:00:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-28T19:00:00Z"), std::time::Duration::ZERO).cap_watts,
             10_000.0
         );
         assert_eq!(
-            next_transition(&s, at("2026-11-28T17:00:00Z")),
+            next_transition(&s, at("2026-11-28T17:00:00Z"), std::time::Duration::ZERO),
             Some(at("2026-11-28T18:00:00Z"))
         );
         assert_eq!(
-            next_transition(&s, at("2026-11-28T18:30:00Z")),
+            next_transition(&s, at("2026-11-28T18:30:00Z"), std::time::Duration::ZERO),
             Some(at("2026-11-28T19:00:00Z"))
         );
-        assert_eq!(next_transition(&s, at("2026-11-28T19:00:00Z")), None);
+        assert_eq!(
+            next_transition(&s, at("2026-11-28T19:00:00Z"), std::time::Duration::ZERO),
+            None
+        );
     }
 
     #[test]
     fn a_daily_window_past_midnight_wraps() {
         let s = spec(vec![daily("night", 7_000.0, "22:00", "06:00")]);
         assert_eq!(
-            effective_cap(&s, at("2026-11-28T23:30:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-28T23:30:00Z"), std::time::Duration::ZERO).cap_watts,
             7_000.0
         );
         assert_eq!(
-            effective_cap(&s, at("2026-11-29T05:59:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-29T05:59:00Z"), std::time::Duration::ZERO).cap_watts,
             7_000.0
         );
         assert_eq!(
-            effective_cap(&s, at("2026-11-29T06:00:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-29T06:00:00Z"), std::time::Duration::ZERO).cap_watts,
             10_000.0
         );
         assert_eq!(
-            next_transition(&s, at("2026-11-28T23:30:00Z")),
+            next_transition(&s, at("2026-11-28T23:30:00Z"), std::time::Duration::ZERO),
             Some(at("2026-11-29T06:00:00Z"))
         );
         assert_eq!(
-            next_transition(&s, at("2026-11-28T12:00:00Z")),
+            next_transition(&s, at("2026-11-28T12:00:00Z"), std::time::Duration::ZERO),
             Some(at("2026-11-28T22:00:00Z"))
         );
     }
@@ -194,15 +237,15 @@ mod tests {
             daily("afternoon", 8_000.0, "12:00", "18:00"),
             daily("peak", 5_000.0, "15:00", "16:00"),
         ]);
-        let at_1530 = effective_cap(&s, at("2026-11-28T15:30:00Z"));
+        let at_1530 = effective_cap(&s, at("2026-11-28T15:30:00Z"), std::time::Duration::ZERO);
         assert_eq!(at_1530.cap_watts, 5_000.0);
         assert_eq!(at_1530.open_windows.len(), 3);
         assert_eq!(
-            effective_cap(&s, at("2026-11-28T13:00:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-28T13:00:00Z"), std::time::Duration::ZERO).cap_watts,
             8_000.0
         );
         assert_eq!(
-            effective_cap(&s, at("2026-11-28T10:00:00Z")).cap_watts,
+            effective_cap(&s, at("2026-11-28T10:00:00Z"), std::time::Duration::ZERO).cap_watts,
             10_000.0
         );
     }

@@ -136,6 +136,12 @@ pub trait GpuBackend: Send {
     /// Simulated GPUs integrate energy and throughput up to `now` (time since the agent started);
     /// real GPUs keep their own time, so NVML ignores it.
     fn advance(&mut self, now: Duration);
+
+    /// How long a new limit takes to read back: a driven agent reads limits back this long after
+    /// setting them (the agent process polls instead). Zero unless a simulation says otherwise.
+    fn settle_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 #[cfg(test)]

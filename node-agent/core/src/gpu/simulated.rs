@@ -238,6 +238,10 @@ pub struct SimulatedGpu {
 struct State {
     gpu: SimulatedGpu,
     limit_watts: f64,
+    /// A limit set but not yet in force, and when it takes effect (a GPU that applies late).
+    pending: Option<(f64, Duration)>,
+    /// Ignores new limits (a GPU that refuses them).
+    stuck: bool,
     locked_mhz: Option<u32>,
     energy_joules: f64,
     work_done: f64,
@@ -250,6 +254,8 @@ impl State {
     fn new(gpu: SimulatedGpu) -> State {
         let mut state = State {
             limit_watts: gpu.info.default_limit_watts,
+            pending: None,
+            stuck: false,
             locked_mhz: None,
             energy_joules: 0.0,
             work_done: 0.0,
@@ -294,6 +300,8 @@ impl State {
 pub struct SimulatedGpus {
     gpus: Vec<State>,
     now: Duration,
+    /// How long a new limit takes to come into force.
+    apply_delay: Duration,
 }
 
 impl SimulatedGpus {
@@ -302,6 +310,7 @@ impl SimulatedGpus {
         Self {
             gpus,
             now: Duration::ZERO,
+            apply_delay: Duration::ZERO,
         }
     }
 
@@ -343,6 +352,29 @@ impl SimulatedGpus {
         state.limit_watts = watts;
         state.settle();
         Ok(())
+    }
+
+    /// From now on, a new limit comes into force `delay` after it is set (at the
+    /// [`GpuBackend::advance`] that reaches that instant).
+    pub fn set_apply_delay(&mut self, delay: Duration) {
+        self.apply_delay = delay;
+    }
+
+    /// While `stuck`, the GPU accepts new limits without error and keeps the one it has.
+    pub fn set_stuck(&mut self, index: u32, stuck: bool) -> Result<(), GpuError> {
+        self.gpu_mut(index)?.stuck = stuck;
+        Ok(())
+    }
+
+    /// What a reboot or driver reload does: every GPU back at its default limit, clocks unlocked,
+    /// nothing pending.
+    pub fn reset_to_defaults(&mut self) {
+        for state in &mut self.gpus {
+            state.limit_watts = state.gpu.info.default_limit_watts;
+            state.locked_mhz = None;
+            state.pending = None;
+            state.settle();
+        }
     }
 
     /// Starts (`Some`) or stops (`None`) a workload on a GPU.
@@ -406,6 +438,7 @@ impl GpuBackend for SimulatedGpus {
     }
 
     fn set_power_limit_watts(&mut self, index: u32, watts: f64) -> Result<(), GpuError> {
+        let (apply_delay, now) = (self.apply_delay, self.now);
         let state = self.gpu_mut(index)?;
         let (min, max) = (
             state.gpu.info.min_limit_watts,
@@ -420,8 +453,17 @@ impl GpuBackend for SimulatedGpus {
                 ),
             });
         }
-        state.limit_watts = watts;
-        state.settle();
+        if state.stuck {
+            return Ok(());
+        }
+        if apply_delay.is_zero() {
+            state.limit_watts = watts;
+            state.pending = None;
+            state.settle();
+        } else if state.pending.is_none_or(|(pending, _)| pending != watts) {
+            // NB: setting the pending limit again does not restart its delay.
+            state.pending = Some((watts, now + apply_delay));
+        }
         Ok(())
     }
 
@@ -482,19 +524,56 @@ impl GpuBackend for SimulatedGpus {
 
     fn advance(&mut self, now: Duration) {
         // NB: time never runs backwards here; an earlier `now` integrates nothing.
-        let elapsed_seconds = now.saturating_sub(self.now).as_secs_f64();
+        let from = self.now;
         for state in &mut self.gpus {
+            let mut at = from;
+            if let Some((watts, due)) = state.pending
+                && due <= now
+            {
+                // Integrate up to the instant the pending limit takes effect, then apply it.
+                let before = due.saturating_sub(at).as_secs_f64();
+                let operating = state.operating();
+                state.energy_joules += operating.draw_watts * before;
+                state.work_done += operating.throughput * before;
+                at = at.max(due);
+                state.limit_watts = watts;
+                state.pending = None;
+                state.settle();
+            }
+            let elapsed_seconds = now.saturating_sub(at).as_secs_f64();
             let operating = state.operating();
             state.energy_joules += operating.draw_watts * elapsed_seconds;
             state.work_done += operating.throughput * elapsed_seconds;
         }
         self.now = self.now.max(now);
     }
+
+    fn settle_time(&self) -> Duration {
+        self.apply_delay
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_gpu_applies_its_limit_after_the_delay_and_a_stuck_one_never() {
+        let mut gpus = SimulatedGpus::uniform("n", 2, "H100", 200.0, 700.0, None);
+        gpus.set_apply_delay(Duration::from_millis(107));
+        gpus.set_power_limit_watts(0, 300.0).expect("in range");
+        gpus.advance(Duration::from_millis(100));
+        assert_eq!(gpus.power_limit_watts(0).expect("gpu 0"), 700.0, "not yet");
+        gpus.set_power_limit_watts(0, 300.0).expect("in range");
+        gpus.advance(Duration::from_millis(200));
+        assert_eq!(gpus.power_limit_watts(0).expect("gpu 0"), 300.0);
+        gpus.set_stuck(1, true).expect("gpu 1");
+        gpus.set_power_limit_watts(1, 300.0).expect("accepted");
+        gpus.advance(Duration::from_secs(5));
+        assert_eq!(gpus.power_limit_watts(1).expect("gpu 1"), 700.0);
+        gpus.reset_to_defaults();
+        assert_eq!(gpus.power_limit_watts(0).expect("gpu 0"), 700.0);
+    }
 
     fn example(name: &str) -> &'static str {
         profile_file::example_profile(name).expect("an example profile of that name")

@@ -64,6 +64,7 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         lease_duration: std::time::Duration::from_secs(args.lease_seconds),
         debounce: std::time::Duration::from_millis(args.debounce_ms),
         ack_timeout: std::time::Duration::from_secs(args.ack_timeout_seconds),
+        window_lead: std::time::Duration::from_secs(args.window_lead_seconds),
         resync: std::time::Duration::from_secs(args.resync_seconds),
         solve: args.solve_options(),
     };

@@ -22,7 +22,8 @@ use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver::{MethodChoice, SolveOptions};
 use serde::Serialize;
 
-use crate::scenario::{Prepared, instant};
+use crate::faults::Fault;
+use crate::scenario::{Prepared, instant, simulated_boot_id};
 use kilowatt_operator::controller::timing::{
     self, DEFAULT_ACK_TIMEOUT, LoopTimers, PassOutcome, Timing,
 };
@@ -30,6 +31,7 @@ use kilowatt_operator::http::metrics::Metrics;
 use kilowatt_operator::http::web::{Feed, PassRecord, RunView, SimulationView};
 use kilowatt_operator::plan::pass::{self, PassInputs};
 use kilowatt_operator::plan::published::{KeyLayout, PublishedPlan};
+use kilowatt_operator::plan::schedule::DEFAULT_WINDOW_LEAD;
 use kilowatt_operator::plan::status::measured_per_budget;
 use kilowatt_operator::plan::translate::{Cluster, NodeHold, translate};
 use kilowatt_operator::store::memory::MemoryPlanStore;
@@ -46,7 +48,7 @@ pub use cap_check::CUT_GRACE_SECONDS;
 use cap_check::{CheckedCap, budget_watts, effective_caps};
 use nodes::{NodeState, simulated_gpu_uuid};
 use operator::Operator;
-pub use report::{RunSummary, SeriesPoint};
+pub use report::{OverCapTick, RunSummary, SeriesPoint};
 
 /// Simulated seconds per tick: the resolution of the cap check and of the operator's timers.
 pub const TICK_SECONDS: f64 = 0.1;
@@ -153,6 +155,8 @@ pub struct Simulation {
     chains: Vec<Vec<usize>>,
     /// The cluster objects since the last change (a workload came or went, a cap was edited).
     objects: Objects,
+    /// The first instant the cap check counts: one tick, plus the longest `slowApply` delay.
+    check_from_seconds: f64,
 }
 
 /// The Kubernetes objects the operator plans from, as they stand.
@@ -168,7 +172,7 @@ impl Objects {
         Objects {
             budgets: prepared.budgets(t),
             profiles: prepared.profiles(),
-            nodes: prepared.node_objects(),
+            nodes: prepared.node_objects(t),
             pods: prepared.pod_objects(t),
         }
     }
@@ -283,15 +287,29 @@ impl Simulation {
                         idle_watts: 0.1 * node.model.max_watts,
                     })
                     .collect();
+                let faults: Vec<Fault> = prepared
+                    .scenario
+                    .faults
+                    .iter()
+                    .filter(|f| f.hits(&node.name))
+                    .cloned()
+                    .collect();
+                let mut gpus = SimulatedGpus::new(gpus);
+                for fault in &faults {
+                    if let Fault::SlowApply { delay_seconds, .. } = fault {
+                        gpus.set_apply_delay(Duration::from_secs_f64(*delay_seconds));
+                    }
+                }
                 let agent = SteppedAgent::start(
-                    SimulatedGpus::new(gpus),
+                    gpus,
                     defaults::fence_after(defaults::LEASE_TTL, defaults::FENCE_FRACTION),
                     Duration::ZERO,
                 )
                 .map_err(|source| SimulateError::Gpus {
                     node: node.name.clone(),
                     source,
-                })?;
+                })?
+                .with_boot_id(Some(simulated_boot_id(&node.name, 0)));
                 let telemetry = match kind {
                     RunKind::Kilowatt => Some(Telemetry::for_node(&node.name)?),
                     _ => None,
@@ -315,6 +333,12 @@ impl Simulation {
                     gpu_holders: prepared.gpu_holders(index, 0.0),
                     planned_pods: vec![None; node.gpus as usize],
                     telemetry,
+                    faults,
+                    agent_running: true,
+                    agent_stopped_at: None,
+                    powered: true,
+                    inventory_corrupted: false,
+                    last_limit_check: 0.0,
                 });
             }
             for node in &mut nodes {
@@ -333,8 +357,10 @@ impl Simulation {
                 nodes,
                 caps: caps_now
                     .iter()
-                    .map(|&cap| CheckedCap {
+                    .zip(&prepared.scenario.budgets)
+                    .map(|(&cap, budget)| CheckedCap {
                         effective: cap,
+                        spec: budget.cap_watts,
                         held: None,
                     })
                     .collect(),
@@ -359,6 +385,16 @@ impl Simulation {
         cap_boundaries.sort_by(f64::total_cmp);
         cap_boundaries.dedup();
         let objects = Objects::at(&prepared, 0.0);
+        let slowest_apply = prepared
+            .scenario
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::SlowApply { delay_seconds, .. } => Some(*delay_seconds),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
+        let check_from_seconds = TICK_SECONDS * (1.0 + (slowest_apply / TICK_SECONDS).ceil());
         Ok(Simulation {
             prepared,
             settings,
@@ -375,6 +411,7 @@ impl Simulation {
             caps_now,
             chains,
             objects,
+            check_from_seconds,
         })
     }
 
@@ -524,11 +561,73 @@ workloads:
             uniform.normalized_throughput
         );
         assert!(kilowatt.energy_joules < uncapped.energy_joules);
-        // The dip is a cut the agents enforced within the grace.
-        assert!(kilowatt.worst_cut_enforced_seconds > 0.0);
-        assert!(kilowatt.worst_cut_enforced_seconds <= CUT_GRACE_SECONDS);
+        // The dip is a window, known ahead: its cap is enforced the instant it opens (the check
+        // gives windows no grace).
+        assert_eq!(kilowatt.worst_cut_enforced_seconds, 0.0);
+        assert!(
+            kilowatt.over_cap_ticks.is_empty(),
+            "{:?}",
+            kilowatt.over_cap_ticks
+        );
         assert!(kilowatt.plan_revisions >= 3, "{kilowatt:?}");
         assert_eq!(simulation.series().len(), 12);
+    }
+
+    #[tokio::test]
+    async fn every_fault_of_the_format_runs_and_no_cap_is_exceeded() {
+        // The faults keep away from the dip (40-80 s), which leaves no room to absorb anything.
+        let prepared = small_scenario(
+            r#"capChanges:
+  - {atSeconds: 15, budget: rack-1, capWatts: 4500}
+  - {atSeconds: 88, budget: rack-2, capWatts: 5000}
+faults:
+  - {kind: agentCrash, node: r1-0, atSeconds: 10, restartSeconds: 20}
+  - {kind: reboot, node: r1-1, atSeconds: 85, downSeconds: 10}
+  - {kind: gpuStuck, node: r2-0, gpu: 1, atSeconds: 82, endSeconds: 100}
+  - {kind: slowApply, node: "*", delaySeconds: 0.107}
+  - {kind: badInventory, node: r2-1, atSeconds: 25, minLimitWatts: 0}
+  - {kind: nodeNotReady, node: r1-0, atSeconds: 100, endSeconds: 110}
+"#,
+        );
+        let mut simulation = Simulation::new(prepared, settings(120.0), Feed::new("simulate"))
+            .expect("simulation starts");
+        let (mut r1_0_held_while_dead, mut r1_1_dark, mut r2_1_floors) = (false, false, false);
+        while !simulation.finished() {
+            simulation.step().await;
+            let t = simulation.now_seconds();
+            let run = &simulation.runs[0];
+            let limits = |n: usize| -> Vec<f64> {
+                (0..4)
+                    .map(|i| {
+                        run.nodes[n]
+                            .agent
+                            .backend()
+                            .power_limit_watts(i)
+                            .unwrap_or(0.0)
+                    })
+                    .collect()
+            };
+            if (16.0..30.0).contains(&t) {
+                r1_0_held_while_dead |= limits(0).iter().all(|w| *w > 200.0);
+            }
+            r1_1_dark |= !run.nodes[1].powered;
+            if (30.0..40.0).contains(&t) {
+                r2_1_floors |= limits(3).iter().all(|w| *w == 200.0);
+            }
+        }
+        let kilowatt = &simulation.summaries()[0];
+        assert!(
+            r1_0_held_while_dead,
+            "the dead agent's GPUs kept their limits"
+        );
+        assert!(r1_1_dark, "the rebooting machine went dark");
+        assert!(
+            r2_1_floors,
+            "the node with the bad inventory was held at its floors"
+        );
+        let first: Vec<_> = kilowatt.over_cap_ticks.iter().take(6).collect();
+        assert_eq!(kilowatt.cap_violations, 0, "{first:?}");
+        assert_eq!(kilowatt.pass_errors, 0);
     }
 
     #[tokio::test]

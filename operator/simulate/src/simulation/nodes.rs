@@ -2,6 +2,9 @@
 //! kubelet's answers about which pod holds each GPU, and the plans delivered to it. No IO.
 
 use super::*;
+use crate::faults::Fault;
+use crate::scenario::simulated_boot_id;
+
 /// One node: its agent over simulated GPUs, and its contact with the plan store.
 pub(super) struct NodeState {
     pub(super) agent: SteppedAgent<SimulatedGpus>,
@@ -21,9 +24,82 @@ pub(super) struct NodeState {
     /// The pod each GPU's limit was planned for, in the last plan the agent received.
     pub(super) planned_pods: Vec<Option<String>>,
     pub(super) telemetry: Option<Telemetry>,
+    /// The scenario's faults that hit this node.
+    pub(super) faults: Vec<Fault>,
+    /// Whether the agent process runs (not crashed, machine not down).
+    pub(super) agent_running: bool,
+    /// When the agent process stopped, while it is stopped: its lease expires a TTL later.
+    pub(super) agent_stopped_at: Option<f64>,
+    /// Whether the machine is up; a machine that is down draws nothing.
+    pub(super) powered: bool,
+    /// Whether the inventory registered last was corrupted by a `badInventory` fault.
+    pub(super) inventory_corrupted: bool,
+    pub(super) last_limit_check: f64,
 }
 
 impl NodeState {
+    /// The inventory the agent registers at `t`, corrupted by any `badInventory` fault active then.
+    pub(super) fn inventory_at(&self, t: f64) -> Inventory {
+        let mut inventory = self.agent.inventory(Some(&self.pods_by_uuid));
+        for fault in self.faults.iter().filter(|f| f.active(t)) {
+            fault.corrupt(&mut inventory);
+        }
+        inventory
+    }
+
+    fn bad_inventory_active(&self, t: f64) -> bool {
+        self.faults
+            .iter()
+            .any(|f| matches!(f, Fault::BadInventory { .. }) && f.active(t))
+    }
+
+    /// The machine-level faults at `t` (the operator's side aside): GPUs that ignore limits, a
+    /// machine going down or coming back at its GPUs' defaults, the agent process stopping or
+    /// starting again. Returns whether the agent (re)started now, with the boot ID it reports.
+    pub(super) fn apply_faults(&mut self, node: &str, t: f64) -> Option<String> {
+        let mut reboots_done = 0;
+        let mut down = false;
+        let mut crashed = false;
+        for fault in &self.faults {
+            match fault {
+                Fault::GpuStuck { gpu, .. } => {
+                    // NB: the index is checked against the node's GPUs when the scenario is read.
+                    let _ = self.agent.backend_mut().set_stuck(*gpu, fault.active(t));
+                }
+                Fault::Reboot { .. } => {
+                    down |= fault.active(t);
+                    if fault.boundaries().last().is_some_and(|up| *up <= t) {
+                        reboots_done += 1;
+                    }
+                }
+                Fault::AgentCrash { .. } => crashed |= fault.active(t),
+                _ => {}
+            }
+        }
+        if !self.powered && !down {
+            // Back from a reboot: the driver loads every GPU at its default limit.
+            self.agent.backend_mut().reset_to_defaults();
+        }
+        self.powered = !down;
+        let running = !down && !crashed;
+        if self.agent_running && !running {
+            self.agent_running = false;
+            self.agent_stopped_at = Some(t);
+        }
+        if self.agent_running || !running {
+            return None;
+        }
+        let boot_id = simulated_boot_id(node, reboots_done);
+        let fence_after = defaults::fence_after(defaults::LEASE_TTL, defaults::FENCE_FRACTION);
+        // NB: the GPUs' ranges were usable when the agent first started, and have not changed.
+        let _ = self
+            .agent
+            .restart(fence_after, seconds(t), Some(boot_id.clone()));
+        self.agent_running = true;
+        self.agent_stopped_at = None;
+        Some(boot_id)
+    }
+
     /// Hands the agent its plan key's value, noting which pod each GPU's limit was planned for.
     pub(super) fn deliver_plan(
         &mut self,
@@ -60,6 +136,7 @@ impl Simulation {
         let kubelet_asked = (t / ask_every).floor() > (before / ask_every).floor();
         for (n, node) in run.nodes.iter_mut().enumerate() {
             let name = &prepared.nodes[n].name;
+            let restarted = node.apply_faults(name, t).is_some();
             let Some(operator) = &run.operator else {
                 if sampled {
                     node.agent.sample(now, defaults::REPORT_PERIOD);
@@ -69,6 +146,35 @@ impl Simulation {
             let store = &operator.store;
             let partitioned = prepared.partitioned(name, t);
             let mut acknowledgements = Vec::new();
+            if !node.agent_running {
+                // A dead agent renews nothing: its lease expires a TTL after it died.
+                if !node.lease_expired
+                    && node
+                        .agent_stopped_at
+                        .is_some_and(|at| t - at >= lease_ttl_seconds)
+                {
+                    store.expire_lease(name);
+                    node.lease_expired = true;
+                }
+                if sampled {
+                    node.agent.sample(now, defaults::REPORT_PERIOD);
+                }
+                continue;
+            }
+            if restarted && !partitioned {
+                // A new process: a new session registers, and reads the plan.
+                store.register(name, &node.inventory_at(t));
+                node.inventory_corrupted = node.bad_inventory_active(t);
+                node.lease_expired = false;
+                node.last_renewal = t;
+                acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
+                let (revision, plan) = store.node_plan(name);
+                node.plan_seen = revision;
+                acknowledgements.extend(node.deliver_plan(plan, now));
+            } else if restarted {
+                node.was_partitioned = true;
+            }
+            acknowledgements.extend(node.agent.poll(now));
             // As the agent process: the kubelet is local, so it is asked even when etcd is out of
             // reach, and a changed answer is registered again once it can be.
             let mut pods_changed = false;
@@ -85,7 +191,8 @@ impl Simulation {
             } else {
                 if node.was_partitioned {
                     // Back in contact: a new session registers again and reads the plan.
-                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
+                    store.register(name, &node.inventory_at(t));
+                    node.inventory_corrupted = node.bad_inventory_active(t);
                     node.lease_expired = false;
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
@@ -96,8 +203,11 @@ impl Simulation {
                     node.last_renewal = t;
                     acknowledgements.extend(node.agent.handle(Event::LeaseRenewed, now));
                 }
-                if pods_changed && !node.was_partitioned {
-                    store.register(name, &node.agent.inventory(Some(&node.pods_by_uuid)));
+                let corrupted = node.bad_inventory_active(t);
+                if (pods_changed || corrupted != node.inventory_corrupted) && !node.was_partitioned
+                {
+                    store.register(name, &node.inventory_at(t));
+                    node.inventory_corrupted = corrupted;
                 }
                 if let Some((revision, plan)) =
                     store.node_plan_change(&node.plan_key, node.plan_seen)
@@ -107,6 +217,11 @@ impl Simulation {
                 }
             }
             node.was_partitioned = partitioned;
+            // The agent's periodic drift check: a limit that came late, or not at all, is read back.
+            if t - node.last_limit_check >= defaults::DRIFT_CHECK.as_secs_f64() {
+                node.last_limit_check = t;
+                acknowledgements.extend(node.agent.check_limits(now));
+            }
             if sampled {
                 let misplanned = node
                     .gpu_holders

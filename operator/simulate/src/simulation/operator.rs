@@ -2,7 +2,9 @@
 //! (`kilowatt_operator::controller::timing`), and the planning pass it runs when they say so. No IO.
 
 use super::*;
+use kilowatt_operator::controller::caches::machine_of;
 use kilowatt_operator::plan::rollout::Machine;
+use kube::ResourceExt;
 /// The operator of a planned run: its store, its fence and its timers, as the reconcile loop keeps them.
 pub(super) struct Operator {
     pub(super) store: MemoryPlanStore,
@@ -54,6 +56,7 @@ impl Simulation {
                     pods,
                     inventories,
                     holds,
+                    window_lead: DEFAULT_WINDOW_LEAD,
                 },
                 now,
             )
@@ -65,10 +68,12 @@ impl Simulation {
                 now,
                 translate: translate_at,
                 ack_timeout: DEFAULT_ACK_TIMEOUT,
-                // The scenario's machines stay up; only agents are cut off.
-                machine: |_: &str| Machine {
-                    up: true,
-                    boot_id: None,
+                // What the scenario's Nodes say: Unknown while a reboot has the machine down.
+                machine: |node: &str| {
+                    nodes
+                        .iter()
+                        .find(|n| n.name_any() == node)
+                        .map_or_else(Machine::default, |n| machine_of(n))
                 },
                 may_publish: || true,
                 loaded: operator.loaded.take(),
@@ -98,7 +103,8 @@ impl Simulation {
         operator.timers.pass_finished(
             loop_time(t),
             PassOutcome {
-                raises_held_back: !outcome.held_back.is_empty(),
+                raises_held_back: !outcome.held_back.is_empty()
+                    || !outcome.awaiting_acknowledgement.is_empty(),
                 awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
                 next_transition,
             },

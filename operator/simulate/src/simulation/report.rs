@@ -32,6 +32,20 @@ pub struct RunSummary {
     /// had the pods' GPUs wrong); sampled every second. A pod's GPUs before the first plan that knows
     /// the pod are not counted: that is the reaction time, not a mix-up.
     pub misplanned_gpu_seconds: f64,
+    /// Each tick at which a budget's enforced limits plus overheads exceeded its cap (the first
+    /// 1000), with the faults active then.
+    pub over_cap_ticks: Vec<OverCapTick>,
+}
+
+/// A tick over a cap.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverCapTick {
+    pub at_seconds: f64,
+    pub budget: String,
+    pub over_watts: f64,
+    /// `kind node` of every fault active at the time.
+    pub active_faults: Vec<String>,
 }
 
 /// One point of the time series (watts of the scenario's first root budget).

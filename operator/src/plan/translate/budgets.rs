@@ -19,13 +19,14 @@ use crate::plan::schedule;
 pub(super) fn budget_forest(
     budgets: &[Arc<PowerBudget>],
     now: Timestamp,
+    window_lead: std::time::Duration,
 ) -> (BTreeMap<String, BudgetFacts>, BTreeMap<String, Vec<String>>) {
     let by_name: BTreeMap<String, &PowerBudget> =
         budgets.iter().map(|b| (b.name_any(), b.as_ref())).collect();
     let mut facts: BTreeMap<String, BudgetFacts> = BTreeMap::new();
     for (name, budget) in &by_name {
         let spec = &budget.spec;
-        let mut effective = schedule::effective_cap(spec, now);
+        let mut effective = schedule::effective_cap(spec, now, window_lead);
         let mut issues = Vec::new();
         if effective.cap_watts.is_nan() || effective.cap_watts > MAX_CAP_WATTS {
             issues.push(BudgetIssue {

@@ -53,6 +53,8 @@ pub struct Cluster<'a> {
     pub inventories: &'a BTreeMap<String, Inventory>,
     /// Nodes the planning pass holds outside the optimisation, by node.
     pub holds: &'a BTreeMap<String, NodeHold>,
+    /// How long before a schedule window opens its cap is planned.
+    pub window_lead: std::time::Duration,
 }
 
 /// A node the planning pass holds outside the optimisation: its GPUs are planned at their floors and
@@ -210,11 +212,11 @@ impl Translation {
 
 /// Translates the cluster at `now` into a problem and its facts.
 pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
-    let (mut budgets, chains) = budgets::budget_forest(cluster.budgets, now);
+    let (mut budgets, chains) = budgets::budget_forest(cluster.budgets, now, cluster.window_lead);
     let next_transition = cluster
         .budgets
         .iter()
-        .filter_map(|b| schedule::next_transition(&b.spec, now))
+        .filter_map(|b| schedule::next_transition(&b.spec, now, cluster.window_lead))
         .min();
     let sorted_nodes: BTreeMap<String, &Node> = cluster
         .nodes

@@ -83,6 +83,7 @@ fn run(
             pods,
             inventories: &BTreeMap::new(),
             holds: &BTreeMap::new(),
+            window_lead: std::time::Duration::ZERO,
         },
         at("2026-11-28T12:00:00Z"),
     )
@@ -435,6 +436,7 @@ fn an_agents_inventory_replaces_the_model_table_and_gpus_it_cannot_see_count_at_
             pods: &[],
             inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
             holds: &BTreeMap::new(),
+            window_lead: std::time::Duration::ZERO,
         },
         at("2026-11-28T12:00:00Z"),
     );
@@ -495,6 +497,7 @@ fn an_impossible_inventory_holds_its_node_at_the_model_tables_floors_and_the_res
                 pods: &[],
                 inventories: &inventories,
                 holds: &BTreeMap::new(),
+                window_lead: std::time::Duration::ZERO,
             },
             at("2026-11-28T12:00:00Z"),
         );
@@ -571,6 +574,7 @@ fn a_cap_above_the_solvers_range_is_planned_at_its_maximum_and_named() {
             pods: &[],
             inventories: &BTreeMap::new(),
             holds: &BTreeMap::new(),
+            window_lead: std::time::Duration::ZERO,
         },
         at("2026-11-28T12:00:00Z"),
     );
@@ -631,6 +635,7 @@ fn pods_take_the_gpus_their_agent_reports_and_unlisted_pods_only_unheld_ones() {
                 pods: &pods,
                 inventories: &BTreeMap::from([("n1".to_owned(), inventory)]),
                 holds: &BTreeMap::new(),
+                window_lead: std::time::Duration::ZERO,
             },
             at("2026-11-28T12:00:00Z"),
         )
