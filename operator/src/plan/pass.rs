@@ -237,17 +237,13 @@ where
     }
     let inventories = inventories(&views);
     let mut translation = (inputs.translate)(&inventories, &BTreeMap::new());
+    // NB: a GPU node no agent ever registered from has no keys, so no view: it is planned, and
+    // counted at its plan, although its GPUs sit at the driver default until an agent starts
+    // (docs/plan-protocol.md, "A dead agent fences nothing").
     for (node, facts) in &translation.nodes {
-        let view = views.entry(node.clone()).or_insert_with(|| {
-            // A GPU node no agent ever registered from: its GPUs run at the driver default.
-            let machine = (inputs.machine)(node);
-            AgentView {
-                machine_up: machine.up,
-                boot_id: machine.boot_id,
-                ..AgentView::default()
-            }
-        });
-        view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
+        if let Some(view) = views.get_mut(node) {
+            view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
+        }
     }
     let mut holds: BTreeMap<String, NodeHold> =
         rollout::not_lowering(&views, now, inputs.ack_timeout)

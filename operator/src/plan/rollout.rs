@@ -61,6 +61,13 @@ impl AgentView {
         })
     }
 
+    /// No agent has run here that the store knows of (no inventory, no acknowledgement): its GPUs sit
+    /// at whatever they had before Kilowatt, which this counts as its plan (docs/plan-protocol.md,
+    /// "What this does not cover").
+    fn never_registered(&self) -> bool {
+        self.inventory.is_none() && self.ack.is_none()
+    }
+
     /// Whether the GPUs may still enforce what they were told: the agent lives or the machine is up.
     fn may_enforce(&self) -> bool {
         self.inventory.is_some() || self.machine_up
@@ -127,6 +134,9 @@ fn possible_gpu_watts(
     let planned = written
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
+    if view.never_registered() {
+        return planned.into_iter().fold(floor, f64::max);
+    }
     let maximum = view.gpu_max_watts.get(index).copied().or_else(|| {
         view.inventory
             .as_ref()
@@ -239,7 +249,7 @@ pub fn not_lowering(
 ) -> BTreeMap<String, NotLoweringNode> {
     let mut found = BTreeMap::new();
     for (node, view) in views {
-        if view.gpu_max_watts.is_empty() {
+        if view.gpu_max_watts.is_empty() || view.never_registered() {
             continue;
         }
         let written = view.written.as_ref();
@@ -510,9 +520,8 @@ pub(crate) mod tests {
             next_step(&targets, &silent, &rack(&["a", "b"]), &caps).held_back,
             ["a"]
         );
-        // Its lease expired (inventory and ack gone) and its Node is Unknown: it has fenced itself to
-        // its floors, or its machine is down; without its GPUs' maxima known it counts at what is
-        // written.
+        // Its inventory and ack are gone, as if no agent had ever run there: it counts at what is
+        // written (what no Kilowatt agent ever touched is outside what the operator can know).
         let expired = BTreeMap::from([
             (
                 "a".to_string(),
@@ -532,7 +541,14 @@ pub(crate) mod tests {
         // Knowing them (as every pass does), it counts at them: it may come back from a reboot at the
         // driver default.
         let mut down = expired.clone();
-        down.get_mut("b").expect("b").gpu_max_watts = vec![700.0, 700.0];
+        let b = down.get_mut("b").expect("b");
+        b.gpu_max_watts = vec![700.0, 700.0];
+        // The acknowledgement outlives the lease: an agent did run there.
+        b.ack = Some(Acknowledgement {
+            revision: 1,
+            power_limits_watts: vec![200.0, 200.0],
+            boot_id: None,
+        });
         let step = next_step(&targets, &down, &rack(&["a", "b"]), &caps);
         assert_eq!(step.held_back, ["a"]);
     }

@@ -174,6 +174,46 @@ mod tests {
     }
 
     #[test]
+    fn a_window_is_planned_its_lead_before_it_opens_and_the_pass_is_timed_for_it() {
+        let lead = std::time::Duration::from_secs(5);
+        let s = spec(vec![
+            absolute(
+                "dr-event",
+                6_000.0,
+                "2026-11-28T18:00:00Z",
+                "2026-11-28T19:00:00Z",
+            ),
+            daily("night", 8_000.0, "02:00", "04:00"),
+        ]);
+        assert_eq!(
+            effective_cap(&s, at("2026-11-28T17:59:54Z"), lead).cap_watts,
+            10_000.0
+        );
+        assert_eq!(
+            effective_cap(&s, at("2026-11-28T17:59:55Z"), lead).cap_watts,
+            6_000.0,
+            "5 s ahead"
+        );
+        assert_eq!(
+            next_transition(&s, at("2026-11-28T17:00:00Z"), lead),
+            Some(at("2026-11-28T17:59:55Z"))
+        );
+        assert_eq!(
+            effective_cap(&s, at("2026-11-28T19:00:00Z"), lead).cap_watts,
+            10_000.0,
+            "a closing window is not held past its end"
+        );
+        assert_eq!(
+            effective_cap(&s, at("2026-11-29T01:59:57Z"), lead).open_windows,
+            ["night"]
+        );
+        assert_eq!(
+            next_transition(&s, at("2026-11-29T01:00:00Z"), lead),
+            Some(at("2026-11-29T01:59:55Z"))
+        );
+    }
+
+    #[test]
     fn an_absolute_window_lowers_the_cap_only_while_open() {
         let s = spec(vec![absolute(
             "dr-event",
