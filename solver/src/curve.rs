@@ -382,7 +382,9 @@ fn upper_concave_envelope(candidates: &[Candidate]) -> Vec<EnvelopeSegment> {
                 let on_line = candidates[from].value
                     + slope * (c.power_mw - candidates[from].power_mw) as f64;
                 c.rises_linearly_to_next
-                    && (c.value - on_line).abs() <= 1e-9 * on_line.abs().max(1.0)
+                    // Relative to the segment's top (> 0), so that the unit of throughput
+                    // does not matter.
+                    && (c.value - on_line).abs() <= 1e-9 * candidates[to].value
             });
             Some(EnvelopeSegment {
                 from,

@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::curve::{Curve, CurveError, MeasuredPoint, Milliwatts};
 use crate::model::{Problem, WorkloadKind};
+use crate::whole_number::compact;
 
 /// A problem that breaks a rule of the input format.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,29 +99,50 @@ fn limit_mw(watts: f64) -> Milliwatts {
 pub const MAX_CAP_WATTS: f64 = 1e10;
 /// Largest per-node or per-GPU figure, in watts (10 MW), for the same reason.
 pub const MAX_DEVICE_WATTS: f64 = 1e7;
+/// Smallest power a GPU limit or a profile point may have, in watts: the solver counts milliwatts.
+pub const MIN_DEVICE_WATTS: f64 = 1e-3;
 /// Largest weight or throughput accepted, so that objective sums stay finite.
-const MAX_MAGNITUDE: f64 = 1e15;
+pub const MAX_MAGNITUDE: f64 = 1e15;
+/// Smallest positive weight or throughput accepted: the objective divides by the best throughput,
+/// and a tiny one (a subnormal, say) would make it infinite. Throughputs may also be 0.
+pub const MIN_MAGNITUDE: f64 = 1e-9;
 
+/// Checks that `value` is finite and within `[min, max]`; when `allow_zero`, 0 is accepted too.
 /// `path` is only formatted when the check fails: valid input allocates no messages.
+fn check_range(
+    path: impl FnOnce() -> String,
+    value: f64,
+    allow_zero: bool,
+    min: f64,
+    max: f64,
+) -> Result<(), InvalidProblem> {
+    if (allow_zero && value == 0.0) || (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let (min, max) = (compact(min), compact(max));
+    let range = if allow_zero && min != "0" {
+        format!("0 or between {min} and {max}")
+    } else {
+        format!("between {min} and {max}")
+    };
+    let got = if value.is_finite() {
+        compact(value)
+    } else {
+        value.to_string()
+    };
+    Err(invalid(path(), format!("must be {range} (got {got})")))
+}
+
+/// Watts: `allow_zero` for caps and overheads (0 to `max`), otherwise a device figure of at least a
+/// milliwatt.
 fn check_watts(
     path: impl FnOnce() -> String,
     watts: f64,
     allow_zero: bool,
     max: f64,
 ) -> Result<(), InvalidProblem> {
-    if !watts.is_finite() {
-        return Err(invalid(path(), "must be a finite number"));
-    }
-    if allow_zero && watts < 0.0 {
-        return Err(invalid(path(), format!("must be >= 0 (got {watts})")));
-    }
-    if !allow_zero && watts <= 0.0 {
-        return Err(invalid(path(), format!("must be > 0 (got {watts})")));
-    }
-    if watts > max {
-        return Err(invalid(path(), format!("must be <= {max} (got {watts})")));
-    }
-    Ok(())
+    let min = if allow_zero { 0.0 } else { MIN_DEVICE_WATTS };
+    check_range(path, watts, false, min, max)
 }
 
 fn check_name(path: impl FnOnce() -> String, name: &str) -> Result<(), InvalidProblem> {
@@ -204,7 +226,8 @@ impl<'a> Instance<'a> {
                         format!("{}.minWatts", path()),
                         format!(
                             "must be <= maxWatts ({} > {})",
-                            gpu.min_watts, gpu.max_watts
+                            compact(gpu.min_watts),
+                            compact(gpu.max_watts)
                         ),
                     ));
                 }
@@ -234,15 +257,13 @@ impl<'a> Instance<'a> {
                     ),
                 ));
             }
-            if !workload.weight.is_finite()
-                || workload.weight <= 0.0
-                || workload.weight > MAX_MAGNITUDE
-            {
-                return Err(invalid(
-                    format!("{}.weight", path()),
-                    format!("must be > 0 (got {})", workload.weight),
-                ));
-            }
+            check_range(
+                || format!("{}.weight", path()),
+                workload.weight,
+                false,
+                MIN_MAGNITUDE,
+                MAX_MAGNITUDE,
+            )?;
             if workload.gpus.is_empty() {
                 return Err(invalid(
                     format!("{}.gpus", path()),
@@ -421,15 +442,13 @@ fn build_curve(
             false,
             MAX_DEVICE_WATTS,
         )?;
-        if !point.throughput.is_finite()
-            || point.throughput < 0.0
-            || point.throughput > MAX_MAGNITUDE
-        {
-            return Err(invalid(
-                format!("{}.throughput", at()),
-                format!("must be >= 0 (got {})", point.throughput),
-            ));
-        }
+        check_range(
+            || format!("{}.throughput", at()),
+            point.throughput,
+            true,
+            MIN_MAGNITUDE,
+            MAX_MAGNITUDE,
+        )?;
         if point.sm_clock_mhz.is_some() != locked_clock {
             return Err(invalid(
                 format!("{}.smClockMHz", at()),
@@ -447,12 +466,14 @@ fn build_curve(
                 ));
             }
         }
-        if k > 0 {
-            let previous = workload.profile[k - 1].power_watts;
+        let power_mw = (point.power_watts * 1000.0).round() as Milliwatts;
+        // NB: compared in milliwatts, the solver's unit: two points that round to the same milliwatt
+        // would make a power-limit curve divide by a zero-length step.
+        if let Some(previous) = points.last().map(|p: &MeasuredPoint| p.power_mw) {
             let unsorted = if locked_clock {
-                point.power_watts < previous
+                power_mw < previous
             } else {
-                point.power_watts <= previous
+                power_mw <= previous
             };
             if unsorted {
                 let order = if locked_clock {
@@ -463,14 +484,15 @@ fn build_curve(
                 return Err(invalid(
                     format!("{}.powerWatts", at()),
                     format!(
-                        "points must be sorted by powerWatts, {order} ({} after {previous})",
-                        point.power_watts
+                        "points must be sorted by powerWatts, {order} to the milliwatt ({} after {})",
+                        compact(point.power_watts),
+                        compact(workload.profile[k - 1].power_watts)
                     ),
                 ));
             }
         }
         points.push(MeasuredPoint {
-            power_mw: (point.power_watts * 1000.0).round() as Milliwatts,
+            power_mw,
             throughput: point.throughput,
             clock_mhz: point.sm_clock_mhz,
         });
@@ -486,7 +508,7 @@ fn build_curve(
     if !fraction.is_finite() || !(0.0..=1.0).contains(&fraction) {
         return Err(invalid(
             format!("{}.minThroughputFraction", path()),
-            format!("must be between 0 and 1 (got {fraction})"),
+            format!("must be between 0 and 1 (got {})", compact(fraction)),
         ));
     }
     // The gang shares one limit, so it must suit the most demanding minimum and the lowest maximum.
@@ -625,11 +647,11 @@ mod tests {
             ),
             (
                 Box::new(|p| p.budgets[0].cap_watts = f64::NAN),
-                "budgets[0].capWatts: must be a finite number",
+                "budgets[0].capWatts: must be between 0 and 1e10 (got NaN)",
             ),
             (
                 Box::new(|p| p.budgets[0].cap_watts = -1.0),
-                "budgets[0].capWatts: must be >= 0",
+                "budgets[0].capWatts: must be between 0 and 1e10 (got -1)",
             ),
             (
                 Box::new(|p| p.nodes[0].budget = "row".into()),
@@ -637,7 +659,7 @@ mod tests {
             ),
             (
                 Box::new(|p| p.nodes[0].overhead_watts = -5.0),
-                "nodes[0].overheadWatts: must be >= 0",
+                "nodes[0].overheadWatts: must be between 0 and 10000000 (got -5)",
             ),
             (
                 Box::new(|p| p.nodes[0].gpus[1].id = "g1".into()),
@@ -649,7 +671,7 @@ mod tests {
             ),
             (
                 Box::new(|p| p.nodes[0].gpus[0].max_watts = f64::INFINITY),
-                "nodes[0].gpus[0].maxWatts: must be a finite number",
+                "nodes[0].gpus[0].maxWatts: must be between 0.001 and 10000000 (got inf)",
             ),
             (
                 Box::new(|p| p.workloads[0].gpus = vec!["g9".into()]),
@@ -669,7 +691,7 @@ mod tests {
             ),
             (
                 Box::new(|p| p.workloads[0].weight = 0.0),
-                "workloads[0].weight: must be > 0",
+                "workloads[0].weight: must be between 1e-9 and 1e15 (got 0)",
             ),
             (
                 Box::new(|p| p.workloads[0].profile.clear()),
@@ -677,7 +699,7 @@ mod tests {
             ),
             (
                 Box::new(|p| p.workloads[0].profile[0].power_watts = 0.0),
-                "workloads[0].profile[0].powerWatts: must be > 0",
+                "workloads[0].profile[0].powerWatts: must be between 0.001 and 10000000 (got 0)",
             ),
             (
                 Box::new(|p| p.workloads[0].profile[1].power_watts = 100.0),
@@ -685,7 +707,7 @@ mod tests {
             ),
             (
                 Box::new(|p| p.workloads[0].profile[1].throughput = f64::NAN),
-                "workloads[0].profile[1].throughput: must be >= 0",
+                "workloads[0].profile[1].throughput: must be 0 or between 1e-9 and 1e15 (got NaN)",
             ),
             (
                 Box::new(|p| p.workloads[0].profile[1].sm_clock_mhz = Some(900)),
@@ -726,6 +748,141 @@ mod tests {
                 message.starts_with(expected),
                 "case {i}: {message:?} should start with {expected:?}"
             );
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_the_bound_in_few_digits() {
+        let cases: Vec<Case> = vec![
+            (
+                Box::new(|p| p.workloads[0].profile[1].throughput = 1e-310),
+                "workloads[0].profile[1].throughput: must be 0 or between 1e-9 and 1e15 (got 1e-310)",
+            ),
+            (
+                Box::new(|p| p.workloads[0].profile[1].throughput = 1e308),
+                "workloads[0].profile[1].throughput: must be 0 or between 1e-9 and 1e15 (got 1e308)",
+            ),
+            (
+                Box::new(|p| p.workloads[0].weight = 1e-310),
+                "workloads[0].weight: must be between 1e-9 and 1e15 (got 1e-310)",
+            ),
+            (
+                Box::new(|p| p.budgets[0].cap_watts = 1e308),
+                "budgets[0].capWatts: must be between 0 and 1e10 (got 1e308)",
+            ),
+            (
+                Box::new(|p| p.nodes[0].gpus[0].max_watts = 1e-310),
+                "nodes[0].gpus[0].maxWatts: must be between 0.001 and 10000000 (got 1e-310)",
+            ),
+            (
+                Box::new(|p| p.workloads[0].min_throughput_fraction = Some(1e308)),
+                "workloads[0].minThroughputFraction: must be between 0 and 1 (got 1e308)",
+            ),
+        ];
+        for (i, (mutate, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(rejected(mutate), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn profile_points_within_one_milliwatt_are_refused() {
+        let message = rejected(|p| {
+            p.workloads[0].profile[0].power_watts = 150.0001;
+            p.workloads[0].profile[1].power_watts = 150.0004;
+        });
+        assert_eq!(
+            message,
+            "workloads[0].profile[1].powerWatts: points must be sorted by powerWatts, strictly \
+             increasing to the milliwatt (150.0004 after 150.0001)"
+        );
+    }
+
+    /// Sets one number field of a problem.
+    type Setter = fn(&mut Problem, f64);
+
+    /// Every number field of the base problem, by its name.
+    fn number_fields() -> Vec<(&'static str, Setter)> {
+        vec![
+            ("capWatts", |p, x| p.budgets[0].cap_watts = x),
+            ("overheadWatts", |p, x| p.nodes[0].overhead_watts = x),
+            ("minWatts", |p, x| p.nodes[0].gpus[0].min_watts = x),
+            ("maxWatts", |p, x| p.nodes[0].gpus[0].max_watts = x),
+            ("weight", |p, x| p.workloads[0].weight = x),
+            ("minThroughputFraction", |p, x| {
+                p.workloads[0].min_throughput_fraction = Some(x)
+            }),
+            ("powerWatts", |p, x| {
+                p.workloads[0].profile[0].power_watts = x
+            }),
+            ("throughput", |p, x| {
+                p.workloads[0].profile[1].throughput = x
+            }),
+        ]
+    }
+
+    #[test]
+    fn any_number_anywhere_gives_a_finite_plan_or_a_short_message() {
+        let extremes = [
+            0.0,
+            -0.0,
+            5e-324,
+            1e-310,
+            -1e-310,
+            f64::MIN_POSITIVE,
+            1e-9,
+            1e-3,
+            1.0,
+            1e7,
+            1e10,
+            1e15,
+            1e308,
+            f64::MAX,
+            -f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        for (field, set) in number_fields() {
+            for x in extremes {
+                let mut problem = base();
+                set(&mut problem, x);
+                for method in crate::MethodChoice::ALL {
+                    let options = crate::SolveOptions {
+                        method,
+                        ..Default::default()
+                    };
+                    match crate::solve(&problem, &options) {
+                        Ok(plan) => {
+                            let numbers = [plan.objective, plan.upper_bound]
+                                .into_iter()
+                                .chain(plan.gpus.iter().map(|g| g.power_limit_watts))
+                                .chain(plan.workloads.iter().flat_map(|w| {
+                                    [w.power_limit_watts, w.throughput, w.normalized_throughput]
+                                }))
+                                .chain(plan.budgets.iter().map(|b| b.allocated_watts));
+                            for number in numbers {
+                                assert!(number.is_finite(), "{field} = {x:e}, {method}: {plan:?}");
+                            }
+                        }
+                        Err(e) => {
+                            assert!(
+                                matches!(e, crate::SolveError::Invalid(_)),
+                                "{field} = {x:e}, {method}: {e}"
+                            );
+                            let message = e.to_string();
+                            let longest_digits = message
+                                .split(|c: char| !c.is_ascii_digit())
+                                .map(str::len)
+                                .max()
+                                .unwrap_or(0);
+                            assert!(
+                                message.len() < 160 && longest_digits <= 17,
+                                "{field} = {x:e}, {method}: {message}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

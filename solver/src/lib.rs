@@ -13,11 +13,14 @@ pub mod model;
 pub mod plan;
 #[cfg(test)]
 mod proptests;
+pub mod whole_number;
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use instance::{InvalidProblem, MAX_CAP_WATTS, MAX_DEVICE_WATTS};
+pub use instance::{
+    InvalidProblem, MAX_CAP_WATTS, MAX_DEVICE_WATTS, MAX_MAGNITUDE, MIN_DEVICE_WATTS, MIN_MAGNITUDE,
+};
 pub use milp::{MilpError, MilpLimits};
 pub use model::Problem;
 pub use plan::{Method, Plan, Status};
@@ -116,10 +119,22 @@ pub enum SolveError {
     /// A method produced a plan over some cap; it is withheld rather than published.
     #[error("internal error: the {method} plan exceeds a budget cap and was withheld")]
     PlanOverCap { method: &'static str },
+    /// Input within the documented ranges keeps every figure finite; this is the backstop.
+    #[error("internal error: the plan's objective or upper bound is not a finite number")]
+    NotFinite,
 }
 
 /// Solves `problem`. An infeasible problem is a result (status `infeasible`, the safe plan), not an error.
 pub fn solve(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveError> {
+    let plan = solve_unchecked(problem, options)?;
+    if plan.objective.is_finite() && plan.upper_bound.is_finite() {
+        Ok(plan)
+    } else {
+        Err(SolveError::NotFinite)
+    }
+}
+
+fn solve_unchecked(problem: &Problem, options: &SolveOptions) -> Result<Plan, SolveError> {
     let instance = Instance::new(problem)?;
     let headroom = headroom_at_floors(&instance);
     let shortfalls = plan::shortfalls(&instance, &headroom);

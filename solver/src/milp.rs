@@ -59,6 +59,18 @@ pub(crate) fn binary_count(instance: &Instance) -> usize {
         .sum()
 }
 
+/// What the objective is divided by before HiGHS sees it: the largest weight × GPUs of any workload,
+/// so that the largest coefficient is about 1. NB: HiGHS's tolerances and gap are absolute, and it
+/// takes costs above 1e20 for infinite; weights run from 1e-9 to 1e15.
+fn objective_scale(instance: &Instance) -> f64 {
+    let largest = instance
+        .workloads
+        .iter()
+        .map(|w| w.value_per_throughput * w.curve.best_throughput())
+        .fold(0.0, f64::max);
+    if largest > 0.0 { largest } else { 1.0 }
+}
+
 struct WorkloadColumns {
     /// One binary per candidate, and the column index it will have in HiGHS.
     choose: Vec<(Variable, usize)>,
@@ -101,6 +113,7 @@ pub(crate) fn solve_milp(
     }
 
     // Level above the floor (watts) and value, per workload, as linear expressions.
+    let scale = objective_scale(instance);
     let mut objective = Expression::with_capacity(next_column);
     let mut rise_w: Vec<Expression> = Vec::with_capacity(columns.len());
     for (workload, cols) in instance.workloads.iter().zip(&columns) {
@@ -110,13 +123,13 @@ pub(crate) fn solve_milp(
         for (k, c) in candidates.iter().enumerate() {
             let (z, _) = cols.choose[k];
             rise.add_mul((c.power_mw - lo) as f64 / 1000.0, z);
-            objective.add_mul(workload.value_per_throughput * c.value, z);
+            objective.add_mul(workload.value_per_throughput * c.value / scale, z);
             if let Some((d, _)) = cols.offset[k] {
                 let next = &candidates[k + 1];
                 let slope_per_w =
                     (next.value - c.value) / ((next.power_mw - c.power_mw) as f64 / 1000.0);
                 rise.add_mul(1.0, d);
-                objective.add_mul(workload.value_per_throughput * slope_per_w, d);
+                objective.add_mul(workload.value_per_throughput * slope_per_w / scale, d);
             }
         }
         rise_w.push(rise);
@@ -215,7 +228,7 @@ pub(crate) fn solve_milp(
         .double_info_value(c"mip_dual_bound")
         .unwrap_or(f64::INFINITY);
     let upper_bound = if bound.is_finite() {
-        bound
+        bound * scale
     } else {
         f64::INFINITY
     };
@@ -270,12 +283,16 @@ pub(crate) fn solve_envelope_lp(
     let mut per_budget: Vec<Expression> = vec![Expression::default(); instance.budgets.len()];
     let mut used = vec![false; instance.budgets.len()];
     let mut base = 0.0;
+    let scale = objective_scale(instance);
     for workload in &instance.workloads {
         base += workload.value_per_throughput * workload.curve.candidates()[0].value;
         for segment in workload.curve.envelope() {
             let length_w = segment.length_mw as f64 / 1000.0;
             let x = vars.add(variable().min(0.0).max(length_w));
-            objective.add_mul(workload.value_per_throughput * segment.gain / length_w, x);
+            objective.add_mul(
+                workload.value_per_throughput * segment.gain / length_w / scale,
+                x,
+            );
             for &(b, count) in &workload.load {
                 per_budget[b].add_mul(count as f64, x);
                 used[b] = true;
@@ -305,7 +322,7 @@ pub(crate) fn solve_envelope_lp(
         .try_solve()
         .map_err(|e| MilpError::Solve(format!("{e:?}")))?;
     match solved.status() {
-        HighsModelStatus::Optimal => Ok(base + solved.objective_value()),
+        HighsModelStatus::Optimal => Ok(base + solved.objective_value() * scale),
         status => Err(MilpError::NoSolution(format!("{status:?}"))),
     }
 }

@@ -99,7 +99,13 @@ impl Plan {
 }
 
 pub(crate) fn relative_gap(objective: f64, upper_bound: f64) -> f64 {
-    ((upper_bound - objective) / upper_bound.abs().max(1e-12)).max(0.0)
+    // NB: no absolute floor under the bound: weights and throughputs may be as small as 1e-9, and a
+    // floor would call any small plan optimal. A bound of 0 has nothing to gain.
+    if upper_bound > 0.0 {
+        ((upper_bound - objective) / upper_bound).max(0.0)
+    } else {
+        0.0
+    }
 }
 
 fn watts(mw: Milliwatts) -> f64 {

@@ -501,6 +501,36 @@ proptest! {
         prop_assert!(milp.objective >= grid - 1e-5 * grid.max(1.0), "milp {} ({:?}, bound {}) vs grid {grid}", milp.objective, milp.status, milp.upper_bound);
     }
 
+    /// Powers of two scale exactly, so the plan must not move at all: the unit of throughput and
+    /// the scale of the weights are the user's, and the ends of their ranges (1e-9, 1e15) must plan
+    /// like the middle, with a finite objective and bound.
+    #[test]
+    fn throughputs_and_weights_at_the_ends_of_their_range_plan_like_the_middle(
+        problem in problem_strategy(),
+        throughput_exponent in prop_oneof![Just(-29), Just(0), Just(40)],
+        weight_exponent in prop_oneof![Just(-29), Just(0), Just(40)],
+    ) {
+        let (throughput_scale, weight_scale) =
+            (2f64.powi(throughput_exponent), 2f64.powi(weight_exponent));
+        let mut scaled = problem.clone();
+        for workload in &mut scaled.workloads {
+            workload.weight *= weight_scale;
+            for point in &mut workload.profile {
+                point.throughput *= throughput_scale;
+            }
+        }
+        for method in [MethodChoice::Auto, MethodChoice::Greedy, MethodChoice::Milp, MethodChoice::Uniform] {
+            let plan = solve(&problem, &options(method)).expect("solves");
+            let at_scale = solve(&scaled, &options(method)).expect("the scaled problem is valid");
+            prop_assert!(at_scale.objective.is_finite() && at_scale.upper_bound.is_finite());
+            prop_assert_eq!(at_scale.status, plan.status, "{}", method);
+            prop_assert_eq!(at_scale.method, plan.method, "{}", method);
+            prop_assert_eq!(&at_scale.gpus, &plan.gpus, "{}", method);
+            prop_assert_eq!(at_scale.objective, plan.objective * weight_scale, "{}", method);
+            prop_assert_eq!(at_scale.upper_bound, plan.upper_bound * weight_scale, "{}", method);
+        }
+    }
+
     #[test]
     fn the_same_input_gives_the_same_plan(problem in problem_strategy()) {
         let first = solve(&problem, &options(MethodChoice::Auto)).expect("solves");

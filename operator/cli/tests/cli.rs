@@ -134,7 +134,8 @@ fn json_input_from_stdin_works_and_errors_name_the_field() {
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     assert!(
-        stderr(&output).contains("workloads[3].profile[0].powerWatts: must be > 0"),
+        stderr(&output)
+            .contains("workloads[3].profile[0].powerWatts: must be between 0.001 and 10000000"),
         "{}",
         stderr(&output)
     );
@@ -158,6 +159,43 @@ fn json_input_from_stdin_works_and_errors_name_the_field() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn numbers_past_their_range_are_refused_naming_the_bound_and_a_plan_is_never_null() {
+    for (throughput, got) in [(1e-310, "(got 1e-310)"), (1e308, "(got 1e308)")] {
+        let mut problem = example_problem();
+        problem["workloads"][0]["profile"][1]["throughput"] = Value::from(throughput);
+        let output = kilowatt(&["solve", "--problem", "-"], Some(&problem.to_string()));
+        assert_eq!(output.status.code(), Some(1), "{got}: {}", stderr(&output));
+        assert!(output.stdout.is_empty());
+        let message = stderr(&output);
+        assert!(
+            message.contains(
+                "workloads[0].profile[1].throughput: must be 0 or between 1e-9 and 1e15 "
+            ) && message.contains(got)
+                && message.len() < 200,
+            "{message}"
+        );
+    }
+    // The ends of the ranges are valid and plan to finite numbers.
+    let mut problem = example_problem();
+    for workload in problem["workloads"].as_array_mut().expect("workloads") {
+        workload["weight"] = Value::from(1e-9);
+        for point in workload["profile"].as_array_mut().expect("profile") {
+            let throughput = point["throughput"].as_f64().expect("throughput");
+            point["throughput"] = Value::from(throughput * 1e-9);
+        }
+    }
+    let output = kilowatt(&["solve", "--problem", "-"], Some(&problem.to_string()));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan = plan(&output);
+    for key in ["objective", "upperBound"] {
+        assert!(
+            plan[key].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "{key}: {plan}"
+        );
+    }
 }
 
 #[test]
