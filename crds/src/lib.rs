@@ -163,7 +163,8 @@ pub struct WorkloadProfilePoint {
     #[serde(
         rename = "smClockMHz",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "profile_file::whole_number::option_u32"
     )]
     #[schemars(range(min = 1))]
     pub sm_clock_mhz: Option<u32>,

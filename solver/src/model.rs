@@ -83,7 +83,8 @@ pub struct ProfilePoint {
     #[serde(
         rename = "smClockMHz",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::whole_number::option_u32"
     )]
     pub sm_clock_mhz: Option<u32>,
 }

@@ -199,6 +199,67 @@ fn numbers_past_their_range_are_refused_naming_the_bound_and_a_plan_is_never_nul
 }
 
 #[test]
+fn integral_floats_are_integers_in_problems_and_scenarios() {
+    let mut problem = example_problem();
+    problem["workloads"][2]["profile"][0]["smClockMHz"] = Value::from(990.0);
+    let json = problem.to_string();
+    assert!(json.contains(r#""smClockMHz":990.0"#), "{json}");
+    let output = kilowatt(&["solve", "--problem", "-"], Some(&json));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    problem["workloads"][2]["profile"][0]["smClockMHz"] = Value::from(990.5);
+    let output = kilowatt(&["solve", "--problem", "-"], Some(&problem.to_string()));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(
+            "workloads[2].profile[0].smClockMHz: must be a whole number between 0 and 4294967295 (got 990.5)"
+        ),
+        "{}",
+        stderr(&output)
+    );
+
+    let dir = std::env::temp_dir().join(format!("kilowatt-cli-integral-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("directory");
+    let scenario = |count: &str| {
+        let path = dir.join(format!("count-{count}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: floats\nstart: \"2026-12-01T00:00:00Z\"\ndurationSeconds: 60\n\
+                 budgets: [{{name: f, capWatts: 5000, nodeLabels: {{rack: r}}}}]\n\
+                 nodeGroups: [{{prefix: n, count: {count}, labels: {{rack: x}}, gpus: 8.0, gpuProduct: NVIDIA-H100-80GB-HBM3}}]\n\
+                 workloads: [{{name: w, kind: training, pods: 1.0, gpusPerPod: 8.0}}]\n"
+            ),
+        )
+        .expect("scenario");
+        kilowatt(
+            &[
+                "simulate",
+                "--no-serve",
+                "--scenario",
+                path.to_str().expect("path"),
+            ],
+            None,
+        )
+    };
+    // Parsed: the scenario is refused for what it means, not for how its numbers are written.
+    let output = scenario("1.0");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("node n0 is in no budget"),
+        "{}",
+        stderr(&output)
+    );
+    let output = scenario("1.5");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("must be a whole number between 0 and 4294967295 (got 1.5)"),
+        "{}",
+        stderr(&output)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn garbage_and_missing_files_fail_with_one_clear_line() {
     let output = kilowatt(&["solve", "--problem", "-"], Some("{ this is not json"));
     assert_eq!(output.status.code(), Some(1));

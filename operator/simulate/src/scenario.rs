@@ -96,9 +96,11 @@ pub struct WindowEntry {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeGroup {
     pub prefix: String,
+    #[serde(deserialize_with = "kilowatt_crds::profile_file::whole_number::u32")]
     pub count: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "kilowatt_crds::profile_file::whole_number::u32")]
     pub gpus: u32,
     /// The `nvidia.com/gpu.product` label, e.g. `NVIDIA-H100-80GB-HBM3`; the simulated GPUs take the
     /// model's power-limit range from the operator's table.
@@ -123,7 +125,9 @@ pub struct WorkloadEntry {
     /// A profile of the scenario or a built-in example; none: the operator's default for the kind.
     #[serde(default)]
     pub profile: Option<String>,
+    #[serde(deserialize_with = "kilowatt_crds::profile_file::whole_number::u32")]
     pub pods: u32,
+    #[serde(deserialize_with = "kilowatt_crds::profile_file::whole_number::u32")]
     pub gpus_per_pod: u32,
     #[serde(default)]
     pub weight: Option<f64>,

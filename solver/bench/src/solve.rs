@@ -187,3 +187,35 @@ pub fn run(
     );
     exit::OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_problem;
+
+    const CLOCKED: &str = "budgets: [{name: f, capWatts: 1000}]\n\
+        nodes: [{name: n, budget: f, gpus: [{id: g, minWatts: 100, maxWatts: 700}]}]\n\
+        workloads:\n  - name: w\n    kind: training\n    weight: 1\n    gpus: [g]\n    profile:\n\
+        \x20     - {powerWatts: 300, smClockMHz: 855.0, throughput: 1}\n\
+        \x20     - {powerWatts: 400, smClockMHz: 1980, throughput: 2}\n";
+
+    #[test]
+    fn yaml_and_json_problems_take_integral_float_clocks() {
+        let problem = parse_problem(CLOCKED).expect("855.0 is a whole number");
+        assert_eq!(problem.workloads[0].profile[0].sm_clock_mhz, Some(855));
+        let json = serde_json::to_string(&problem)
+            .expect("json")
+            .replace("\"smClockMHz\":855", "\"smClockMHz\":855.0");
+        assert!(json.contains("855.0"), "{json}");
+        let problem = parse_problem(&json).expect("855.0 in JSON");
+        assert_eq!(problem.workloads[0].profile[0].sm_clock_mhz, Some(855));
+    }
+
+    #[test]
+    fn a_fractional_clock_is_refused_naming_the_range() {
+        let message = parse_problem(&CLOCKED.replace("855.0", "855.5")).expect_err("855.5");
+        assert!(
+            message.contains("must be a whole number between 0 and 4294967295 (got 855.5)"),
+            "{message}"
+        );
+    }
+}
