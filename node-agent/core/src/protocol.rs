@@ -430,8 +430,10 @@ impl Agent {
                 // The GPUs were just told and read back above their targets: they refuse the limit
                 // (or take time to apply it). Say what they enforce now, so the operator counts it
                 // and lowers other nodes, then try again.
+                // NB: a limit that could not be read counts as high but is never acknowledged.
                 let refused = expected
                     && self.plan.is_some()
+                    && self.enforced.iter().all(|w| w.is_finite())
                     && self
                         .read_back_targets()
                         .iter()
