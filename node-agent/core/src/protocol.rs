@@ -577,11 +577,7 @@ mod tests {
         assert_eq!(
             answer,
             [
-                Command::Acknowledge(Acknowledgement {
-                    revision: 4,
-                    power_limits_watts: vec![300.0, 600.0],
-                    boot_id: None,
-                }),
+                ack(4, &[300.0, 600.0]),
                 Command::SetLimit {
                     index: 1,
                     watts: 300.0
@@ -593,11 +589,7 @@ mod tests {
         // Once it takes the limit, the acknowledgement follows what it enforces.
         assert_eq!(
             agent.handle(Event::ReadBack(vec![300.0, 300.0]), secs(1)),
-            [Command::Acknowledge(Acknowledgement {
-                revision: 4,
-                power_limits_watts: vec![300.0, 300.0],
-                boot_id: None,
-            })]
+            [ack(4, &[300.0, 300.0])]
         );
     }
 

@@ -73,6 +73,26 @@ impl AgentView {
         self.inventory.is_some() || self.machine_up
     }
 
+    /// The highest limit written for GPU `index` that no current acknowledgement covers (the plan in
+    /// etcd included); what [`AgentView::unacknowledged`] lists, without building the list, for it
+    /// is asked for every GPU of every node several times a pass.
+    fn most_unacknowledged(&self, index: usize) -> Option<f64> {
+        let written = self.written.as_ref()?;
+        let acknowledged = self.current_ack().map(|ack| ack.revision);
+        let covered = |revision: u64| acknowledged.is_some_and(|ack| ack >= revision);
+        let earlier = written
+            .unacknowledged
+            .iter()
+            .filter(|earlier| !covered(earlier.revision))
+            .filter_map(|earlier| earlier.power_limits_watts.get(index).copied());
+        let current = written
+            .gpus
+            .iter()
+            .find(|g| g.index as usize == index && !covered(written.revision))
+            .map(|g| g.power_limit_watts);
+        earlier.chain(current).reduce(f64::max)
+    }
+
     /// Limits written for the node that no current acknowledgement covers, the plan in etcd included.
     fn unacknowledged(&self) -> Vec<EarlierLimits> {
         let Some(written) = &self.written else {
@@ -155,14 +175,9 @@ fn possible_gpu_watts(
         Some(ack) => ack.power_limits_watts.get(index).copied().or(maximum),
         None => maximum,
     };
-    let earlier = view
-        .unacknowledged()
-        .into_iter()
-        .filter_map(|e| e.power_limits_watts.get(index).copied());
-    [planned, acknowledged]
+    [planned, acknowledged, view.most_unacknowledged(index)]
         .into_iter()
         .flatten()
-        .chain(earlier)
         .filter(|w| !w.is_nan())
         .fold(floor, f64::max)
 }

@@ -565,19 +565,7 @@ fn a_cap_above_the_solvers_range_is_planned_at_its_maximum_and_named() {
         "rack",
         json!({"capWatts": 1e300, "nodeSelector": {}}),
     )];
-    let nodes = [node("n1", json!({}), "2")];
-    let t = translate(
-        Cluster {
-            budgets: &budgets,
-            profiles: &[],
-            nodes: &nodes,
-            pods: &[],
-            inventories: &BTreeMap::new(),
-            holds: &BTreeMap::new(),
-            window_lead: std::time::Duration::ZERO,
-        },
-        at("2026-11-28T12:00:00Z"),
-    );
+    let t = run(&budgets, &[], &[node("n1", json!({}), "2")], &[]);
     let rack = &t.budgets["rack"];
     assert_eq!(rack.issues[0].reason, reasons::CAP_OUT_OF_RANGE);
     assert_eq!(rack.planning_cap_watts, kilowatt_solver::MAX_CAP_WATTS);
