@@ -238,9 +238,11 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
     assert_eq!(rack_a.effective_cap_watts, Some(10000.0));
     assert_eq!(condition(&rack_a, "Infeasible").0, "False");
     assert_eq!(condition(&rack_a, "Conflict").0, "False");
-    let facility = budget_status(&admin, "facility")
-        .await
-        .expect("facility status");
+    // Statuses are written one budget after another: rack-a's may land before facility's.
+    let facility = status_where(&admin, "facility", "facility status of this plan", |s| {
+        s.last_plan_revision == Some(plan.revision as i64)
+    })
+    .await;
     assert_eq!((facility.nodes, facility.gpus), (Some(4), Some(32)));
     eventually("profile status counts its pod", WAIT, || async {
         let serve = profiles.get("serve").await.map_err(|e| e.to_string())?;
