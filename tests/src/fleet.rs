@@ -185,17 +185,34 @@ impl Drop for OperatorProcess {
     }
 }
 pub async fn set_ready(admin: &Client, node: &str, ready: bool) {
+    if ready {
+        set_ready_condition(admin, node, "True", "KubeletReady").await;
+    } else {
+        set_ready_condition(admin, node, "Unknown", "NodeStatusUnknown").await;
+    }
+}
+/// Sets the Node's Ready condition as a kubelet (`True`, `False`) or the node lifecycle controller
+/// (`Unknown`) would.
+pub async fn set_ready_condition(admin: &Client, node: &str, status: &str, reason: &str) {
     let nodes: Api<Node> = Api::all(admin.clone());
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let (status, reason) = if ready {
-        ("True", "KubeletReady")
-    } else {
-        ("Unknown", "NodeStatusUnknown")
-    };
     let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": reason,
         "message": "set by the fault suite", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
     within(
         "node Ready condition",
+        nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await
+    .expect("node status patched");
+}
+/// Reports a boot ID in the Node's `status.nodeInfo`, as a kubelet does when it starts after a reboot.
+pub async fn set_boot_id(admin: &Client, node: &str, boot_id: &str) {
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let patch = json!({"status": {"nodeInfo": {"bootID": boot_id, "machineID": "", "systemUUID": "",
+        "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "",
+        "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"}}});
+    within(
+        "node boot ID",
         nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&patch)),
     )
     .await

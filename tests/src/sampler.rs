@@ -112,6 +112,14 @@ impl Sampler {
         self.powered.lock().expect("powered").remove(node);
     }
 
+    /// The machine is on again: it draws what its settings file says from now on.
+    pub fn power_on(&self, node: &NodeUnderTest) {
+        self.powered
+            .lock()
+            .expect("powered")
+            .insert(node.name.clone(), node.settings.clone());
+    }
+
     /// Ends a stretch, at least half a second after the last change: prints and checks what was sampled
     /// since the last one.
     pub async fn stretch(&self, what: &str) {

@@ -10,8 +10,11 @@
 use std::io::Write;
 use std::time::Duration;
 
-use kilowatt_crds::PowerBudget;
+use kilowatt_crds::{PowerBudget, PowerBudgetStatus};
+use kilowatt_node_agent::gpu::settings_file::{StoredGpu, StoredSettings};
+use kilowatt_operator::plan::published::KeyLayout;
 use kilowatt_operator::store::PlanStore;
+use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_tests::*;
 use kilowatt_tests::{Etcd, eventually};
 use kube::api::Api;
@@ -265,6 +268,454 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
     drop(sampler);
     drop(operator);
     drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = plane;
+}
+
+async fn status_of(admin: &kube::Client, budget: &str) -> Result<PowerBudgetStatus, String> {
+    let budgets: Api<PowerBudget> = Api::all(admin.clone());
+    let found = within("get budget", budgets.get(budget))
+        .await
+        .map_err(|e| e.to_string())?;
+    found.status.ok_or(format!("{budget}: no status yet"))
+}
+
+fn condition_of(status: &PowerBudgetStatus, type_: &str) -> (String, String) {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+/// Waits until `budget`'s status says its limits are brought under `cap` (`CapEnforced` True) and
+/// the most they may enforce now is within it.
+async fn enforced_within(admin: &kube::Client, budget: &str, cap: f64, what: &str) -> f64 {
+    eventually(what, SETTLE, || async {
+        let status = status_of(admin, budget).await?;
+        let enforced = condition_of(&status, "CapEnforced");
+        match status.possible_watts {
+            Some(possible) if possible <= cap && enforced.0 == "True" => Ok(possible),
+            possible => Err(format!(
+                "possibleWatts {possible:?}, CapEnforced {enforced:?}"
+            )),
+        }
+    })
+    .await
+}
+
+fn total_of(node: &NodeUnderTest) -> f64 {
+    node.limits().iter().sum()
+}
+
+/// Waits until the listed nodes enforce their plans and `budget_watts` of them — with the nodes that
+/// do not lower counted at what their GPUs hold — fits `cap`.
+async fn absorbed(
+    store: &EtcdPlanStore,
+    nodes: &[NodeUnderTest],
+    lowering: &[&str],
+    held: &[&str],
+    cap: f64,
+    what: &str,
+) {
+    let held_watts: f64 = nodes
+        .iter()
+        .filter(|n| held.contains(&n.name.as_str()))
+        .map(|n| OVERHEAD_WATTS + total_of(n))
+        .sum();
+    settled_where(store, nodes, lowering, what, |plans| {
+        let total = total_watts(plans, lowering) + held_watts;
+        if total <= cap {
+            Ok(())
+        } else {
+            Err(format!("{total} W with the held nodes, cap {cap} W"))
+        }
+    })
+    .await;
+}
+
+/// The holes a review found, each against the processes: an unacknowledged raise, acknowledgements
+/// held back between revisions, a dead agent at high limits on a Ready node, a Ready=False node whose
+/// agent died, a poisoned inventory, a reboot back to the driver default, and a schedule window that
+/// must be enforced when it opens. n1's etcd traffic goes through a proxy that can freeze it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn unacknowledged_raises_dead_agents_reboots_and_poisoned_inventories_never_exceed_a_cap() {
+    let (plane, admin) = prepared_cluster().await;
+    let etcd = Etcd::start().await.expect("plan etcd starts");
+    let etcd_address = etcd
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd address");
+    let proxy = FreezableProxy::start(etcd_address)
+        .await
+        .expect("proxy starts");
+    let dir = test_dir("faults-holes");
+    fleet(&admin).await;
+    let mut nodes: Vec<NodeUnderTest> = ALL
+        .iter()
+        .map(|n| {
+            let endpoint = if *n == "n1" {
+                proxy.endpoint()
+            } else {
+                etcd.endpoint.clone()
+            };
+            NodeUnderTest::new(n, &dir, &endpoint, None)
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start_agent();
+    }
+    let operator = OperatorProcess::start(&plane, &etcd.endpoint, &dir.join("operator.log"));
+    let store = plan_store(&etcd.endpoint).await;
+    settled(&store, &nodes, &ALL, "first plan enforced everywhere").await;
+    let sampler = Sampler::start(checked_budgets(), &nodes);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler.stretch("steady state").await;
+    let floors = vec![MIN_WATTS; GPUS as usize];
+    let maxima = vec![MAX_WATTS; GPUS as usize];
+    let uncapped_rack = 2.0 * (OVERHEAD_WATTS + f64::from(GPUS) * MAX_WATTS);
+    let uncap = |sampler: &Sampler| {
+        sampler.set_cap("row", 2.0 * uncapped_rack);
+        sampler.set_cap("rack-a", uncapped_rack);
+        sampler.set_cap("rack-b", uncapped_rack);
+    };
+    let uncap_budgets = || async {
+        patch_budget(&admin, "row", json!({"capWatts": 2.0 * uncapped_rack})).await;
+        for rack in ["rack-a", "rack-b"] {
+            patch_budget(&admin, rack, json!({"capWatts": uncapped_rack})).await;
+        }
+    };
+
+    // 1. An unacknowledged raise: n1's requests to etcd are held back, so the raise to its maximum
+    //    is applied and its acknowledgement never lands; n1's agent is then stopped, and n1's work
+    //    ends. Its floors are written, but its GPUs hold the raise: rack-a must be planned around it.
+    uncap(&sampler);
+    proxy.freeze_upstream();
+    uncap_budgets().await;
+    eventually("n1 applied its raise", SETTLE, || async {
+        match nodes[0].limits() {
+            limits if limits == maxima => Ok(()),
+            limits => Err(format!("{limits:?}")),
+        }
+    })
+    .await;
+    kill(nodes[0].agent(), "-STOP");
+    delete_pod(&admin, "serve-1").await;
+    patch_budget(&admin, "rack-a", json!({"capWatts": RACK_CAP_WATTS})).await;
+    written_for(&store, "n1", &floors, "n1's floors written").await;
+    settled_where(
+        &store,
+        &nodes,
+        &["n2"],
+        "rack-a planned with n1 at its raise",
+        |plans| {
+            let rack_a = total_watts(plans, &["n2"]) + OVERHEAD_WATTS + f64::from(GPUS) * MAX_WATTS;
+            if rack_a <= RACK_CAP_WATTS {
+                Ok(())
+            } else {
+                Err(format!("rack-a {rack_a} W with n1 at its raise"))
+            }
+        },
+    )
+    .await;
+    sampler.set_cap("rack-a", RACK_CAP_WATTS);
+    let views = store.read_views().await.expect("views");
+    let n1_plan = views["n1"].written.as_ref().expect("n1's plan");
+    assert!(
+        n1_plan
+            .unacknowledged
+            .iter()
+            .any(|earlier| earlier.power_limits_watts == maxima),
+        "n1's plan remembers the unacknowledged raise: {:?}",
+        n1_plan.unacknowledged
+    );
+    assert_eq!(
+        nodes[0].limits(),
+        maxima,
+        "n1's stopped agent left the raise"
+    );
+    enforced_within(&admin, "rack-a", RACK_CAP_WATTS, "rack-a enforced").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("an unacknowledged raise, then n1 lowered with its agent stopped")
+        .await;
+    kill(nodes[0].agent(), "-CONT");
+    proxy.thaw();
+    let resumed = settled(&store, &nodes, &ALL, "n1 resumed and lowered").await;
+    assert_eq!(planned_limits(&resumed["n1"]), floors);
+    sampler.stretch("n1's agent resumed").await;
+
+    // 2. n1's acknowledgements are held back for 300 ms while two revisions are written for it: its
+    //    work comes back (a raise), then rack-a is cut.
+    let rack_a_cut = 5400.0;
+    proxy.freeze_upstream();
+    gpu_pod(
+        &admin,
+        "serve-1",
+        "n1",
+        GPUS,
+        json!({"kilowatt.dev/workload": "inference"}),
+    )
+    .await;
+    eventually("n1's raise written", SETTLE, || async {
+        let views = store.read_views().await.map_err(|e| e.to_string())?;
+        match views.get("n1").and_then(|v| v.written.as_ref()) {
+            Some(plan) if planned_limits(plan) != floors => Ok(()),
+            other => Err(format!("{:?}", other.map(planned_limits))),
+        }
+    })
+    .await;
+    patch_budget(&admin, "rack-a", json!({"capWatts": rack_a_cut})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.thaw();
+    settled_where(
+        &store,
+        &nodes,
+        &ALL,
+        "the cut enforced after the held acknowledgements",
+        |plans| {
+            let rack_a = total_watts(plans, &["n1", "n2"]);
+            if rack_a <= rack_a_cut {
+                Ok(())
+            } else {
+                Err(format!("rack-a {rack_a} W"))
+            }
+        },
+    )
+    .await;
+    sampler.set_cap("rack-a", rack_a_cut);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("acknowledgements held for 300 ms across two revisions")
+        .await;
+
+    // 3. Every GPU at its maximum, n4's agent is SIGKILLed (its Node stays Ready, its GPUs at their
+    //    maximum), and the row is cut by 40 %: the other three absorb all of it.
+    uncap(&sampler);
+    uncap_budgets().await;
+    settled_where(
+        &store,
+        &nodes,
+        &ALL,
+        "every GPU at its maximum",
+        |plans| match planned_limits(&plans["n4"]) {
+            limits if limits == maxima => Ok(()),
+            limits => Err(format!("n4 at {limits:?}")),
+        },
+    )
+    .await;
+    nodes[3].kill_agent();
+    let row_cut = 2.0 * uncapped_rack * 0.6;
+    patch_budget(&admin, "row", json!({"capWatts": row_cut})).await;
+    absorbed(
+        &store,
+        &nodes,
+        &["n1", "n2", "n3"],
+        &["n4"],
+        row_cut,
+        "n1-n3 absorb the cut around n4 at its maximum",
+    )
+    .await;
+    sampler.set_cap("row", row_cut);
+    let possible = enforced_within(&admin, "row", row_cut, "row enforced around n4").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("a 40 % cut with n4's agent killed at its maximum")
+        .await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "fault suite, 40 % cut with a dead agent: row may enforce {possible} W of {row_cut} W"
+    );
+    nodes[3].start_agent();
+    settled(&store, &nodes, &ALL, "n4's agent back").await;
+    sampler.stretch("n4's agent restarted").await;
+
+    // 4. n3's kubelet reports Ready=False (its container runtime is unhealthy) and its agent dies:
+    //    the machine runs, so n3 counts at what its GPUs hold, not at its maximum, and rack-b's cut
+    //    is absorbed by n4.
+    set_ready_condition(&admin, "n3", "False", "ContainerRuntimeUnhealthy").await;
+    nodes[2].kill_agent();
+    let n3_held = OVERHEAD_WATTS + total_of(&nodes[2]);
+    let rack_b_cut = n3_held + OVERHEAD_WATTS + f64::from(GPUS) * MIN_WATTS + 200.0;
+    patch_budget(&admin, "rack-b", json!({"capWatts": rack_b_cut})).await;
+    absorbed(
+        &store,
+        &nodes,
+        &["n4"],
+        &["n3"],
+        rack_b_cut,
+        "n4 absorbs rack-b's cut around n3",
+    )
+    .await;
+    sampler.set_cap("rack-b", rack_b_cut);
+    enforced_within(&admin, "rack-b", rack_b_cut, "rack-b enforced around n3").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("Ready=False (ContainerRuntimeUnhealthy) with n3's agent dead")
+        .await;
+    set_ready(&admin, "n3", true).await;
+    nodes[2].start_agent();
+    settled(&store, &nodes, &ALL, "n3 back").await;
+    sampler.stretch("n3's agent restarted").await;
+
+    // 5. A poisoned inventory: n2's inventory key, under n2's own lease, now claims a 0 W floor (what
+    //    n2's credentials allow it to write). n2 is held at its floors; a cut elsewhere still lands.
+    let inventory_key = KeyLayout::new(PREFIX).node_inventory("n2");
+    let mut kv = store.etcd_client().kv_client();
+    let current = kv
+        .get(inventory_key.as_str(), None)
+        .await
+        .expect("n2's inventory");
+    let entry = current.kvs().first().expect("n2 registered");
+    let mut poisoned: serde_json::Value =
+        serde_json::from_slice(entry.value()).expect("inventory JSON");
+    poisoned["gpus"][0]["minLimitWatts"] = json!(0);
+    kv.put(
+        inventory_key.as_str(),
+        serde_json::to_vec(&poisoned).expect("encoded"),
+        Some(etcd_client::PutOptions::new().with_lease(entry.lease())),
+    )
+    .await
+    .expect("poisoned inventory written");
+    let rack_b_lower = rack_b_cut - 400.0;
+    patch_budget(&admin, "rack-b", json!({"capWatts": rack_b_lower})).await;
+    settled_where(
+        &store,
+        &nodes,
+        &["n3", "n4"],
+        "rack-b's cut lands with n2's inventory poisoned",
+        |plans| {
+            let rack_b = total_watts(plans, &["n3", "n4"]);
+            if rack_b <= rack_b_lower {
+                Ok(())
+            } else {
+                Err(format!("rack-b {rack_b} W"))
+            }
+        },
+    )
+    .await;
+    sampler.set_cap("rack-b", rack_b_lower);
+    eventually("rack-a degraded by n2's inventory", SETTLE, || async {
+        let status = status_of(&admin, "rack-a").await?;
+        match condition_of(&status, "Degraded") {
+            (s, r) if s == "True" && r == "InvalidInventory" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("a poisoned inventory on n2, a cut on rack-b")
+        .await;
+    nodes[1].kill_agent();
+    nodes[1].start_agent();
+    settled(&store, &nodes, &ALL, "n2 registered again").await;
+    sampler.stretch("n2's inventory true again").await;
+
+    // 6. n1 reboots: its agent dies with the machine, its GPUs come back at the driver default (their
+    //    maximum) and its kubelet reports a new boot ID while the Node stays Ready. Until n1's agent
+    //    acknowledges from the new boot, the others make room for n1 at its maximum.
+    nodes[0].kill_agent();
+    sampler.power_off("n1");
+    let rebooted = StoredSettings::read(&nodes[0].settings).expect("n1's settings");
+    StoredSettings {
+        sequence: rebooted.sequence + 1,
+        gpus: rebooted
+            .gpus
+            .iter()
+            .map(|g| StoredGpu {
+                power_limit_watts: MAX_WATTS,
+                sm_clock_mhz: None,
+                ..*g
+            })
+            .collect(),
+    }
+    .write(&nodes[0].settings)
+    .expect("n1's settings reset to the default");
+    set_boot_id(&admin, "n1", "boot-after-reboot").await;
+    absorbed(
+        &store,
+        &nodes,
+        &["n2", "n3", "n4"],
+        &["n1"],
+        row_cut,
+        "the others make room for n1 at its maximum",
+    )
+    .await;
+    settled_where(
+        &store,
+        &nodes,
+        &["n2"],
+        "rack-a makes room for n1",
+        |plans| {
+            let rack_a = total_watts(plans, &["n2"]) + OVERHEAD_WATTS + f64::from(GPUS) * MAX_WATTS;
+            if rack_a <= rack_a_cut {
+                Ok(())
+            } else {
+                Err(format!("rack-a {rack_a} W"))
+            }
+        },
+    )
+    .await;
+    sampler.power_on(&nodes[0]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("n1 rebooted to its maximum, no agent yet")
+        .await;
+    let boot_id_file = dir.join("n1-boot-id");
+    std::fs::write(&boot_id_file, "boot-after-reboot\n").expect("boot ID file");
+    nodes[0].extra_args.extend([
+        "--boot-id-file".to_owned(),
+        boot_id_file.display().to_string(),
+    ]);
+    nodes[0].start_agent();
+    settled(
+        &store,
+        &nodes,
+        &ALL,
+        "n1's agent acknowledged from the new boot",
+    )
+    .await;
+    sampler.stretch("n1's agent back after the reboot").await;
+
+    // 7. A demand-response window opens 5 s from now: the lower cap is enforced when it opens.
+    let window_cap = ROW_CAP_WATTS * 0.6;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let opens = now + 6;
+    let at = |seconds: u64| {
+        k8s_openapi::jiff::Timestamp::from_second(seconds as i64)
+            .expect("timestamp")
+            .to_string()
+    };
+    patch_budget(
+        &admin,
+        "row",
+        json!({"schedule": [{"name": "demand-response", "capWatts": window_cap,
+                             "start": at(opens), "end": at(opens + 60)}]}),
+    )
+    .await;
+    let until_open = std::time::UNIX_EPOCH + Duration::from_secs(opens);
+    tokio::time::sleep(
+        until_open
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    sampler.set_cap("row", window_cap);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampler
+        .stretch("a window opening 6 s ahead, sampled from its first instant")
+        .await;
+
+    drop(sampler);
+    operator.kill();
+    drop(nodes);
+    drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = plane;
 }
