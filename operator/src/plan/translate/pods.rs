@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use kilowatt_crds::plan::Inventory;
+use kilowatt_solver::MIN_MAGNITUDE;
 use kilowatt_solver::model::WorkloadKind;
 use kube::ResourceExt;
 
@@ -237,9 +238,11 @@ pub(super) fn pod_intent(pod: &Pod) -> Result<Option<PodIntent>, PodWarning> {
     };
     let weight = match annotations.get(WEIGHT_ANNOTATION) {
         None => 1.0,
+        // NB: the lower end is the solver's smallest weight, so that a weight the annotation
+        // accepts is never dropped by the solver later with another message.
         Some(text) => parse_finite(text)
-            .filter(|w| *w > 0.0 && *w <= 1e6)
-            .ok_or_else(|| malformed(WEIGHT_ANNOTATION, text, "a number in (0, 1e6]"))?,
+            .filter(|w| (MIN_MAGNITUDE..=1e6).contains(w))
+            .ok_or_else(|| malformed(WEIGHT_ANNOTATION, text, "a number from 1e-9 to 1e6"))?,
     };
     let min_fraction = match annotations.get(MIN_FRACTION_ANNOTATION) {
         None => None,

@@ -162,6 +162,10 @@ fn each_malformed_annotation_leaves_its_pod_unmanaged_with_a_warning_naming_it()
             json!({WORKLOAD_ANNOTATION: "training", WEIGHT_ANNOTATION: "NaN"}),
         ),
         (
+            WEIGHT_ANNOTATION,
+            json!({WORKLOAD_ANNOTATION: "training", WEIGHT_ANNOTATION: "1e-12"}),
+        ),
+        (
             MIN_FRACTION_ANNOTATION,
             json!({WORKLOAD_ANNOTATION: "inference", MIN_FRACTION_ANNOTATION: "1.5"}),
         ),
