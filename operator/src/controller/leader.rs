@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kilowatt_plumbing::errors::error_chain;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What a replica should do with the lease it just read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +22,13 @@ pub enum Decision {
     Follow { holder: String },
 }
 
-/// Decides from the lease's spec (`None`: no lease yet) whether `identity` may claim it at `now`.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
+/// Decides from the lease's spec (`None`: no lease yet) whether `identity` may claim it, when this
+/// replica has seen that spec unchanged for `unchanged_for` by its own clock.
+///
+/// Expiry is judged by locally observed time, as client-go does, not by the holder's `renewTime`:
+/// that is another machine's clock, and a skew of a few seconds between the two would let this
+/// replica take over while the holder still acts.
+pub fn decide(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else {
         return Decision::Claim;
     };
@@ -30,17 +36,59 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decis
     if holder.is_empty() || holder == identity {
         return Decision::Claim;
     }
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed.and_then(|t| t.checked_add(duration).ok()) {
-        Some(expiry) if expiry > now => Decision::Follow {
+    let duration = Duration::from_secs(
+        u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+    );
+    if unchanged_for < duration {
+        Decision::Follow {
             holder: holder.to_owned(),
-        },
-        _ => Decision::Claim,
+        }
+    } else {
+        Decision::Claim
+    }
+}
+
+/// The parts of a lease whose change shows that its holder is alive: a renewal changes
+/// `renewTime`, a takeover the holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<Timestamp>,
+    acquire_time: Option<Timestamp>,
+    duration_seconds: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: Option<&LeaseSpec>) -> Option<Record> {
+        spec.map(|s| Record {
+            holder: s.holder_identity.clone(),
+            renew_time: s.renew_time.as_ref().map(|t| t.0),
+            acquire_time: s.acquire_time.as_ref().map(|t| t.0),
+            duration_seconds: s.lease_duration_seconds,
+        })
+    }
+}
+
+/// How long this replica has seen the lease unchanged, by its own monotonic clock.
+#[derive(Debug, Clone, Default)]
+struct LeaseWatch {
+    /// The record last read and when it was first seen; `None` before the first read.
+    seen: Option<(Option<Record>, Instant)>,
+}
+
+impl LeaseWatch {
+    /// Notes the lease read at `now`; returns how long it has been seen unchanged (zero when it
+    /// just changed, or on the first read: a replica that starts does not trust a stale-looking
+    /// lease before it has watched it for a lease duration).
+    fn unchanged_for(&mut self, spec: Option<&LeaseSpec>, now: Instant) -> Duration {
+        let record = Record::of(spec);
+        match &self.seen {
+            Some((seen, since)) if *seen == record => now.saturating_duration_since(*since),
+            _ => {
+                self.seen = Some((record, now));
+                Duration::ZERO
+            }
+        }
     }
 }
 
@@ -82,6 +130,12 @@ pub enum ElectionError {
         name: String,
         source: kube::Error,
     },
+    #[error("the lease round on {namespace}/{name} took longer than {limit:?}")]
+    TimedOut {
+        namespace: String,
+        name: String,
+        limit: Duration,
+    },
 }
 
 /// Takes part in the election for one Lease.
@@ -91,6 +145,7 @@ pub struct Elector {
     name: String,
     identity: String,
     timing: LeaseTiming,
+    lease_watch: LeaseWatch,
 }
 
 fn micro_now() -> MicroTime {
@@ -111,11 +166,12 @@ impl Elector {
             name: name.to_owned(),
             identity: identity.to_owned(),
             timing,
+            lease_watch: LeaseWatch::default(),
         }
     }
 
     /// One round: read the lease, claim or renew it if the rule allows. `Ok(true)`: we hold it now.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, ElectionError> {
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, ElectionError> {
         let read_error = |source| ElectionError::Read {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -128,7 +184,8 @@ impl Elector {
         };
         let current = self.api.get_opt(&self.name).await.map_err(read_error)?;
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-        if let Decision::Follow { .. } = decide(spec, &self.identity, Timestamp::now()) {
+        let unchanged_for = self.lease_watch.unchanged_for(spec, Instant::now());
+        if let Decision::Follow { .. } = decide(spec, &self.identity, unchanged_for) {
             return Ok(false);
         }
         let was_ours =
@@ -214,36 +271,74 @@ impl Elector {
             .map_err(write_error)
     }
 
+    /// Publishes whether this replica may act: it renewed (at `renewed_at`) within the renew
+    /// deadline. Forgets a renewal that is too old.
+    fn publish_acting(&self, leader: &watch::Sender<bool>, renewed_at: &mut Option<Instant>) {
+        let acting = renewed_at.is_some_and(|at| at.elapsed() < self.timing.renew_deadline);
+        if !acting {
+            *renewed_at = None;
+        }
+        if *leader.borrow() != acting {
+            if !acting {
+                tracing::warn!(identity = %self.identity, "stopped acting as leader");
+            }
+            leader.send_replace(acting);
+        }
+    }
+
     /// Runs rounds every retry period until `shutdown` flips, publishing whether this replica may act.
-    /// Leadership ends when a renewal has not succeeded within the renew deadline.
-    pub async fn run(self, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
-        let mut last_renewal: Option<tokio::time::Instant> = None;
+    /// Leadership ends when a renewal has not succeeded within the renew deadline, counted from the
+    /// start of the round that renewed (the API server wrote the renewal after that instant, so every
+    /// other replica's count of the lease's duration starts later). A round that hangs (a stuck API
+    /// connection) is cut off at that deadline, so a leader that cannot renew stops acting on time.
+    pub async fn run(mut self, leader: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
+        let mut renewed_at: Option<Instant> = None;
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            let started = Instant::now();
+            let limit = match renewed_at {
+                Some(at) => (at + self.timing.renew_deadline).saturating_duration_since(started),
+                None => self.timing.renew_deadline,
+            };
+            let round = tokio::time::timeout(limit, self.try_acquire_or_renew()).await;
+            match round {
+                Ok(Ok(true)) => {
                     if !*leader.borrow() {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
                     }
-                    last_renewal = Some(tokio::time::Instant::now());
+                    renewed_at = Some(started);
                 }
-                Ok(false) => last_renewal = None,
-                Err(error) => tracing::warn!(error = %error_chain(&error), "lease round failed"),
-            }
-            let acting = last_renewal.is_some_and(|t| t.elapsed() < self.timing.renew_deadline);
-            if *leader.borrow() != acting {
-                if !acting {
-                    tracing::warn!(identity = %self.identity, "stopped acting as leader");
+                Ok(Ok(false)) => renewed_at = None,
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error_chain(&error), "lease round failed");
                 }
-                leader.send_replace(acting);
+                Err(_) => {
+                    let error = ElectionError::TimedOut {
+                        namespace: self.namespace.clone(),
+                        name: self.name.clone(),
+                        limit,
+                    };
+                    tracing::warn!(error = %error_chain(&error), "lease round failed");
+                }
             }
+            self.publish_acting(&leader, &mut renewed_at);
+            // NB: the deadline is watched while sleeping too, so acting ends at it, not a period late.
+            let deadline = renewed_at.map(|at| at + self.timing.renew_deadline);
             tokio::select! {
                 _ = tokio::time::sleep(self.timing.retry_period) => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
+                    self.publish_acting(&leader, &mut renewed_at);
+                }
                 _ = shutdown.changed() => break,
             }
         }
         leader.send_replace(false);
-        if let Err(error) = self.release().await {
-            tracing::warn!(error = %error_chain(&error), "could not release the lease on shutdown");
+        let release = tokio::time::timeout(self.timing.renew_deadline, self.release());
+        match release.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error_chain(&error), "could not release the lease on shutdown");
+            }
+            Err(_) => tracing::warn!("could not release the lease on shutdown: the API did not answer"),
         }
     }
 }
@@ -261,42 +356,64 @@ mod tests {
         }
     }
 
-    fn at(text: &str) -> Timestamp {
-        text.parse().expect("time")
-    }
+    const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
     fn a_missing_or_released_lease_may_be_claimed() {
-        assert_eq!(
-            decide(None, "a", at("2026-11-28T00:00:00Z")),
-            Decision::Claim
-        );
+        assert_eq!(decide(None, "a", Duration::ZERO), Decision::Claim);
         let released = spec(None, "2026-11-28T00:00:00Z", 15);
-        assert_eq!(
-            decide(Some(&released), "a", at("2026-11-28T00:00:01Z")),
-            Decision::Claim
-        );
+        assert_eq!(decide(Some(&released), "a", Duration::ZERO), Decision::Claim);
     }
 
     #[test]
-    fn another_holders_lease_is_respected_until_it_expires() {
+    fn another_holders_lease_is_respected_until_seen_unchanged_for_its_duration() {
         let held = spec(Some("b"), "2026-11-28T00:00:00Z", 15);
         assert_eq!(
-            decide(Some(&held), "a", at("2026-11-28T00:00:14Z")),
+            decide(Some(&held), "a", 14 * SECOND),
             Decision::Follow { holder: "b".into() }
         );
-        assert_eq!(
-            decide(Some(&held), "a", at("2026-11-28T00:00:15Z")),
-            Decision::Claim
-        );
+        assert_eq!(decide(Some(&held), "a", 15 * SECOND), Decision::Claim);
     }
 
     #[test]
     fn the_holder_renews_its_own_lease() {
         let held = spec(Some("a"), "2026-11-28T00:00:00Z", 15);
+        assert_eq!(decide(Some(&held), "a", Duration::ZERO), Decision::Claim);
+    }
+
+    #[test]
+    fn a_renew_time_from_a_skewed_clock_does_not_expire_a_lease_seen_renewing() {
+        let mut watch = LeaseWatch::default();
+        let start = Instant::now();
+        // The holder's clock is a year behind: by renewTime the lease expired long ago.
+        let first = spec(Some("b"), "2025-11-28T00:00:00Z", 15);
+        assert_eq!(watch.unchanged_for(Some(&first), start), Duration::ZERO);
         assert_eq!(
-            decide(Some(&held), "a", at("2026-11-28T00:00:05Z")),
-            Decision::Claim
+            watch.unchanged_for(Some(&first), start + 10 * SECOND),
+            10 * SECOND
+        );
+        // It renews: the count starts again, however old the new renewTime looks.
+        let renewed = spec(Some("b"), "2025-11-28T00:00:10Z", 15);
+        let later = start + 12 * SECOND;
+        let unchanged = watch.unchanged_for(Some(&renewed), later);
+        assert_eq!(unchanged, Duration::ZERO);
+        assert_eq!(
+            decide(Some(&renewed), "a", unchanged),
+            Decision::Follow { holder: "b".into() }
+        );
+        // It stops renewing: expired a full duration after this replica saw the last renewal.
+        let unchanged = watch.unchanged_for(Some(&renewed), later + 15 * SECOND);
+        assert_eq!(decide(Some(&renewed), "a", unchanged), Decision::Claim);
+    }
+
+    #[test]
+    fn a_replica_that_starts_watches_a_lease_for_its_duration_before_claiming_it() {
+        let mut watch = LeaseWatch::default();
+        let stale = spec(Some("b"), "2020-01-01T00:00:00Z", 15);
+        let unchanged = watch.unchanged_for(Some(&stale), Instant::now());
+        assert_eq!(
+            decide(Some(&stale), "a", unchanged),
+            Decision::Follow { holder: "b".into() }
         );
     }
 
