@@ -23,6 +23,27 @@ impl KeyLayout {
         format!("{}/v1/plan", self.prefix)
     }
 
+    /// Prefix of the parts of plans too large for one etcd value, one folder per plan revision.
+    pub fn plan_parts_prefix(&self) -> String {
+        format!("{}/v1/plan-parts/", self.prefix)
+    }
+
+    /// The folder of revision `revision`'s parts; zero-padded, so that folders sort by revision.
+    pub fn plan_parts_of(&self, revision: u64) -> String {
+        format!("{}{revision:020}/", self.plan_parts_prefix())
+    }
+
+    /// Part `index` of revision `revision`'s plan.
+    pub fn plan_part(&self, revision: u64, index: usize) -> String {
+        format!("{}{index:06}", self.plan_parts_of(revision))
+    }
+
+    /// Written by each replica that takes over as leader; every chunk of a publish compares its mod
+    /// revision with the one the writer's takeover got, so two writers' chunks cannot interleave.
+    pub fn leader_epoch(&self) -> String {
+        format!("{}/v1/leader-epoch", self.prefix)
+    }
+
     /// One node's plan ([`NodePlan`]), watched by that node's agent.
     pub fn node_plan(&self, node: &str) -> String {
         format!("{}{node}/plan", self.node_prefix())
@@ -214,6 +235,12 @@ mod tests {
         assert_eq!(keys.plan(), "/kilowatt/v1/plan");
         assert_eq!(keys.node_plan("gpu-17"), "/kilowatt/v1/nodes/gpu-17/plan");
         assert!(keys.node_plan("gpu-17").starts_with(&keys.node_prefix()));
+        assert_eq!(
+            keys.plan_part(12, 3),
+            "/kilowatt/v1/plan-parts/00000000000000000012/000003"
+        );
+        assert!(keys.plan_parts_of(9) < keys.plan_parts_of(10));
+        assert!(keys.plan_part(12, 3).starts_with(&keys.plan_parts_of(12)));
     }
 
     #[test]

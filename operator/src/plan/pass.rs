@@ -229,6 +229,21 @@ where
 {
     let now = inputs.now;
     let pass_started = std::time::Instant::now();
+    // NB: the plan and its fence are read before the views, so every view is at least as new as
+    // the plan the fence vouches for. A replica that reads afresh takes over first: a publish still
+    // in flight from a replica that led before fails at its next transaction.
+    let (loaded, read_plan) = match inputs.loaded {
+        Some(loaded) => (loaded, None),
+        None => {
+            let epoch = store.take_over().await?;
+            let loaded = Loaded {
+                epoch,
+                ..store.load().await?
+            };
+            let read = loaded.plan.clone();
+            (loaded, read)
+        }
+    };
     let mut views = store.read_views().await?;
     for (node, view) in &mut views {
         let machine = (inputs.machine)(node);
@@ -259,14 +274,6 @@ where
             })
             .collect();
 
-    let (loaded, read_plan) = match inputs.loaded {
-        Some(loaded) => (loaded, None),
-        None => {
-            let loaded = store.load().await?;
-            let read = loaded.plan.clone();
-            (loaded, read)
-        }
-    };
 
     // Solve; a budget whose floors exceed its cap has its subtree held at its floors and the rest of
     // the fleet is solved again (each round holds at least one more node, so this ends).
@@ -460,15 +467,26 @@ mod tests {
 
         /// One pass with the rack capped at `cap_watts`, keeping the store's fence for the next.
         async fn pass(&mut self, cap_watts: f64) -> PassOutcome {
+            self.try_pass(cap_watts).await.expect("the pass runs")
+        }
+
+        async fn try_pass(&mut self, cap_watts: f64) -> Result<PassOutcome, PassError> {
             let budgets: Vec<Arc<PowerBudget>> = vec![budget(
                 "rack",
                 json!({"capWatts": cap_watts, "nodeSelector": {}}),
             )];
-            self.pass_under(&budgets).await
+            self.try_pass_under(&budgets).await
         }
 
         /// One pass under `budgets` at `self.now`, keeping the store's fence for the next.
         async fn pass_under(&mut self, budgets: &[Arc<PowerBudget>]) -> PassOutcome {
+            self.try_pass_under(budgets).await.expect("the pass runs")
+        }
+
+        async fn try_pass_under(
+            &mut self,
+            budgets: &[Arc<PowerBudget>],
+        ) -> Result<PassOutcome, PassError> {
             let now = self.now;
             let outcome = run(
                 &self.store,
@@ -499,10 +517,9 @@ mod tests {
                     solve: &SolveOptions::default(),
                 },
             )
-            .await
-            .expect("the pass runs");
+            .await?;
             self.loaded = Some(outcome.loaded.clone());
-            outcome
+            Ok(outcome)
         }
 
         /// The limits written for each node now.
@@ -619,44 +636,30 @@ mod tests {
         let stale = fleet.loaded.clone();
         fleet.pass(5_000.0).await;
         fleet.loaded = stale;
-        let error = run(
-            &fleet.store,
-            PassInputs {
-                now: at("2026-12-01T12:00:00Z"),
-                translate: |inventories: &BTreeMap<String, Inventory>,
-                            holds: &BTreeMap<String, NodeHold>| {
-                    translate(
-                        Cluster {
-                            budgets: &[budget(
-                                "rack",
-                                json!({"capWatts": 9_000.0, "nodeSelector": {}}),
-                            )],
-                            profiles: &[],
-                            nodes: &fleet.nodes,
-                            pods: &fleet.pods,
-                            inventories,
-                            holds,
-                            window_lead: std::time::Duration::ZERO,
-                        },
-                        at("2026-12-01T12:00:00Z"),
-                    )
-                },
-                machine: |_: &str| Machine {
-                    up: true,
-                    boot_id: None,
-                },
-                ack_timeout: std::time::Duration::from_secs(10),
-                may_publish: || true,
-                loaded: fleet.loaded.take(),
-                solve: &SolveOptions::default(),
-            },
-        )
-        .await
-        .expect_err("the fence has moved on");
+        let error = fleet.try_pass(9_000.0).await.expect_err("the fence has moved on");
         assert!(
             matches!(error, PassError::Store(StoreError::Fenced)),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_replica_taken_over_publishes_nothing_even_before_the_new_leader_does() {
+        let mut fleet = settled_fleet().await;
+        let before = fleet.written();
+        // Another replica takes over (and has not published yet): this one's next publish, which
+        // would raise every node, must not land a single transaction.
+        fleet.store.take_over().await.expect("takes over");
+        let error = fleet.try_pass(9_000.0).await.expect_err("the epoch has moved on");
+        assert!(
+            matches!(error, PassError::Store(StoreError::Fenced)),
+            "{error}"
+        );
+        assert_eq!(fleet.written(), before);
+        // Reading afresh (as after any fenced publish) takes over again, and publishes.
+        fleet.loaded = None;
+        let outcome = fleet.pass(9_000.0).await;
+        assert!(outcome.published.is_some());
     }
 
     /// The limits and overheads every node may enforce now, from the rack's possible watts.

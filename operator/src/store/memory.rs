@@ -5,6 +5,7 @@
 //! agents' side (inventory, acknowledgements, power reports, lease expiry). No IO.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan, PowerReport};
@@ -12,7 +13,8 @@ use kilowatt_crds::plan::{Acknowledgement, Inventory, NodePlan, PowerReport};
 use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::rollout::AgentView;
 use crate::store::{
-    KeyWrite, Loaded, PlanStore, StoreError, decode_plan, publish_operations, views_from_entries,
+    KeyWrite, Loaded, PlanJson, PlanStore, StoreError, decode_plan, join_plan_parts, plan_json,
+    publish_operations, views_from_entries,
 };
 
 /// One key's value and etcd-style counters.
@@ -47,6 +49,34 @@ impl Keys {
     fn delete(&mut self, key: &str) {
         if self.entries.remove(key).is_some() {
             self.revision += 1;
+        }
+    }
+
+    fn delete_range(&mut self, from: &str, to: &str) {
+        let doomed: Vec<String> = self
+            .entries
+            .range::<str, _>((Bound::Included(from), Bound::Excluded(to)))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in doomed {
+            self.delete(&key);
+        }
+    }
+
+    /// The plan key's JSON document, joined from its parts when it has them.
+    fn plan_document(&self, keys: &KeyLayout) -> Option<Vec<u8>> {
+        let entry = self.entries.get(&keys.plan())?;
+        match plan_json(keys, &entry.value) {
+            PlanJson::Whole(json) => Some(json),
+            PlanJson::Unreadable => None,
+            PlanJson::InParts { from, to, count } => {
+                let parts: Vec<&[u8]> = self
+                    .entries
+                    .range::<str, _>((Bound::Included(from.as_str()), Bound::Excluded(to.as_str())))
+                    .map(|(_, e)| e.value.as_slice())
+                    .collect();
+                join_plan_parts(keys, &parts, count)
+            }
         }
     }
 }
@@ -130,29 +160,35 @@ impl MemoryPlanStore {
 }
 
 impl PlanStore for MemoryPlanStore {
+    async fn take_over(&self) -> Result<i64, StoreError> {
+        let mut state = self.lock();
+        state.put(self.keys.leader_epoch(), Vec::new());
+        Ok(state.revision)
+    }
+
     async fn load(&self) -> Result<Loaded, StoreError> {
         let key = self.keys.plan();
         let state = self.lock();
         Ok(match state.entries.get(&key) {
             Some(entry) => Loaded {
-                plan: decode_plan(&key, &entry.value),
+                plan: state
+                    .plan_document(&self.keys)
+                    .and_then(|json| decode_plan(&key, &json)),
                 mod_revision: entry.mod_revision,
                 version: entry.version,
+                epoch: 0,
             },
             None => Loaded {
                 plan: None,
                 mod_revision: 0,
                 version: 0,
+                epoch: 0,
             },
         })
     }
 
     async fn read_raw(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .lock()
-            .entries
-            .get(&self.keys.plan())
-            .map(|e| e.value.clone()))
+        Ok(self.lock().plan_document(&self.keys))
     }
 
     async fn read_views(&self) -> Result<BTreeMap<String, AgentView>, StoreError> {
@@ -178,20 +214,24 @@ impl PlanStore for MemoryPlanStore {
         let operations = publish_operations(&self.keys, plan, writes, written)?;
         let plan_key = self.keys.plan();
         let mut state = self.lock();
-        let fence = state.entries.get(&plan_key).map_or(0, |e| e.mod_revision);
-        if fence != loaded.mod_revision {
+        let mod_revision = |key: &str| state.entries.get(key).map_or(0, |e| e.mod_revision);
+        if mod_revision(&plan_key) != loaded.mod_revision
+            || mod_revision(&self.keys.leader_epoch()) != loaded.epoch
+        {
             return Err(StoreError::Fenced);
         }
         for operation in operations {
             match operation {
                 KeyWrite::Put { key, value } => state.put(key, value),
                 KeyWrite::Delete { key } => state.delete(&key),
+                KeyWrite::DeleteRange { from, to } => state.delete_range(&from, &to),
             }
         }
         Ok(Loaded {
             plan: Some(plan.clone()),
             mod_revision: state.revision,
             version: loaded.version + 1,
+            epoch: loaded.epoch,
         })
     }
 }
@@ -290,6 +330,7 @@ mod tests {
                         plan: None,
                         mod_revision: 0,
                         version: 0,
+                        epoch: 0,
                     },
                 )
                 .await
