@@ -274,7 +274,6 @@ where
             })
             .collect();
 
-
     // Solve; a budget whose floors exceed its cap has its subtree held at its floors and the rest of
     // the fleet is solved again (each round holds at least one more node, so this ends).
     let mut infeasible: Vec<String> = Vec::new();
@@ -636,7 +635,10 @@ mod tests {
         let stale = fleet.loaded.clone();
         fleet.pass(5_000.0).await;
         fleet.loaded = stale;
-        let error = fleet.try_pass(9_000.0).await.expect_err("the fence has moved on");
+        let error = fleet
+            .try_pass(9_000.0)
+            .await
+            .expect_err("the fence has moved on");
         assert!(
             matches!(error, PassError::Store(StoreError::Fenced)),
             "{error}"
@@ -650,7 +652,10 @@ mod tests {
         // Another replica takes over (and has not published yet): this one's next publish, which
         // would raise every node, must not land a single transaction.
         fleet.store.take_over().await.expect("takes over");
-        let error = fleet.try_pass(9_000.0).await.expect_err("the epoch has moved on");
+        let error = fleet
+            .try_pass(9_000.0)
+            .await
+            .expect_err("the epoch has moved on");
         assert!(
             matches!(error, PassError::Store(StoreError::Fenced)),
             "{error}"

@@ -102,9 +102,7 @@ impl EtcdPlanStore {
 
     /// The plan key's JSON document with the key's entry, joined from its parts when it has them
     /// (read at the same revision as the key, so from the same publish). `None` when absent.
-    async fn read_plan_document(
-        &self,
-    ) -> Result<Option<(KeyValue, Option<Vec<u8>>)>, StoreError> {
+    async fn read_plan_document(&self) -> Result<Option<(KeyValue, Option<Vec<u8>>)>, StoreError> {
         let key = self.keys.plan();
         let mut response = self.get(&key).await?;
         let at = response.header().map_or(0, |h| h.revision());
@@ -254,7 +252,11 @@ impl PlanStore for EtcdPlanStore {
                 .collect();
             let txn = Txn::new()
                 .when([
-                    Compare::mod_revision(fence_key.as_str(), CompareOp::Equal, loaded.mod_revision),
+                    Compare::mod_revision(
+                        fence_key.as_str(),
+                        CompareOp::Equal,
+                        loaded.mod_revision,
+                    ),
                     Compare::mod_revision(epoch_key.as_str(), CompareOp::Equal, loaded.epoch),
                 ])
                 .and_then(chunk);

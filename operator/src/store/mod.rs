@@ -104,10 +104,18 @@ pub trait PlanStore: Clone + Send + Sync + 'static {
 /// One write of a publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyWrite {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
     /// Every key from `from` up to, not including, `to`.
-    DeleteRange { from: String, to: String },
+    DeleteRange {
+        from: String,
+        to: String,
+    },
 }
 
 impl KeyWrite {
@@ -348,7 +356,12 @@ mod tests {
         let order: Vec<Vec<&str>> = chunks.iter().map(|c| keys_of(c)).collect();
         assert_eq!(
             order,
-            [vec!["a", "part0"], vec!["part1"], vec!["huge"], vec!["plan"]]
+            [
+                vec!["a", "part0"],
+                vec!["part1"],
+                vec!["huge"],
+                vec!["plan"]
+            ]
         );
     }
 
@@ -365,6 +378,8 @@ mod tests {
                 to: keys.plan_parts_of(6),
             })
         );
-        assert!(matches!(operations.last(), Some(KeyWrite::Put { key, .. }) if *key == keys.plan()));
+        assert!(
+            matches!(operations.last(), Some(KeyWrite::Put { key, .. }) if *key == keys.plan())
+        );
     }
 }

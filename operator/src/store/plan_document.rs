@@ -259,14 +259,20 @@ mod tests {
         let mut mixed = parts(&encoded);
         let other = encode_in_parts_of(&fleet_plan(2_001), part_bytes).expect("encodes");
         mixed[1] = &other.parts[1];
-        assert!(join_parts(&mixed, count).is_err(), "parts of two plans joined");
+        assert!(
+            join_parts(&mixed, count).is_err(),
+            "parts of two plans joined"
+        );
     }
 
     #[test]
     fn a_whole_plan_in_plain_json_from_an_earlier_operator_still_reads() {
         let plan = fleet_plan(3);
         let value = serde_json::to_vec(&plan).expect("encodes");
-        assert_eq!(decode_key(&value).expect("decodes"), PlanKeyValue::Json(value));
+        assert_eq!(
+            decode_key(&value).expect("decodes"),
+            PlanKeyValue::Json(value)
+        );
     }
 
     #[test]
