@@ -36,9 +36,8 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, unchanged_for: Duration)
     if holder.is_empty() || holder == identity {
         return Decision::Claim;
     }
-    let duration = Duration::from_secs(
-        u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
-    );
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
     if unchanged_for < duration {
         Decision::Follow {
             holder: holder.to_owned(),
@@ -338,13 +337,20 @@ impl Elector {
             Ok(Err(error)) => {
                 tracing::warn!(error = %error_chain(&error), "could not release the lease on shutdown");
             }
-            Err(_) => tracing::warn!("could not release the lease on shutdown: the API did not answer"),
+            Err(_) => {
+                tracing::warn!("could not release the lease on shutdown: the API did not answer")
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::{Method, Request, Response};
+
     use super::*;
 
     fn spec(holder: Option<&str>, renewed: &str, seconds: i32) -> LeaseSpec {
@@ -362,7 +368,10 @@ mod tests {
     fn a_missing_or_released_lease_may_be_claimed() {
         assert_eq!(decide(None, "a", Duration::ZERO), Decision::Claim);
         let released = spec(None, "2026-11-28T00:00:00Z", 15);
-        assert_eq!(decide(Some(&released), "a", Duration::ZERO), Decision::Claim);
+        assert_eq!(
+            decide(Some(&released), "a", Duration::ZERO),
+            Decision::Claim
+        );
     }
 
     #[test]
@@ -414,6 +423,58 @@ mod tests {
         assert_eq!(
             decide(Some(&stale), "a", unchanged),
             Decision::Follow { holder: "b".into() }
+        );
+    }
+
+    /// A kube client whose API server creates whatever it is sent (so every round claims the
+    /// lease) until `hang` is set, and from then on never answers.
+    fn api_that_hangs_when(hang: Arc<AtomicBool>) -> kube::Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let hang = hang.clone();
+            async move {
+                if hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                let response = if request.method() == Method::GET {
+                    let not_found = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "NotFound", "code": 404});
+                    Response::builder()
+                        .status(404)
+                        .body(kube::client::Body::from(not_found.to_string().into_bytes()))
+                } else {
+                    let sent = request.into_body().collect_bytes().await?;
+                    Response::builder()
+                        .status(201)
+                        .body(kube::client::Body::from(sent))
+                };
+                Ok::<_, kube::Error>(response.expect("a response"))
+            }
+        });
+        kube::Client::new(service, "kilowatt-system")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_api_hangs_stops_acting_within_the_renew_deadline() {
+        let timing = LeaseTiming::from_duration(Duration::from_secs(15));
+        let hang = Arc::new(AtomicBool::new(false));
+        let client = api_that_hangs_when(hang.clone());
+        let elector = Elector::new(client, "kilowatt-system", "kilowatt-operator", "a", timing);
+        let (leader, mut acting) = watch::channel(false);
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(elector.run(leader, shutdown));
+        acting.wait_for(|a| *a).await.expect("becomes leader");
+        hang.store(true, Ordering::SeqCst);
+        let hung_at = Instant::now();
+        // Another replica may take over once it has seen the lease unrenewed for its duration.
+        let stopped = tokio::time::timeout(timing.duration, acting.wait_for(|a| !*a)).await;
+        assert!(
+            stopped.is_ok(),
+            "still acting a lease duration after the API hung"
+        );
+        assert!(
+            hung_at.elapsed() <= timing.renew_deadline,
+            "{:?}",
+            hung_at.elapsed()
         );
     }
 
