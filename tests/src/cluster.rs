@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kilowatt_crds::PowerBudget;
 use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator};
@@ -216,4 +217,16 @@ pub async fn http_exchange(address: std::net::SocketAddr, request: &str) -> (u16
         (code, body)
     })
     .await
+}
+
+/// Who holds the operators' Lease `kilowatt-system/kilowatt-operator` now (`None`: nobody, or the
+/// API did not answer).
+pub async fn lease_holder(admin: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kilowatt-system");
+    within("lease", leases.get_opt("kilowatt-operator"))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
 }

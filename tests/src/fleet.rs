@@ -142,6 +142,23 @@ impl OperatorProcess {
         log: &Path,
         lease_seconds: u32,
     ) -> OperatorProcess {
+        Self::start_replica(
+            &plane.kubeconfig,
+            "fault-operator",
+            etcd_endpoint,
+            log,
+            lease_seconds,
+        )
+    }
+
+    /// A replica named `identity` that reaches the API server through `kubeconfig`.
+    pub fn start_replica(
+        kubeconfig: &Path,
+        identity: &str,
+        etcd_endpoint: &str,
+        log: &Path,
+        lease_seconds: u32,
+    ) -> OperatorProcess {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -154,13 +171,13 @@ impl OperatorProcess {
             .args(["--etcd-endpoints", etcd_endpoint, "--etcd-prefix", PREFIX])
             .args([
                 "--identity",
-                "fault-operator",
+                identity,
                 "--lease-namespace",
                 "kilowatt-system",
             ])
             .args(["--lease-seconds", &lease_seconds.to_string()])
             .args(["--debounce-ms", "100", "--resync-seconds", "2"])
-            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

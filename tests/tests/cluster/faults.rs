@@ -719,3 +719,155 @@ async fn unacknowledged_raises_dead_agents_reboots_and_poisoned_inventories_neve
     let _ = std::fs::remove_dir_all(&dir);
     let _ = plane;
 }
+
+/// Two operator replicas on one prefix. The leader's API traffic goes through a proxy that stops
+/// forwarding (its lease round hangs; its etcd connection does not): it must stop acting before the
+/// other replica takes over and cuts the row by 40 %, and must not undo the cut from its stale caches,
+/// then or once it is thawed. Then a flood of cap changes with both replicas running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_frozen_leader_and_two_replicas_under_a_flood_never_exceed_a_cap() {
+    const LEASE_SECONDS: u32 = 3;
+    let lease = Duration::from_secs(u64::from(LEASE_SECONDS));
+    let (plane, admin) = prepared_cluster().await;
+    let etcd = Etcd::start().await.expect("plan etcd starts");
+    let dir = test_dir("faults-leaders");
+    fleet(&admin).await;
+    let mut nodes: Vec<NodeUnderTest> = ALL
+        .iter()
+        .map(|n| NodeUnderTest::new(n, &dir, &etcd.endpoint, None))
+        .collect();
+    for node in &mut nodes {
+        node.start_agent();
+    }
+    let api_address = plane
+        .server
+        .trim_start_matches("https://")
+        .parse()
+        .expect("API server address");
+    let proxy = FreezableProxy::start(api_address)
+        .await
+        .expect("proxy starts");
+    let through_proxy = dir.join("kubeconfig-through-proxy");
+    let kubeconfig = std::fs::read_to_string(&plane.kubeconfig).expect("kubeconfig");
+    std::fs::write(
+        &through_proxy,
+        kubeconfig.replace(&plane.server, &format!("https://{}", proxy.address)),
+    )
+    .expect("kubeconfig written");
+    let _frozen = OperatorProcess::start_replica(
+        &through_proxy,
+        "replica-frozen",
+        &etcd.endpoint,
+        &dir.join("replica-frozen.log"),
+        LEASE_SECONDS,
+    );
+    let holder_is = |identity: &'static str| {
+        let admin = admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                match lease_holder(&admin).await {
+                    Some(holder) if holder == identity => Ok(()),
+                    other => Err(format!("held by {other:?}")),
+                }
+            }
+        }
+    };
+    eventually("replica-frozen leads", SETTLE, holder_is("replica-frozen")).await;
+    let store = plan_store(&etcd.endpoint).await;
+    let cut = ROW_CAP_WATTS * 0.6;
+    // New nodes start at their floors (5200 W in all); wait for the rise above the coming cut.
+    let risen = settled_where(&store, &nodes, &ALL, "the row risen above 60 %", |plans| {
+        let total = total_watts(plans, &ALL);
+        if total > cut {
+            Ok(())
+        } else {
+            Err(format!("{total} W planned"))
+        }
+    })
+    .await;
+    let before_cut = total_watts(&risen, &ALL);
+    let _successor = OperatorProcess::start_replica(
+        &plane.kubeconfig,
+        "replica-successor",
+        &etcd.endpoint,
+        &dir.join("replica-successor.log"),
+        LEASE_SECONDS,
+    );
+    let sampler = Sampler::start(checked_budgets(), &nodes);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler.stretch("two replicas, one leading").await;
+
+    // 1. The leader's API connection hangs; the successor takes over and cuts the row by 40 %.
+    proxy.freeze();
+    let frozen_at = std::time::Instant::now();
+    eventually(
+        "the successor takes over",
+        SETTLE,
+        holder_is("replica-successor"),
+    )
+    .await;
+    let took_over = frozen_at.elapsed();
+    let cut_at = std::time::Instant::now();
+    patch_budget(&admin, "row", json!({"capWatts": cut})).await;
+    settled_where(
+        &store,
+        &nodes,
+        &ALL,
+        "the cut enforced while the old leader hangs",
+        row_within(cut),
+    )
+    .await;
+    let landed = cut_at.elapsed();
+    sampler.set_cap("row", cut);
+    // NB: the frozen replica's caches still hold the old cap; a leader that kept acting would raise
+    // the row back within a pass or two (every 2 s).
+    tokio::time::sleep(3 * lease).await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "fault suite, frozen leader: the successor held the lease {:.1} s after the freeze (lease \
+         {LEASE_SECONDS} s); the 40 % cut ({before_cut} W planned, cap {cut} W) was enforced \
+         {:.1} s after the budget changed",
+        took_over.as_secs_f64(),
+        landed.as_secs_f64()
+    );
+    sampler
+        .stretch("the leader's API hangs while the successor cuts by 40 %")
+        .await;
+
+    // 2. The old leader's connection comes back: it finds the lease taken and follows.
+    proxy.thaw();
+    tokio::time::sleep(3 * lease).await;
+    assert_eq!(
+        lease_holder(&admin).await.as_deref(),
+        Some("replica-successor")
+    );
+    sampler.stretch("the old leader thawed").await;
+
+    // 3. A flood of 40 cap changes, 0-240 ms apart, with both replicas running; once the last (the
+    //    cut) is acknowledged the hardware answers to it.
+    sampler.set_cap("row", ROW_CAP_WATTS);
+    for i in 0..40u64 {
+        let cap = if i % 2 == 0 { ROW_CAP_WATTS } else { cut };
+        patch_budget(&admin, "row", json!({"capWatts": cap})).await;
+        tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
+    }
+    settled_where(
+        &store,
+        &nodes,
+        &ALL,
+        "the flood's last cap enforced",
+        row_within(cut),
+    )
+    .await;
+    sampler.set_cap("row", cut);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sampler
+        .stretch("two replicas under a flood of 40 cap changes")
+        .await;
+
+    drop(sampler);
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = plane;
+}

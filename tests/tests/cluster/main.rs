@@ -12,4 +12,5 @@ mod helm;
 mod operator;
 mod rollout;
 mod scale;
+mod store;
 mod web;

@@ -6,7 +6,6 @@ use kilowatt_tests::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kilowatt_crds::{PowerBudget, PowerBudgetStatus, WorkloadProfile};
@@ -551,16 +550,6 @@ async fn leader_metric(operator: &RunningOperator) -> bool {
         .await
         .1
         .contains("kilowatt_leader 1")
-}
-
-async fn lease_holder(admin: &Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kilowatt-system");
-    within("lease", leases.get_opt("kilowatt-operator"))
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
 }
 
 #[tokio::test]

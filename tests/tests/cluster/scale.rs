@@ -4,7 +4,9 @@
 //! as its own process. Measures, for a 20 % cut of the facility cap and for the raise back, the time
 //! from the PowerBudget update to each agent's acknowledgement of its new plan (p50, p99, max; from an
 //! etcd watch), the API server writes and the plan etcd's requests per second at steady state, and the
-//! operator's CPU and RSS.
+//! operator's CPU and RSS. A second test runs two operator replicas on one prefix over 150 such nodes
+//! and floods the facility cap with changes while the leader is killed, sampling what every agent's
+//! GPUs enforce against every cap.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -254,24 +256,20 @@ async fn etcd_counters(endpoint: &str) -> BTreeMap<String, f64> {
     counters
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
-    let nodes = node_count();
-    let (plane, admin) = prepared_cluster().await;
-    let etcd = Etcd::start().await.expect("plan etcd starts");
-    let dir = test_dir("scale");
+/// The fleet of `nodes` nodes in racks of [`NODES_PER_RACK`] under the budget `facility`, capped at
+/// `full_cap` (each rack at 6000 W a node): per node, a 4-GPU member of a training gang spanning the
+/// rack's nodes, and two 2-GPU inference services.
+async fn create_fleet(admin: &kube::Client, nodes: usize, full_cap: f64) {
     let racks = nodes.div_ceil(NODES_PER_RACK);
-    // Uncapped: 500 + 8 × 700 = 6100 W per node.
-    let full_cap = nodes as f64 * 5000.0;
     budget(
-        &admin,
+        admin,
         "facility",
         json!({"capWatts": full_cap, "nodeOverheadWatts": OVERHEAD_WATTS}),
     )
     .await;
     for rack in 0..racks {
         budget(
-            &admin,
+            admin,
             &format!("rack-{rack}"),
             json!({"capWatts": NODES_PER_RACK as f64 * 6000.0, "parent": "facility",
                    "nodeOverheadWatts": OVERHEAD_WATTS,
@@ -279,7 +277,6 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
         )
         .await;
     }
-    let created = Instant::now();
     stream::iter(0..nodes)
         .for_each_concurrent(16, |i| {
             let admin = admin.clone();
@@ -287,8 +284,6 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
                 let node = node_name(i);
                 let rack = (i / NODES_PER_RACK).to_string();
                 gpu_node(&admin, &node, json!({"rack": rack}), GPUS, "NVIDIA-H100-80GB-HBM3").await;
-                // Per node: a 4-GPU member of a training gang spanning the rack's nodes, and two
-                // 2-GPU inference services.
                 gpu_pod(&admin, &format!("train-{i}"), &node, 4,
                     json!({"kilowatt.dev/workload": "training", "kilowatt.dev/job": format!("gang-{rack}")})).await;
                 for s in 0..2 {
@@ -298,9 +293,16 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
             }
         })
         .await;
-    let setup = created.elapsed();
+}
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+/// One in-process agent per node on the plan etcd at `endpoint`, until `stopped` flips; returns each
+/// node's GPUs (for the test to read) and the agents' tasks.
+fn start_agents(
+    nodes: usize,
+    endpoint: &str,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> (Vec<SharedGpus>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut gpus = Vec::new();
     let mut agents = Vec::new();
     for i in 0..nodes {
         let node = node_name(i);
@@ -308,21 +310,39 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
             sample_period: Duration::from_secs(1),
             drift_check: Duration::from_secs(10),
             report_period: Duration::from_secs(10),
-            ..agent_options(&node, &etcd.endpoint, PREFIX, Duration::from_secs(10))
+            ..agent_options(&node, endpoint, PREFIX, Duration::from_secs(10))
         };
-        let backend = Box::new(SimulatedGpus::uniform(
-            &node, GPUS, "H100-SXM", 200.0, 700.0, None,
-        ));
+        let shared = SharedGpus(std::sync::Arc::new(std::sync::Mutex::new(
+            SimulatedGpus::uniform(&node, GPUS, "H100-SXM", 200.0, 700.0, None),
+        )));
+        gpus.push(shared.clone());
         let mut stopped = stopped.clone();
         agents.push(tokio::spawn(async move {
             let telemetry = Telemetry::new().expect("telemetry");
-            agent::run(backend, options, telemetry, async move {
+            agent::run(Box::new(shared), options, telemetry, async move {
                 let _ = stopped.changed().await;
             })
             .await
             .expect("agent runs");
         }));
     }
+    (gpus, agents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
+    let nodes = node_count();
+    let (plane, admin) = prepared_cluster().await;
+    let etcd = Etcd::start().await.expect("plan etcd starts");
+    let dir = test_dir("scale");
+    // Uncapped: 500 + 8 × 700 = 6100 W per node.
+    let full_cap = nodes as f64 * 5000.0;
+    let created = Instant::now();
+    create_fleet(&admin, nodes, full_cap).await;
+    let setup = created.elapsed();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (_, agents) = start_agents(nodes, &etcd.endpoint, &stopped);
     // The default 15 s leader lease: the steady-state writes are then what a real deployment causes.
     let operator =
         OperatorProcess::start_with_lease(&plane, &etcd.endpoint, &dir.join("operator.log"), 15);
@@ -436,6 +456,155 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
         let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
     }
     drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = plane;
+}
+
+/// Samples, every 20 ms, what every in-process agent's GPUs enforce plus overheads, per rack (each
+/// rack's cap never changes) and for the facility (against the cap the test sets).
+struct CapSampler {
+    facility_cap: std::sync::Arc<std::sync::Mutex<f64>>,
+    /// (samples, violations as text)
+    tally: std::sync::Arc<std::sync::Mutex<(usize, Vec<String>)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CapSampler {
+    fn start(gpus: Vec<SharedGpus>, facility_cap: f64) -> CapSampler {
+        let cap = std::sync::Arc::new(std::sync::Mutex::new(facility_cap));
+        let tally = std::sync::Arc::new(std::sync::Mutex::new((0, Vec::new())));
+        let (checked_cap, record) = (cap.clone(), tally.clone());
+        let task = tokio::spawn(async move {
+            let rack_cap = NODES_PER_RACK as f64 * 6000.0;
+            loop {
+                let node_watts: Vec<f64> = gpus
+                    .iter()
+                    .map(|g| OVERHEAD_WATTS + g.limits().iter().sum::<f64>())
+                    .collect();
+                let facility = *checked_cap.lock().expect("cap");
+                let mut found = Vec::new();
+                for (rack, watts) in node_watts.chunks(NODES_PER_RACK).enumerate() {
+                    let total: f64 = watts.iter().sum();
+                    if total > rack_cap + 1e-6 {
+                        found.push(format!("rack-{rack} {total} W > {rack_cap} W"));
+                    }
+                }
+                let total: f64 = node_watts.iter().sum();
+                if total > facility + 1e-6 {
+                    found.push(format!("facility {total} W > {facility} W"));
+                }
+                {
+                    let mut tally = record.lock().expect("tally");
+                    tally.0 += 1;
+                    tally.1.extend(found);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        CapSampler {
+            facility_cap: cap,
+            tally,
+            task,
+        }
+    }
+
+    fn set_facility_cap(&self, watts: f64) {
+        *self.facility_cap.lock().expect("cap") = watts;
+    }
+
+    /// Prints and checks what was sampled since the last stretch.
+    fn stretch(&self, what: &str) {
+        let (samples, violations) = std::mem::take(&mut *self.tally.lock().expect("tally"));
+        let _ = writeln!(
+            std::io::stderr(),
+            "scale, two replicas, {what}: {samples} samples checked, {} violations",
+            violations.len()
+        );
+        assert!(samples > 50, "{what}: only {samples} samples");
+        assert!(
+            violations.is_empty(),
+            "{what}: {:?}",
+            &violations[..violations.len().min(5)]
+        );
+    }
+}
+
+impl Drop for CapSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Two operator replicas on one prefix, 150 nodes with in-process agents, and a flood of 40 facility
+/// cap changes during which the leader is killed and restarted: no rack or facility cap is exceeded
+/// by what the GPUs enforce, and the flood's last cap is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_prefix_under_a_flood_of_cap_changes_keep_every_cap() {
+    const NODES: usize = 150;
+    let (plane, admin) = prepared_cluster().await;
+    let etcd = Etcd::start().await.expect("plan etcd starts");
+    let dir = test_dir("scale-replicas");
+    let full_cap = NODES as f64 * 5000.0;
+    let cut = full_cap * 0.8;
+    create_fleet(&admin, NODES, full_cap).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (gpus, agents) = start_agents(NODES, &etcd.endpoint, &stopped);
+    let replica = |identity: &str| {
+        OperatorProcess::start_replica(
+            &plane.kubeconfig,
+            identity,
+            &etcd.endpoint,
+            &dir.join(format!("{identity}.log")),
+            3,
+        )
+    };
+    let mut replicas = vec![
+        ("replica-a", replica("replica-a")),
+        ("replica-b", replica("replica-b")),
+    ];
+    let store = plan_store(&etcd.endpoint).await;
+    let first = plan_revision_with_cap(&store, full_cap).await;
+    all_acknowledged(&store, NODES, first, Duration::from_secs(300)).await;
+    let sampler = CapSampler::start(gpus, full_cap);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampler.stretch("steady state");
+
+    let flood_started = Instant::now();
+    for i in 0..40u64 {
+        let cap = if i % 2 == 0 { full_cap } else { cut };
+        patch_budget(&admin, "facility", json!({"capWatts": cap})).await;
+        if i == 20 {
+            let leader = lease_holder(&admin).await.expect("a leader");
+            let index = replicas
+                .iter()
+                .position(|(name, _)| *name == leader)
+                .expect("the leader is a replica");
+            let (name, process) = replicas.remove(index);
+            process.kill();
+            replicas.push((name, replica(name)));
+        }
+        tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
+    }
+    let revision = plan_revision_with_cap(&store, cut).await;
+    all_acknowledged(&store, NODES, revision, Duration::from_secs(120)).await;
+    let flood_settled = flood_started.elapsed();
+    sampler.stretch("a flood of 40 cap changes, the leader killed at the 21st");
+    sampler.set_facility_cap(cut);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sampler.stretch("after the flood's last cap (the cut) was acknowledged");
+    let _ = writeln!(
+        std::io::stderr(),
+        "scale, two replicas: {NODES} nodes; the flood's last cap acknowledged by every agent {:.1} s \
+         after the first change, plan revision {revision}",
+        flood_settled.as_secs_f64()
+    );
+
+    drop(sampler);
+    let _ = stop.send(true);
+    for agent in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(30), agent).await;
+    }
+    drop(replicas);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = plane;
 }
