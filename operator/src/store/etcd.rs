@@ -129,7 +129,7 @@ impl EtcdPlanStore {
 
     /// Every key under `prefix`, [`KEYS_PER_PAGE`] at a time, all pages at the revision of the first
     /// so that together they are one snapshot. One response with every node's keys would outgrow
-    /// the client's 4 MiB message limit at about 1,300 nodes.
+    /// the client's 4 MiB message limit at about 1,300 nodes of 8 GPUs (docs/plan-protocol.md).
     async fn get_prefix_in_pages(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let read_error = |source| StoreError::Read {
             key: prefix.to_owned(),

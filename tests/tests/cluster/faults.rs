@@ -242,12 +242,7 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
     //    to it.
     sampler.set_cap("row", ROW_CAP_WATTS);
     let revision_before = store.load().await.expect("plan").version;
-    for i in 0..40u64 {
-        let cap = if i % 2 == 0 { ROW_CAP_WATTS } else { cut };
-        patch_budget(&admin, "row", json!({"capWatts": cap})).await;
-        // Gaps of 0 to 240 ms: some changes coalesce within the operator's debounce, some do not.
-        tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
-    }
+    flood_row(&admin, cut).await;
     settled_where(
         &store,
         &nodes,
@@ -270,6 +265,16 @@ async fn an_operator_killed_mid_rollout_a_cut_in_flight_and_a_flood_of_changes_n
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = plane;
+}
+
+/// Changes the row's cap 40 times, 0-240 ms apart, between its full cap and `cut`, ending at `cut`:
+/// some changes coalesce within the operator's debounce, some do not.
+async fn flood_row(admin: &kube::Client, cut: f64) {
+    for i in 0..40u64 {
+        let cap = if i % 2 == 0 { ROW_CAP_WATTS } else { cut };
+        patch_budget(admin, "row", json!({"capWatts": cap})).await;
+        tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
+    }
 }
 
 async fn status_of(admin: &kube::Client, budget: &str) -> Result<PowerBudgetStatus, String> {
@@ -847,11 +852,7 @@ async fn a_frozen_leader_and_two_replicas_under_a_flood_never_exceed_a_cap() {
     // 3. A flood of 40 cap changes, 0-240 ms apart, with both replicas running; once the last (the
     //    cut) is acknowledged the hardware answers to it.
     sampler.set_cap("row", ROW_CAP_WATTS);
-    for i in 0..40u64 {
-        let cap = if i % 2 == 0 { ROW_CAP_WATTS } else { cut };
-        patch_budget(&admin, "row", json!({"capWatts": cap})).await;
-        tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
-    }
+    flood_row(&admin, cut).await;
     settled_where(
         &store,
         &nodes,

@@ -1,8 +1,6 @@
 //! The plan store on a real etcd at sizes a large fleet reaches: node keys that together are larger
 //! than one etcd response may be, and a plan of 100,000 GPUs, far larger than one etcd request.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
 
 use etcd_client::{GetOptions, TxnOp};
@@ -10,9 +8,7 @@ use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, KeyLayout};
 use kilowatt_operator::plan::published::{BudgetSummary, GpuTarget, NodePlan, PublishedPlan};
 use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_operator::store::{Loaded, PlanStore};
-use kilowatt_tests::{Etcd, within};
-
-const PREFIX: &str = "/kilowatt-store";
+use kilowatt_tests::{Etcd, PREFIX, plan_store};
 
 fn inventory(node: &str, gpus: u32) -> Inventory {
     Inventory {
@@ -35,16 +31,7 @@ fn inventory(node: &str, gpus: u32) -> Inventory {
 async fn the_views_of_more_nodes_than_one_etcd_response_holds_are_read_whole() {
     let etcd = Etcd::start().await.expect("etcd starts");
     let keys = KeyLayout::new(PREFIX);
-    let store = within(
-        "plan etcd",
-        EtcdPlanStore::connect(
-            std::slice::from_ref(&etcd.endpoint),
-            keys.clone(),
-            Duration::from_secs(5),
-        ),
-    )
-    .await
-    .expect("connects");
+    let store = plan_store(&etcd.endpoint).await;
     // 2,400 nodes of 8 GPUs with an inventory and an acknowledgement each: about 4.8 MiB, above the
     // 4 MiB an etcd client takes in one message.
     let nodes: Vec<String> = (0..2400)
@@ -168,16 +155,7 @@ async fn keys_under(store: &EtcdPlanStore, prefix: &str) -> usize {
 async fn a_plan_of_100000_gpus_is_published_to_and_read_from_a_real_etcd() {
     let etcd = Etcd::start().await.expect("etcd starts");
     let keys = KeyLayout::new(PREFIX);
-    let store = within(
-        "plan etcd",
-        EtcdPlanStore::connect(
-            std::slice::from_ref(&etcd.endpoint),
-            keys.clone(),
-            Duration::from_secs(10),
-        ),
-    )
-    .await
-    .expect("connects");
+    let store = plan_store(&etcd.endpoint).await;
     let first = plan_of_100000_gpus(1);
     let json_bytes = serde_json::to_vec(&first).expect("encodes").len();
     let epoch = store.take_over().await.expect("takes over");
