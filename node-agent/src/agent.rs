@@ -13,10 +13,13 @@ use etcd_client::{
     Client, ConnectOptions, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions,
     WatchStream,
 };
-use kilowatt_crds::plan::{Acknowledgement, Inventory, KeyLayout, NodePlan, PowerReport};
+use kilowatt_crds::plan::{
+    Acknowledgement, AgentCredentials, Inventory, KeyLayout, NodePlan, PowerReport,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use kilowatt_agent_core::backoff::{Backoff, Jitter};
 use kilowatt_agent_core::defaults::{self, POD_REFRESH};
 use kilowatt_agent_core::driver::{self, PodName, PowerPeriod};
 use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo};
@@ -38,8 +41,8 @@ pub struct AgentOptions {
     /// TLS for `https://` etcd endpoints (the CA of etcd's certificate, and a client identity when etcd
     /// asks for one); `None` for plain endpoints.
     pub etcd_tls: Option<etcd_client::TlsOptions>,
-    /// Where to get this node's etcd credentials before every connection; `None`: connect without
-    /// authentication.
+    /// Where to get this node's etcd credentials; `None`: connect without authentication. They are
+    /// asked for once and kept across etcd sessions, and asked for again only when etcd refuses them.
     pub credentials: Option<CredentialsSource>,
     /// TTL of the etcd lease the inventory is bound to (the agent's liveness).
     pub lease_ttl: Duration,
@@ -207,17 +210,25 @@ enum SessionError {
     Credentials(#[from] CredentialsError),
 }
 
+/// How much longer than its backoff an agent waits after a refusal (of its token by the operator, of
+/// its credentials by etcd): that repeats until someone fixes the token or the configuration, and every
+/// try costs the operator a TokenReview.
+const REFUSED_RETRY: Duration = Duration::from_secs(10);
+
 impl SessionError {
-    /// How long to wait before trying again: a refusal (of the token by the operator, of the
-    /// credentials by etcd) repeats until someone fixes the agent's token or configuration, and every
-    /// try costs the operator a TokenReview.
-    fn retry_after(&self) -> Duration {
+    /// How long to wait before trying again, given the jittered backoff `backoff`.
+    fn retry_after(&self, backoff: Duration) -> Duration {
+        if self.is_refusal() {
+            REFUSED_RETRY + backoff
+        } else {
+            backoff
+        }
+    }
+
+    fn is_refusal(&self) -> bool {
         match self {
-            SessionError::Credentials(e) if e.is_refusal() => Duration::from_secs(10),
-            SessionError::Etcd { source, .. } if refused_credentials(source) => {
-                Duration::from_secs(10)
-            }
-            _ => Duration::from_secs(1),
+            SessionError::Credentials(e) => e.is_refusal(),
+            SessionError::Etcd { source, .. } => refused_credentials(source),
         }
     }
 }
@@ -226,18 +237,25 @@ fn step(step: &'static str) -> impl FnOnce(etcd_client::Error) -> SessionError {
     move |source| SessionError::Etcd { step, source }
 }
 
-/// Whether etcd refused a request for the session's credentials (the operator issued this node a new
-/// password since, or its role lost a key): only a new session, with fresh credentials, can cure that.
+/// Whether etcd refused the session's credentials themselves (the operator issued this node a new
+/// password since, or its role lost a key): only fresh credentials can cure that. An etcd auth token
+/// that expired or died with an etcd restart ("invalid auth token") is not such a refusal: the client
+/// authenticates again with the same password.
 fn refused_credentials(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
-            matches!(
-                status.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            ) || status.message().contains("authentication failed")
+            status.code() == tonic::Code::PermissionDenied
+                || status.message().contains("authentication failed")
         }
         _ => false,
     }
+}
+
+/// A seed of this agent's own for the reconnect jitter: std's `RandomState` is seeded randomly per
+/// process, so agents started together still draw apart.
+fn jitter_seed(node: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one((node, std::process::id()))
 }
 
 type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
@@ -257,8 +275,11 @@ async fn with_backend<T: Send + 'static>(
     .await
 }
 
+/// Opens an etcd session with the credentials in `kept`, or fresh ones (kept there) when it holds
+/// none; a caller drops them when etcd refuses them.
 async fn open_session(
     options: &AgentOptions,
+    kept: &mut Option<AgentCredentials>,
     keys: &KeyLayout,
     inventory: &Inventory,
     id: SessionId,
@@ -271,12 +292,14 @@ async fn open_session(
         connect = connect.with_tls(tls.clone());
     }
     if let Some(source) = &options.credentials {
-        // NB: asked for every session: a reconnecting agent may find its password changed (another
-        // pod of this node asked since), and its token rotates.
-        let issued = credentials::fetch(source, &options.node, Duration::from_secs(5)).await?;
+        let issued = match kept.take() {
+            Some(issued) => issued,
+            None => credentials::fetch(source, &options.node, Duration::from_secs(5)).await?,
+        };
         connect = connect
-            .with_user(issued.user, issued.password)
+            .with_user(issued.user.clone(), issued.password.clone())
             .with_auto_token_refresh(true);
+        *kept = Some(issued);
     }
     let mut client = Client::connect(&options.etcd_endpoints, Some(connect))
         .await
@@ -358,6 +381,8 @@ struct Runner {
     pods_unregistered: bool,
     /// Whether the last ask to the kubelet failed (to log changes, not every failure).
     pods_failing: bool,
+    /// The node's etcd credentials, kept across sessions until etcd refuses them.
+    credentials: Option<AgentCredentials>,
 }
 
 impl Runner {
@@ -493,6 +518,7 @@ impl Runner {
         if refused_credentials(&error) {
             tracing::warn!(error = %error_chain(&error), "etcd refused this agent's credentials; dropping the etcd session to get fresh ones");
             *session = None;
+            self.credentials = None;
         } else {
             tracing::warn!(error = %error_chain(&error), "{failed}");
         }
@@ -604,12 +630,15 @@ pub async fn run_with_boot_id_file(
         pods_known: false,
         pods_unregistered: false,
         pods_failing: false,
+        credentials: None,
     };
 
     let (events_tx, mut events) = mpsc::channel(64);
     let mut session: Option<Session> = None;
     let mut sessions_opened: SessionId = 0;
     let mut next_connect = Instant::now();
+    let mut backoff = Backoff::default();
+    let mut jitter = Jitter::new(jitter_seed(&runner.options.node));
     let mut sample = tokio::time::interval(runner.options.sample_period);
     let mut drift = tokio::time::interval(runner.options.drift_check);
     let mut pod_refresh = tokio::time::interval(POD_REFRESH);
@@ -619,10 +648,12 @@ pub async fn run_with_boot_id_file(
         runner.telemetry.heartbeat(std::time::Instant::now());
         if session.is_none() && Instant::now() >= next_connect {
             sessions_opened += 1;
+            let inventory = runner.inventory();
             match open_session(
                 &runner.options,
+                &mut runner.credentials,
                 &runner.keys,
-                &runner.inventory(),
+                &inventory,
                 sessions_opened,
                 events_tx.clone(),
             )
@@ -630,13 +661,17 @@ pub async fn run_with_boot_id_file(
             {
                 Ok((live, plan)) => {
                     tracing::info!(lease = live.lease, "registered with etcd");
+                    backoff.succeeded();
                     session = Some(live);
                     runner.pods_unregistered = false;
                     runner.feed(Event::Registered(plan), &mut session).await?;
                 }
                 Err(error) => {
                     runner.telemetry.etcd_error();
-                    let retry = error.retry_after();
+                    if error.is_refusal() {
+                        runner.credentials = None;
+                    }
+                    let retry = error.retry_after(backoff.failed(jitter.draw()));
                     tracing::warn!(error = %error_chain(&error), ?retry, "no etcd session; retrying (the GPUs fence to their floors if this lasts)");
                     next_connect = Instant::now() + retry;
                 }
@@ -683,7 +718,7 @@ pub async fn run_with_boot_id_file(
                     tracing::warn!(%reason, "lost the etcd session; re-registering");
                     runner.telemetry.etcd_error();
                     session = None;
-                    next_connect = Instant::now() + Duration::from_millis(200);
+                    next_connect = Instant::now() + backoff.failed(jitter.draw());
                 }
             },
         }
@@ -730,15 +765,12 @@ mod tests {
     }
 
     #[test]
-    fn etcd_refusing_the_credentials_is_told_from_etcd_being_away() {
+    fn etcd_refusing_the_credentials_is_told_from_etcd_being_away_or_a_stale_token() {
+        let backoff = Duration::from_millis(300);
         for refusal in [
             etcd_status(
                 tonic::Code::PermissionDenied,
                 "etcdserver: permission denied",
-            ),
-            etcd_status(
-                tonic::Code::Unauthenticated,
-                "etcdserver: invalid auth token",
             ),
             etcd_status(
                 tonic::Code::InvalidArgument,
@@ -750,28 +782,43 @@ mod tests {
                 step: "registering the inventory",
                 source: refusal,
             };
-            assert_eq!(error.retry_after(), Duration::from_secs(10));
+            assert!(error.is_refusal());
+            assert_eq!(error.retry_after(backoff), REFUSED_RETRY + backoff);
         }
-        let away = etcd_status(tonic::Code::Unavailable, "connection refused");
-        assert!(!refused_credentials(&away));
-        let error = SessionError::Etcd {
-            step: "connecting to etcd",
-            source: away,
-        };
-        assert_eq!(error.retry_after(), Duration::from_secs(1));
+        // The password is still right: the client authenticates again, the credentials are kept.
+        for kept in [
+            etcd_status(tonic::Code::Unavailable, "connection refused"),
+            etcd_status(
+                tonic::Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+        ] {
+            assert!(!refused_credentials(&kept), "{kept}");
+            let error = SessionError::Etcd {
+                step: "connecting to etcd",
+                source: kept,
+            };
+            assert_eq!(error.retry_after(backoff), backoff);
+        }
     }
 
     #[test]
     fn a_refused_token_is_asked_again_later_than_an_unreachable_operator() {
+        let backoff = Duration::from_millis(700);
         let refused = SessionError::Credentials(CredentialsError::Refused {
             status: 403,
             message: "the token belongs to someone else".into(),
         });
-        assert_eq!(refused.retry_after(), Duration::from_secs(10));
+        assert_eq!(refused.retry_after(backoff), REFUSED_RETRY + backoff);
         let unreachable = SessionError::Credentials(CredentialsError::Unreachable {
             url: "http://operator/api/v1/agent-credentials".into(),
             message: "connection refused".into(),
         });
-        assert_eq!(unreachable.retry_after(), Duration::from_secs(1));
+        assert_eq!(unreachable.retry_after(backoff), backoff);
+    }
+
+    #[test]
+    fn agents_draw_their_jitter_from_seeds_of_their_own() {
+        assert_ne!(jitter_seed("n1"), jitter_seed("n1"));
     }
 }
