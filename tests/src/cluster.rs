@@ -62,6 +62,8 @@ pub fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> Operat
         window_lead: kilowatt_operator::plan::schedule::DEFAULT_WINDOW_LEAD,
         resync,
         solve: SolveOptions::default(),
+        whatif_time_limit: Duration::from_secs(10),
+        whatif_auth: kilowatt_operator::controller::WhatIfAuth::BeyondLoopback,
     }
 }
 /// Starts an operator replica in this process, authorised as the operator's ServiceAccount.

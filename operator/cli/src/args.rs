@@ -219,6 +219,19 @@ pub struct OperatorArgs {
     /// Wall-clock limit for one MILP solve.
     #[arg(long, default_value_t = 20.0, value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub time_limit: f64,
+    /// The most one what-if question (POST /api/v1/whatif) may take, reviews included; each of its two
+    /// solves gets 2/5 of it. One question is answered at a time; others meanwhile get 429.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub whatif_time_limit: f64,
+    /// Which listeners ask what-if callers for a bearer token (TokenReview) of a user allowed to
+    /// `create` `powerbudgets/whatif` (group kilowatt.dev, name: the budget; SubjectAccessReview):
+    /// beyond-loopback (those not bound to a loopback address) or always.
+    #[arg(long, default_value = "beyond-loopback", value_parser = ["beyond-loopback", "always"])]
+    pub whatif_auth: String,
+    /// The most a Kubernetes API request may wait for its answer (watches excepted, which stay open);
+    /// one that hangs fails and is retried instead of stalling the reconcile loop.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub kube_timeout_seconds: u64,
     /// Log format on stderr.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -251,6 +264,14 @@ pub struct WhatifArgs {
     /// Print the operator's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// File with the bearer token to send: an operator listening beyond localhost answers only users
+    /// allowed to `create` `powerbudgets/whatif` (e.g. `kubectl create token NAME > FILE`). Default:
+    /// the pod's ServiceAccount token, when there is one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The CA of the operator's certificate, for an https:// --operator URL.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 //! etcd and network IO; the steps it calls (translate, solve, build, status) are pure.
 
 pub mod caches;
+pub mod deadline;
 pub mod leader;
 pub mod timing;
 
@@ -32,7 +33,7 @@ use crate::controller::timing::{LoopTimers, PassOutcome, Timing};
 use crate::http::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::http::metrics::Metrics;
 use crate::http::web::{Feed, PassRecord};
-use crate::http::{AppState, Health, router, serve_https};
+use crate::http::{AppState, Health, WhatIfGate, router, serve_https};
 use crate::plan::pass::{self, PassError, PassInputs};
 use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::reasons;
@@ -74,6 +75,30 @@ pub struct OperatorOptions {
     /// A pass runs at least this often, changes or not.
     pub resync: Duration,
     pub solve: SolveOptions,
+    /// The most one what-if question may take.
+    pub whatif_time_limit: Duration,
+    /// Which listeners authorize what-if callers.
+    pub whatif_auth: WhatIfAuth,
+}
+
+/// Which listeners ask what-if callers for a token and their access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhatIfAuth {
+    /// Those bound to an address beyond loopback: on 127.0.0.1 only processes of this machine (or
+    /// pod) can ask.
+    BeyondLoopback,
+    /// Every listener.
+    Always,
+}
+
+impl WhatIfAuth {
+    /// Whether a listener bound to `address` authorizes what-if callers.
+    pub fn required_at(self, address: SocketAddr) -> bool {
+        match self {
+            WhatIfAuth::BeyondLoopback => !address.ip().is_loopback(),
+            WhatIfAuth::Always => true,
+        }
+    }
 }
 
 /// Where and with what the operator serves HTTPS.
@@ -181,15 +206,16 @@ pub async fn start(
     )
     .await?;
     // Without an etcd user the operator cannot manage users (and etcd has no auth to enforce them).
+    let metrics = Metrics::new()?;
     let credentials = options.etcd_credentials.as_ref().map(|_| {
         CredentialIssuer::new(
             client.clone(),
             store.etcd_client(),
             keys,
             options.agent_service_account.clone(),
+            metrics.agent_credential_auth_writes.clone(),
         )
     });
-    let metrics = Metrics::new()?;
     let health = Arc::new(Health::default());
     health.beat();
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -240,14 +266,23 @@ pub async fn start(
         resync: options.resync,
         credentials,
         credentials_only_at: None,
+        whatif: WhatIfGate::new(client.clone(), options.whatif_time_limit),
+        whatif_authorized: true,
     };
     if let Some((bound, at, config)) = https_listener {
-        let app = router(state.clone());
+        let whatif_authorized = options.whatif_auth.required_at(at);
+        let app = router(AppState {
+            whatif_authorized,
+            ..state.clone()
+        });
         tasks.spawn(serve_https(bound, config, app));
-        tracing::info!(address = %at, "serving HTTPS");
+        tracing::info!(address = %at, whatif_authorized, "serving HTTPS");
     }
+    let whatif_authorized = options.whatif_auth.required_at(address);
+    tracing::info!(%address, whatif_authorized, "serving HTTP");
     let app = router(AppState {
         credentials_only_at: https_address,
+        whatif_authorized,
         ..state
     });
     tasks.spawn(async move {

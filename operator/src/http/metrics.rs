@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput), plans (revision,
-//! gap), solve time, reconcile errors by category, leadership, agent credentials issued. Holds values in
-//! memory; no IO.
+//! gap), solve time, reconcile errors by category, leadership, agent credentials issued (and the etcd
+//! auth writes they cost), what-if requests by outcome. Holds values in memory; no IO.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +17,27 @@ const RECONCILE_ERROR_CATEGORIES: [&str; 7] = [
 ];
 
 /// The `outcome` values of `kilowatt_agent_credentials_issued_total`.
-const CREDENTIAL_OUTCOMES: [&str; 6] = [
+const CREDENTIAL_OUTCOMES: [&str; 8] = [
     "issued",
+    "busy",
     "unauthenticated",
     "forbidden",
     "disabled",
     "kube",
     "etcd",
+    "internal",
+];
+
+/// The `outcome` values of `kilowatt_whatif_requests_total`.
+pub const WHATIF_OUTCOMES: [&str; 8] = [
+    "answered",
+    "invalid",
+    "unauthenticated",
+    "forbidden",
+    "busy",
+    "timeout",
+    "unavailable",
+    "failed",
 ];
 
 /// Every metric the operator exports.
@@ -49,6 +63,8 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
     pub agent_credentials: IntCounterVec,
+    pub agent_credential_auth_writes: IntCounter,
+    pub whatif_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -137,7 +153,20 @@ impl Metrics {
                 Opts::new(
                     "kilowatt_agent_credentials_issued_total",
                     "Requests for agent etcd credentials by outcome (issued, unauthenticated, \
-                     forbidden, disabled, kube, etcd)",
+                     busy, forbidden, disabled, kube, etcd, internal)",
+                ),
+                &["outcome"],
+            )?,
+            agent_credential_auth_writes: IntCounter::new(
+                "kilowatt_agent_credential_auth_writes_total",
+                "Changes to etcd users and roles made to issue agent credentials (only what differs \
+                 is written: 7 for a node's first issue, 1 for a repeat)",
+            )?,
+            whatif_requests: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_whatif_requests_total",
+                    "What-if requests by outcome (answered, invalid, unauthenticated, forbidden, \
+                     busy, timeout, unavailable, failed)",
                 ),
                 &["outcome"],
             )?,
@@ -154,6 +183,8 @@ impl Metrics {
             Box::new(metrics.reconcile_errors.clone()),
             Box::new(metrics.leader.clone()),
             Box::new(metrics.agent_credentials.clone()),
+            Box::new(metrics.agent_credential_auth_writes.clone()),
+            Box::new(metrics.whatif_requests.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;
@@ -165,6 +196,9 @@ impl Metrics {
         }
         for outcome in CREDENTIAL_OUTCOMES {
             metrics.agent_credentials.with_label_values(&[outcome]);
+        }
+        for outcome in WHATIF_OUTCOMES {
+            metrics.whatif_requests.with_label_values(&[outcome]);
         }
         Ok(metrics)
     }

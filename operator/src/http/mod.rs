@@ -2,12 +2,14 @@
 //! (`GET /api/v1/plan`, read-only), what-if questions (`POST /api/v1/whatif`, changes nothing), node
 //! agents' etcd credentials (`POST /api/v1/agent-credentials`, for a ServiceAccount token bound to a
 //! pod on a node) and the live page (`GET /`, [`crate::http::web`]). Does network IO; answers come from etcd,
-//! the watch caches, the pure what-if, the API server's TokenReview and the page's feed.
+//! the watch caches, the pure what-if, the API server's TokenReview and SubjectAccessReview and the
+//! page's feed.
 
 pub mod agent_credentials;
 pub mod metrics;
 pub mod web;
 pub mod whatif;
+pub mod whatif_auth;
 pub mod whatif_client;
 
 use std::collections::BTreeMap;
@@ -27,10 +29,13 @@ use kilowatt_solver::SolveOptions;
 use serde_json::json;
 
 use crate::controller::caches::Caches;
-use crate::http::agent_credentials::{CredentialIssuer, CredentialsError, bearer_token};
+use crate::http::agent_credentials::{
+    CredentialIssuer, CredentialsError, ISSUE_QUEUE_WAIT, ISSUES_AT_ONCE, Issued, bearer_token,
+};
 use crate::http::metrics::Metrics;
 use crate::http::web::Feed;
 use crate::http::whatif::{WhatIfError, WhatIfRequest, what_if};
+use crate::http::whatif_auth::{Denied, authorize};
 use crate::plan::pass::inventories;
 use crate::store::PlanStore;
 use crate::store::etcd::EtcdPlanStore;
@@ -71,6 +76,45 @@ pub struct AppState {
     /// On the plain listener of an operator that also serves HTTPS: the HTTPS address, where alone
     /// credentials are issued (a token and a password must not cross plain HTTP).
     pub credentials_only_at: Option<std::net::SocketAddr>,
+    /// What-if questions, shared by every listener: one at a time, time-boxed.
+    pub whatif: WhatIfGate,
+    /// Whether this listener authorizes what-if callers (it reaches beyond localhost, or the operator
+    /// was told to everywhere).
+    pub whatif_authorized: bool,
+}
+
+/// The limits on what-if questions. Each runs two full solves: unbounded, a flood of them would take
+/// the cores the reconcile loop and the lease renewals need.
+#[derive(Clone)]
+pub struct WhatIfGate {
+    /// Holds one permit: a question arriving while another is answered gets 429.
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+    /// The most one question may take; each of its two solves gets [`SOLVE_SHARE`] of it.
+    pub time_limit: Duration,
+    /// Reviews callers' tokens and access.
+    pub kube: kube::Client,
+}
+
+/// The share of a what-if's time limit each of its two solves may take; the rest is for reading the
+/// views, translating, and the reviews.
+pub const SOLVE_SHARE: f64 = 0.4;
+
+impl WhatIfGate {
+    pub fn new(kube: kube::Client, time_limit: Duration) -> WhatIfGate {
+        WhatIfGate {
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+            time_limit,
+            kube,
+        }
+    }
+
+    /// `options` with each solve limited to its share of the time limit.
+    pub fn solve_options(&self, options: &SolveOptions) -> SolveOptions {
+        let mut limited = options.clone();
+        let share = self.time_limit.as_secs_f64() * SOLVE_SHARE;
+        limited.milp.time_limit_seconds = limited.milp.time_limit_seconds.min(share);
+        limited
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -120,31 +164,123 @@ async fn plan<S: PlanStore>(State(store): State<S>) -> Response {
 
 async fn whatif(
     State(state): State<AppState>,
+    headers: HeaderMap,
     request: Result<Json<WhatIfRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .whatif_requests
+            .with_label_values(&[outcome])
+            .inc();
+    };
     let Json(request) = match request {
         Ok(request) => request,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => {
+            count("invalid");
+            return error(StatusCode::BAD_REQUEST, rejection.body_text());
+        }
     };
-    let views = match state.store.read_views().await {
-        Ok(views) => views,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, error_chain(&e)),
+    let gate = &state.whatif;
+    // NB: taken before the reviews, so that a flood costs the API server at most one review at a
+    // time as well.
+    let Ok(permit) = gate.one_at_a_time.clone().try_acquire_owned() else {
+        count("busy");
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another what-if question is being answered; this operator answers one at a time",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    let deadline = tokio::time::Instant::now() + gate.time_limit;
+    let limit = gate.time_limit;
+    let timed_out = || {
+        count("timeout");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the what-if question was not answered within its time limit of {limit:?}"),
+        )
+    };
+    if state.whatif_authorized {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let reviewed = match bearer_token(authorization) {
+            Ok(token) => {
+                let review = authorize(&gate.kube, token, &request.budget);
+                match tokio::time::timeout_at(deadline, review).await {
+                    Ok(reviewed) => reviewed,
+                    Err(_) => return timed_out(),
+                }
+            }
+            Err(_) => Err(Denied::NoToken),
+        };
+        match reviewed {
+            Ok(user) => tracing::debug!(%user, budget = %request.budget, "what-if authorized"),
+            Err(denied) => {
+                count(denied.category());
+                let status = match &denied {
+                    Denied::NoToken | Denied::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+                    Denied::Forbidden { .. } => StatusCode::FORBIDDEN,
+                    Denied::Review(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                let message = error_chain(&denied);
+                tracing::info!(error = %message, %status, "refused a what-if question");
+                let mut response = error(status, message);
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return response;
+            }
+        }
+    }
+    let views = match tokio::time::timeout_at(deadline, state.store.read_views()).await {
+        Ok(Ok(views)) => views,
+        Ok(Err(e)) => {
+            count("unavailable");
+            return error(StatusCode::SERVICE_UNAVAILABLE, error_chain(&e));
+        }
+        Err(_) => return timed_out(),
     };
     let inventories = inventories(&views);
     let caches = state.caches.clone();
-    let options = state.solve_options.clone();
-    let answer = tokio::task::spawn_blocking(move || {
+    let options = gate.solve_options(&state.solve_options);
+    let answering = tokio::task::spawn_blocking(move || {
+        // NB: held until the solves end, even when the caller was answered "timed out" before: the
+        // next question waits for the cores.
+        let _permit = permit;
         let translation = caches.translate(Timestamp::now(), &inventories, &BTreeMap::new());
         what_if(&translation, &request, &options)
-    })
-    .await;
-    match answer {
-        Ok(Ok(answer)) => Json(answer).into_response(),
-        Ok(Err(e @ WhatIfError::UnknownBudget(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Ok(Err(e @ WhatIfError::InvalidCap(_))) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    });
+    let answer = match tokio::time::timeout_at(deadline, answering).await {
+        Ok(answer) => answer,
+        Err(_) => return timed_out(),
+    };
+    let (outcome, response) = match answer {
+        Ok(Ok(answer)) => ("answered", Json(answer).into_response()),
+        Ok(Err(e @ WhatIfError::UnknownBudget(_))) => {
+            ("invalid", error(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Ok(Err(e @ WhatIfError::InvalidCap(_))) => {
+            ("invalid", error(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Ok(Err(e)) => (
+            "failed",
+            error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
+        ),
+        Err(e) => (
+            "failed",
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        ),
+    };
+    count(outcome);
+    response
 }
 
 async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -177,24 +313,70 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let issued = match bearer_token(authorization) {
-        Ok(token) => issuer.issue_for_token(token).await,
-        Err(rejection) => Err(CredentialsError::Rejected(rejection)),
+        Ok(token) => {
+            // NB: a few at a time: each costs etcd raft writes and a bcrypt hash, and a thousand
+            // agents asking together would otherwise all wait past their timeouts and ask again.
+            // One that gives up while queued costs nothing.
+            // A turn that does not come soon is refused rather than waited for: the agent would
+            // stop waiting first, and a queue of requests nobody waits for is served to no one.
+            let turn = tokio::time::timeout(ISSUE_QUEUE_WAIT, issuer.in_flight().acquire_owned());
+            let Ok(Ok(permit)) = turn.await else {
+                count("busy");
+                let mut response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{ISSUES_AT_ONCE} credential requests are being served; ask again later"
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                return response;
+            };
+            let (issuer, token) = (issuer.clone(), token.to_owned());
+            let metrics = state.metrics.clone();
+            // NB: a task of its own, so that an agent that stops waiting does not cut an issue short
+            // half-way through its auth writes; it is counted even when nobody reads the answer.
+            let issuing = tokio::spawn(async move {
+                let _permit = permit;
+                let issued = issuer.issue_for_token(&token).await;
+                let outcome = issued.as_ref().map_or_else(|e| e.category(), |_| "issued");
+                metrics
+                    .agent_credentials
+                    .with_label_values(&[outcome])
+                    .inc();
+                issued
+            });
+            match issuing.await {
+                Ok(issued) => issued,
+                Err(interrupted) => {
+                    count("internal");
+                    Err(CredentialsError::Interrupted(interrupted))
+                }
+            }
+        }
+        Err(rejection) => {
+            count("unauthenticated");
+            Err(CredentialsError::Rejected(rejection))
+        }
     };
     match issued {
-        Ok(credentials) => {
-            count("issued");
-            tracing::info!(node = %credentials.node, user = %credentials.user, "issued agent etcd credentials");
+        Ok(Issued {
+            credentials,
+            auth_writes,
+        }) => {
+            tracing::info!(node = %credentials.node, user = %credentials.user, auth_writes, "issued agent etcd credentials");
             // NB: the answer holds a password: no cache may keep it.
             ([(header::CACHE_CONTROL, "no-store")], Json(credentials)).into_response()
         }
         Err(e) => {
-            count(e.category());
             let status = match &e {
                 CredentialsError::Rejected(r) if r.is_unauthenticated() => StatusCode::UNAUTHORIZED,
                 CredentialsError::Rejected(_) => StatusCode::FORBIDDEN,
                 CredentialsError::Review(_) | CredentialsError::Issue(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                CredentialsError::Interrupted(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let message = error_chain(&e);
             tracing::warn!(error = %message, %status, "refused agent etcd credentials");

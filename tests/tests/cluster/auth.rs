@@ -1,17 +1,22 @@
-//! Node-bound etcd access on a real control plane and a real etcd with authentication: the operator
-//! reviews an agent's pod-bound ServiceAccount token and issues etcd credentials that may write only
-//! the keys of the node that pod runs on; the agent runs with them; other callers are refused.
+//! Who may do what, on a real control plane and a real etcd with authentication: the operator reviews
+//! an agent's pod-bound ServiceAccount token and issues etcd credentials that may write only the keys
+//! of the node that pod runs on; the agent runs with them and keeps them across etcd sessions; other
+//! callers are refused. What-if questions beyond localhost need a user the API server allows
+//! `create` on `powerbudgets/whatif`, are answered one at a time, and a flood of them (with every agent
+//! reconnecting after an etcd restart) does not delay a cap cut.
 
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_crds::plan::{AgentCredentials, KeyLayout};
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{self, CredentialsError, CredentialsSource};
-use kilowatt_operator::controller::HttpsListener;
+use kilowatt_operator::controller::{HttpsListener, WhatIfAuth};
 use kilowatt_operator::store::PlanStore;
 use kilowatt_operator::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use kilowatt_tests::*;
@@ -211,6 +216,48 @@ async fn acknowledged_raised_plan(store: &EtcdPlanStore, node: &str) -> (usize, 
     .await
 }
 
+/// `POST /api/v1/whatif` for `budget` at `cap_watts`, with `token` as bearer token if any: (status,
+/// body).
+async fn ask_whatif(
+    address: std::net::SocketAddr,
+    token: Option<&str>,
+    budget: &str,
+    cap_watts: f64,
+) -> (u16, String) {
+    let body = json!({"budget": budget, "capWatts": cap_watts}).to_string();
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    http_exchange(
+        address,
+        &format!(
+            "POST /api/v1/whatif HTTP/1.1\r\nHost: test\r\n{authorization}Content-Type: \
+             application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+/// ServiceAccount `kilowatt-system/name` bound to ClusterRole `role`, and a token of it for the API
+/// server's audience (as `kubectl create token` makes one).
+async fn whatif_user(plane: &ControlPlane, admin: &KubeClient, name: &str, role: &str) -> String {
+    plane
+        .create_service_account(AGENTS, name)
+        .await
+        .expect("service account");
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    create(
+        &bindings,
+        json!({"metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": AGENTS}]}),
+    )
+    .await;
+    plane
+        .service_account_token(AGENTS, name, "https://kubernetes.default.svc", None)
+        .await
+        .expect("token")
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
@@ -402,6 +449,10 @@ async fn only_the_agent_of_a_node_may_write_that_nodes_keys() {
     assert!(outcome("issued") >= 5.0, "{metrics}");
     assert_eq!(outcome("unauthenticated"), 3.0, "{metrics}");
     assert_eq!(outcome("forbidden"), 2.0, "{metrics}");
+    // The first issue for n1 creates its role (1), grants its 4 keys (4), adds its user (1) and gives
+    // it the role (1); every later one only sets a new password.
+    let auth_writes = metric(&metrics, "kilowatt_agent_credential_auth_writes_total");
+    assert_eq!(auth_writes, 7.0 + (outcome("issued") - 1.0), "{metrics}");
 
     stop_agent.send(()).expect("agent listening");
     within("agent stops", agent_task).await.expect("agent task");
@@ -522,4 +573,385 @@ async fn with_tls_tokens_passwords_and_plans_cross_only_verified_connections() {
     operator.shutdown().await;
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_if_callers_need_a_token_of_a_user_allowed_the_budgets_whatif() {
+    let (plane, admin) = prepared_cluster().await;
+    create_from_yaml(&admin, "helm/kilowatt/rbac/whatif.yaml")
+        .await
+        .expect("the chart's what-if ClusterRole applies");
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    create(
+        &roles,
+        json!({"metadata": {"name": "rack-a-whatif"},
+               "rules": [{"apiGroups": ["kilowatt.dev"], "resources": ["powerbudgets/whatif"],
+                          "resourceNames": ["rack-a"], "verbs": ["create"]}]}),
+    )
+    .await;
+    gpu_node(
+        &admin,
+        "n1",
+        json!({"rack": "a"}),
+        4,
+        "NVIDIA-H100-80GB-HBM3",
+    )
+    .await;
+    gpu_node(
+        &admin,
+        "n2",
+        json!({"rack": "b"}),
+        4,
+        "NVIDIA-H100-80GB-HBM3",
+    )
+    .await;
+    for (name, rack) in [("rack-a", "a"), ("rack-b", "b")] {
+        budget(
+            &admin,
+            name,
+            json!({"capWatts": 3000.0, "nodeOverheadWatts": 500.0,
+                   "nodeSelector": {"matchLabels": {"rack": rack}}}),
+        )
+        .await;
+    }
+    gpu_pod(
+        &admin,
+        "serve-0",
+        "n1",
+        4,
+        json!({"kilowatt.dev/workload": "inference"}),
+    )
+    .await;
+    let planner = whatif_user(&plane, &admin, "planner", "kilowatt-whatif").await;
+    let rack_a_only = whatif_user(&plane, &admin, "rack-a-planner", "rack-a-whatif").await;
+    plane
+        .create_service_account(AGENTS, "intruder")
+        .await
+        .expect("service account");
+    let intruder = plane
+        .service_account_token(AGENTS, "intruder", "https://kubernetes.default.svc", None)
+        .await
+        .expect("token");
+
+    // On 127.0.0.1 the operator would answer anyone on the machine; told to authorize everywhere, it
+    // behaves as on the pod's address.
+    let mut operator_options = options(&plane, "replica-0", Duration::from_secs(2));
+    operator_options.whatif_auth = WhatIfAuth::Always;
+    let operator = start_operator_with(&plane, operator_options).await;
+    let at = operator.address;
+
+    let (status, body) = ask_whatif(at, None, "rack-a", 2000.0).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, body) = ask_whatif(at, Some("not-a-token"), "rack-a", 2000.0).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = ask_whatif(at, Some(&intruder), "rack-a", 2000.0).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("system:serviceaccount:kilowatt-system:intruder")
+            && body.contains("powerbudgets/whatif"),
+        "{body}"
+    );
+    let (status, body) = ask_whatif(at, Some(&rack_a_only), "rack-b", 2000.0).await;
+    assert_eq!(
+        status, 403,
+        "a user allowed rack-a only asked about rack-b: {body}"
+    );
+
+    let answer = |body: &str| -> kilowatt_operator::http::whatif::WhatIfAnswer {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let (status, body) = eventually("the planner is answered", WAIT, || async {
+        // NB: the first answers may come before the caches hold the pod; the budget is there once
+        // the operator started.
+        match ask_whatif(at, Some(&planner), "rack-b", 2500.0).await {
+            (200, body) => Ok((200, body)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer(&body).what_if.cap_watts, 2500.0);
+    let (status, body) = ask_whatif(at, Some(&rack_a_only), "rack-a", 2000.0).await;
+    assert_eq!(status, 200, "{body}");
+    let lowered = answer(&body);
+    assert_eq!(lowered.budget, "rack-a");
+    assert_eq!(lowered.what_if.cap_watts, 2000.0);
+
+    let (_, metrics) = http_get(at, "/metrics").await;
+    let outcome = |o: &str| {
+        metric(
+            &metrics,
+            &format!("kilowatt_whatif_requests_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!(outcome("unauthenticated"), 2.0, "{metrics}");
+    assert_eq!(outcome("forbidden"), 2.0, "{metrics}");
+    assert!(outcome("answered") >= 2.0, "{metrics}");
+    operator.shutdown().await;
+    println!(
+        "what-if: 2 unauthenticated (401), 2 forbidden (403), {} answered; rack-a at 2000 W loses {:.4} of its throughput",
+        outcome("answered"),
+        lowered.budget_throughput_lost_fraction
+    );
+}
+
+/// How many agents reconnect at once in the flood test.
+const FLOOD_AGENTS: usize = 200;
+/// How many what-if questions arrive at once in it.
+const FLOOD_WHATIFS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_publishes_within_2_s_under_64_what_ifs_and_200_agents_reconnecting_after_an_etcd_restart()
+ {
+    let (plane, admin) = prepared_cluster().await;
+    let (mut etcd, root_password) = within("etcd with auth", Etcd::start_with_auth())
+        .await
+        .expect("etcd with auth starts");
+    create_from_yaml(&admin, "helm/kilowatt/rbac/agent.yaml")
+        .await
+        .expect("agent ServiceAccount applies");
+    create_from_yaml(&admin, "helm/kilowatt/rbac/whatif.yaml")
+        .await
+        .expect("what-if ClusterRole applies");
+    let planner = whatif_user(&plane, &admin, "planner", "kilowatt-whatif").await;
+    let nodes: Vec<String> = (0..FLOOD_AGENTS).map(|i| format!("n{i:03}")).collect();
+    // 200 nodes of 4 GPUs, each with an inference pod on every GPU and the agent's pod.
+    let started = std::time::Instant::now();
+    let tokens: Vec<String> = futures::stream::iter(nodes.iter())
+        .map(|node| {
+            let (admin, plane) = (admin.clone(), &plane);
+            async move {
+                gpu_node(
+                    &admin,
+                    node,
+                    json!({"rack": "a"}),
+                    4,
+                    "NVIDIA-H100-80GB-HBM3",
+                )
+                .await;
+                gpu_pod(
+                    &admin,
+                    &format!("serve-{node}"),
+                    node,
+                    4,
+                    json!({"kilowatt.dev/workload": "inference"}),
+                )
+                .await;
+                let pod = format!("kilowatt-agent-{node}");
+                pod_on(&admin, AGENTS, &pod, node, AGENT_ACCOUNT).await;
+                plane
+                    .service_account_token(AGENTS, AGENT_ACCOUNT, "kilowatt", Some(&pod))
+                    .await
+                    .expect("agent token")
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    println!(
+        "{FLOOD_AGENTS} nodes, pods and tokens in {:?}",
+        started.elapsed()
+    );
+    let cap = FLOOD_AGENTS as f64 * (500.0 + 4.0 * 600.0);
+    budget(
+        &admin,
+        "rack-a",
+        json!({"capWatts": cap, "nodeOverheadWatts": 500.0,
+               "nodeSelector": {"matchLabels": {"rack": "a"}}}),
+    )
+    .await;
+
+    let (root, mut operator_options) = operator_as_root(&plane, &etcd, root_password);
+    operator_options.whatif_auth = WhatIfAuth::Always;
+    let operator = start_operator_with(&plane, operator_options).await;
+    let url = format!("http://{}/api/v1/agent-credentials", operator.address);
+    let store = within(
+        "plan store",
+        EtcdPlanStore::connect_as(
+            std::slice::from_ref(&etcd.endpoint),
+            KeyLayout::new(PREFIX),
+            Duration::from_secs(5),
+            Some(&root),
+            None,
+        ),
+    )
+    .await
+    .expect("root connects");
+    let registering = std::time::Instant::now();
+    let mut agents = Vec::new();
+    let mut token_files = Vec::new();
+    for (node, token) in nodes.iter().zip(&tokens) {
+        let token_file = write_token(&format!("flood-{node}"), token);
+        agents.push(start_agent(&etcd, node, &url, &token_file, None));
+        token_files.push(token_file);
+    }
+    let everyone_acknowledged = |at_least: u64| {
+        let store = store.clone();
+        async move {
+            let views = store.read_views().await.map_err(|e| e.to_string())?;
+            let done = views
+                .values()
+                .filter(|v| {
+                    matches!((&v.written, &v.ack), (Some(plan), Some(ack))
+                        if plan.revision >= at_least && ack.revision == plan.revision)
+                })
+                .count();
+            if done == FLOOD_AGENTS {
+                Ok(())
+            } else {
+                Err(format!("{done} of {FLOOD_AGENTS} acknowledged"))
+            }
+        }
+    };
+    let before = store
+        .load()
+        .await
+        .expect("plan")
+        .plan
+        .map_or(0, |p| p.revision);
+    eventually(
+        "every agent acknowledges a plan",
+        Duration::from_secs(300),
+        || everyone_acknowledged(before.max(1)),
+    )
+    .await;
+    let metrics_now = || async { http_get(operator.address, "/metrics").await.1 };
+    let issued = |text: &str| {
+        metric(
+            text,
+            "kilowatt_agent_credentials_issued_total{outcome=\"issued\"}",
+        )
+    };
+    let first = metrics_now().await;
+    // 200 agents asking at once: some give up waiting (5 s) and ask again; each repeat costs one
+    // write (the new password), each node's first issue seven.
+    // An issue that failed half-way (etcd answered an error) leaves up to 7 writes uncounted as issues.
+    let first_issues = issued(&first);
+    let failed = metric(
+        &first,
+        "kilowatt_agent_credentials_issued_total{outcome=\"etcd\"}",
+    );
+    let writes = metric(&first, "kilowatt_agent_credential_auth_writes_total");
+    let expected = 7.0 * FLOOD_AGENTS as f64 + (first_issues - FLOOD_AGENTS as f64);
+    assert!(first_issues >= FLOOD_AGENTS as f64, "{first}");
+    assert!(
+        (expected..=expected + 7.0 * failed).contains(&writes),
+        "{writes} auth writes for {first_issues} issues ({failed} failed): 7 for each node's first \
+         issue, 1 for each repeat"
+    );
+    println!(
+        "start: {FLOOD_AGENTS} agents registered and acknowledged after {:?}, with {first_issues} \
+         credential issues ({failed} failed), {writes} etcd auth writes, {} requests answered busy",
+        registering.elapsed(),
+        metric(
+            &first,
+            "kilowatt_agent_credentials_issued_total{outcome=\"busy\"}"
+        )
+    );
+
+    // etcd restarts: every agent's session breaks at once. As it answers again, 64 what-if
+    // questions arrive together and the facility cap is cut by 40 %.
+    within("etcd restarts", etcd.restart())
+        .await
+        .expect("etcd restarts");
+    // The clock starts once etcd answers reads again (here, the test's own client): what is measured
+    // is the operator under the flood, not etcd's start.
+    let restarted = std::time::Instant::now();
+    eventually("etcd answers again", Duration::from_secs(30), || async {
+        store.load().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    println!(
+        "etcd answered again {:?} after it listened",
+        restarted.elapsed()
+    );
+    let cut = (cap * 0.6).round();
+    let flood_started = std::time::Instant::now();
+    let whatifs: Vec<_> = (0..FLOOD_WHATIFS)
+        .map(|i| {
+            let token = planner.clone();
+            let at = operator.address;
+            tokio::spawn(async move {
+                let asked = std::time::Instant::now();
+                let (status, body) =
+                    ask_whatif(at, Some(&token), "rack-a", 10_000.0 + i as f64).await;
+                (status, body, asked.elapsed())
+            })
+        })
+        .collect();
+    patch_budget(&admin, "rack-a", json!({"capWatts": cut})).await;
+    let patched = std::time::Instant::now();
+    let published = eventually("the cut is published", Duration::from_secs(30), || async {
+        let loaded = store.load().await.map_err(|e| e.to_string())?;
+        match loaded.plan {
+            Some(plan)
+                if plan
+                    .budgets
+                    .iter()
+                    .any(|b| b.name == "rack-a" && b.effective_cap_watts == cut) =>
+            {
+                Ok((plan.revision, patched.elapsed()))
+            }
+            other => Err(format!("{:?}", other.map(|p| p.revision))),
+        }
+    })
+    .await;
+    let mut answered = 0;
+    let mut busy = 0;
+    let mut unavailable = 0;
+    let mut slowest = Duration::ZERO;
+    for whatif in whatifs {
+        let (status, body, took) = whatif.await.expect("what-if task");
+        slowest = slowest.max(took);
+        match status {
+            200 => answered += 1,
+            429 => busy += 1,
+            // etcd is back but may not answer every read at once: the operator says so, or its
+            // time limit cuts the question off.
+            503 if body.contains("from etcd") || body.contains("time limit") => unavailable += 1,
+            other => panic!("what-if answered {other}: {body}"),
+        }
+    }
+    eventually(
+        "every agent acknowledges the cut",
+        Duration::from_secs(120),
+        || everyone_acknowledged(published.0),
+    )
+    .await;
+    let settled = flood_started.elapsed();
+    let after = metrics_now().await;
+    let reissued = issued(&after) - issued(&first);
+    println!(
+        "after the etcd restart: cut published {:?} after the patch (revision {}); what-ifs: {answered} \
+         answered, {busy} refused busy, {unavailable} unavailable (etcd or the time limit), slowest {slowest:?}; all {FLOOD_AGENTS} agents acknowledged the \
+         cut {settled:?} after the restart; credentials asked again: {reissued}",
+        published.1, published.0
+    );
+    assert!(
+        published.1 <= Duration::from_secs(2),
+        "the cut was published {:?} after the patch",
+        published.1
+    );
+    // Once the flood is over, questions are answered again.
+    let (status, body) = ask_whatif(operator.address, Some(&planner), "rack-a", 9000.0).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answered + busy + unavailable, FLOOD_WHATIFS);
+    assert!(
+        slowest <= Duration::from_secs(11),
+        "a what-if took {slowest:?}, over its 10 s time limit"
+    );
+    assert_eq!(
+        reissued, 0.0,
+        "agents keep their credentials across an etcd restart"
+    );
+
+    for (_, stop, task) in agents {
+        let _ = stop.send(());
+        within("agent stops", task).await.expect("agent task");
+    }
+    operator.shutdown().await;
+    for file in token_files {
+        let _ = std::fs::remove_file(file);
+    }
 }

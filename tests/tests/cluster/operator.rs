@@ -11,7 +11,7 @@ use k8s_openapi::api::events::v1::Event;
 use kilowatt_crds::{PowerBudget, PowerBudgetStatus, WorkloadProfile};
 use kilowatt_operator::controller::{self, RunningOperator, StartError};
 use kilowatt_operator::http::whatif::WhatIfRequest;
-use kilowatt_operator::http::whatif_client::{AskError, ask};
+use kilowatt_operator::http::whatif_client::{AskError, Credentials, ask};
 use kilowatt_operator::plan::published::{NodePlan, PublishedPlan};
 use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_operator::store::{PlanStore, node_plans};
@@ -281,6 +281,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
             budget: "rack-a".into(),
             cap_watts: 6000.0,
         },
+        &Credentials::default(),
     )
     .await
     .expect("what-if answered");
@@ -296,6 +297,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
             budget: "nowhere".into(),
             cap_watts: 1.0,
         },
+        &Credentials::default(),
     )
     .await
     {

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions};
+use kilowatt_operator::controller::deadline::client_with_deadline;
+use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions, WhatIfAuth};
 use kilowatt_operator::store::etcd::EtcdCredentials;
 use kilowatt_plumbing::{logging, signals, tls};
 
@@ -67,11 +68,19 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         window_lead: std::time::Duration::from_secs(args.window_lead_seconds),
         resync: std::time::Duration::from_secs(args.resync_seconds),
         solve: args.solve_options(),
+        whatif_time_limit: std::time::Duration::from_secs_f64(args.whatif_time_limit),
+        whatif_auth: match args.whatif_auth.as_str() {
+            "always" => WhatIfAuth::Always,
+            _ => WhatIfAuth::BeyondLoopback,
+        },
     };
+    let kube_timeout = std::time::Duration::from_secs(args.kube_timeout_seconds);
     super::runtime()?.block_on(async {
-        let client = kube::Client::try_default().await.context(
+        let config = kube::Config::infer().await.context(
             "cannot configure a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster)",
         )?;
+        let client = client_with_deadline(config, kube_timeout)
+            .context("cannot build the Kubernetes client")?;
         let mut operator = controller::start(client, options).await?;
         tokio::select! {
             _ = signals::termination() => {

@@ -1,10 +1,10 @@
 //! `kilowatt whatif`: asks a running operator what a budget would lose or gain at another cap. Does
-//! network IO.
+//! file (the token) and network IO.
 
 use std::process::ExitCode;
 
 use kilowatt_operator::http::whatif::{self, WhatIfRequest};
-use kilowatt_operator::http::whatif_client::{self, AskError};
+use kilowatt_operator::http::whatif_client::{self, AskError, Credentials};
 use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver_bench::solve;
 
@@ -14,16 +14,47 @@ pub fn run(args: &WhatifArgs) -> ExitCode {
     ExitCode::from(answer(args))
 }
 
-/// `kilowatt whatif`'s exit code when the operator could not be reached or failed.
+/// `kilowatt whatif`'s exit code when the operator could not be reached, was busy or failed.
 const WHATIF_UNANSWERED: u8 = 3;
+
+/// Where a pod's ServiceAccount token is mounted: the default token inside a cluster.
+const POD_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The token to send: `--token-file`'s, else the pod's, else none.
+fn token(args: &WhatifArgs) -> Result<Option<String>, String> {
+    let (file, given) = match &args.token_file {
+        Some(file) => (file.clone(), true),
+        None => (std::path::PathBuf::from(POD_TOKEN), false),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+        Ok(_) if given => Err(format!("the token file {} is empty", file.display())),
+        Err(e) if given => Err(format!(
+            "cannot read the token file {}: {e}",
+            file.display()
+        )),
+        _ => Ok(None),
+    }
+}
 
 fn answer(args: &WhatifArgs) -> u8 {
     let request = WhatIfRequest {
         budget: args.budget.clone(),
         cap_watts: args.cap_watts,
     };
+    let token = match token(args) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return solve::exit::INVALID;
+        }
+    };
+    let credentials = Credentials {
+        token: token.as_deref(),
+        ca_file: args.ca_file.as_deref(),
+    };
     let answer = match super::runtime() {
-        Ok(runtime) => runtime.block_on(whatif_client::ask(&args.operator, &request)),
+        Ok(runtime) => runtime.block_on(whatif_client::ask(&args.operator, &request, &credentials)),
         Err(e) => {
             eprintln!("error: {e:#}");
             return WHATIF_UNANSWERED;
@@ -44,7 +75,7 @@ fn answer(args: &WhatifArgs) -> u8 {
             print!("{}", whatif::render(&answer));
             solve::exit::OK
         }
-        Err(e @ (AskError::Rejected { .. } | AskError::Url { .. })) => {
+        Err(e @ (AskError::Rejected { .. } | AskError::Url { .. } | AskError::Tls(_))) => {
             eprintln!("error: {e}");
             solve::exit::INVALID
         }
