@@ -9,6 +9,13 @@ use anyhow::{Context, bail};
 
 use crate::{pki::*, processes::*, waits::*};
 
+/// The PEM files of an etcd's serving certificate and its key.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A single-member etcd on 127.0.0.1 with its own data directory; it can be stopped and started
 /// again on the same ports and data (for partition and restart tests).
 pub struct Etcd {
@@ -20,6 +27,8 @@ pub struct Etcd {
     pub peer_port: u16,
     /// Serving certificate, key and client CA when it serves TLS and requires client certificates.
     pub tls: Option<TestPki>,
+    /// Serving certificate and key when it serves TLS to any client (who then log in by password).
+    pub server_tls: Option<ServerTls>,
     /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub endpoint: String,
 }
@@ -59,6 +68,21 @@ impl Etcd {
         Etcd::enable_auth(etcd, Some(tls)).await
     }
 
+    /// Starts an etcd in a fresh temporary directory serving https:// only, with `server`'s
+    /// certificate and key and no client certificates asked for, with authentication off; waits until
+    /// it listens.
+    pub async fn start_with_server_tls(server: ServerTls) -> anyhow::Result<Etcd> {
+        let dir = std::env::temp_dir().join(format!(
+            "kilowatt-etcd-{}-{}",
+            std::process::id(),
+            try_free_port()?
+        ));
+        let mut etcd = Etcd::start_serving(dir, None, Some(server))?;
+        etcd.owns_dir = true;
+        etcd.wait_healthy().await?;
+        Ok(etcd)
+    }
+
     async fn enable_auth(
         etcd: Etcd,
         tls: Option<etcd_client::TlsOptions>,
@@ -91,9 +115,21 @@ impl Etcd {
     }
 
     pub(crate) fn start_in(dir: PathBuf, tls: Option<TestPki>) -> anyhow::Result<Etcd> {
+        Etcd::start_serving(dir, tls, None)
+    }
+
+    fn start_serving(
+        dir: PathBuf,
+        tls: Option<TestPki>,
+        server_tls: Option<ServerTls>,
+    ) -> anyhow::Result<Etcd> {
         fs::create_dir_all(&dir)?;
         let (client_port, peer_port) = (try_free_port()?, try_free_port()?);
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let scheme = if tls.is_some() || server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut etcd = Etcd {
             child: None,
             dir,
@@ -102,6 +138,7 @@ impl Etcd {
             peer_port,
             endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
             tls,
+            server_tls,
         };
         etcd.spawn()?;
         Ok(etcd)
@@ -128,6 +165,13 @@ impl Etcd {
         // stretching buys nothing, and at etcd's default cost 10 every agent that authenticates again
         // after an etcd restart costs etcd a bcrypt hash (200 of them delayed a cap cut by 25 s).
         command.arg(format!("--bcrypt-cost={ETCD_BCRYPT_COST}"));
+        if let Some(server) = &self.server_tls {
+            command
+                .arg("--cert-file")
+                .arg(&server.cert)
+                .arg("--key-file")
+                .arg(&server.key);
+        }
         let child = command
             .arg("--data-dir")
             .arg(self.dir.join("data"))

@@ -14,7 +14,7 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{/* Comma-separated etcd client URLs. */}}
 {{- define "kilowatt.etcdEndpoints" -}}
 {{- if eq .Values.etcd.mode "internal" -}}
-http://kilowatt-etcd.{{ .Release.Namespace }}.svc:2379
+https://kilowatt-etcd.{{ .Release.Namespace }}.svc:2379
 {{- else -}}
 {{- $endpoints := required "etcd.endpoints must list your etcd's client URLs when etcd.mode is external" (join "," .Values.etcd.endpoints) -}}
 {{- if .Values.etcd.tls.secretName -}}
@@ -28,19 +28,41 @@ http://kilowatt-etcd.{{ .Release.Namespace }}.svc:2379
 {{- end -}}
 {{- end }}
 
-{{/* Whether the operator and the agents speak TLS to etcd. */}}
+{{/* Whether the operator and the agents speak TLS to etcd: always to the internal etcd, to an external
+one when etcd.tls.secretName is set. */}}
 {{- define "kilowatt.etcdTls" -}}
-{{- if and (eq .Values.etcd.mode "external") .Values.etcd.tls.secretName -}}true{{- end -}}
+{{- if or (eq .Values.etcd.mode "internal") .Values.etcd.tls.secretName -}}true{{- end -}}
+{{- end }}
+
+{{/* Whether the operator and the agents present a client certificate to etcd (external etcd only: the
+internal one authenticates clients by password, over TLS). */}}
+{{- define "kilowatt.etcdClientCertificate" -}}
+{{- if and (eq .Values.etcd.mode "external") .Values.etcd.tls.secretName .Values.etcd.tls.clientCertificate -}}true{{- end -}}
 {{- end }}
 
 {{/* The etcd TLS flags of both binaries, one list item each (the files are mounted at /etc/kilowatt/etcd-tls). */}}
 {{- define "kilowatt.etcdTlsArgs" -}}
 {{- if include "kilowatt.etcdTls" . }}
 - --etcd-ca-file=/etc/kilowatt/etcd-tls/ca.crt
-{{- if .Values.etcd.tls.clientCertificate }}
+{{- if include "kilowatt.etcdClientCertificate" . }}
 - --etcd-cert-file=/etc/kilowatt/etcd-tls/tls.crt
 - --etcd-key-file=/etc/kilowatt/etcd-tls/tls.key
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The etcd TLS volume of the operator and the agents. With the internal etcd only its CA: etcd's key
+stays in etcd's pod. */}}
+{{- define "kilowatt.etcdTlsVolume" -}}
+{{- if include "kilowatt.etcdTls" . }}
+- name: etcd-tls
+  secret:
+    {{- if eq .Values.etcd.mode "internal" }}
+    secretName: kilowatt-etcd-tls
+    items: [{key: ca.crt, path: ca.crt}]
+    {{- else }}
+    secretName: {{ .Values.etcd.tls.secretName }}
+    {{- end }}
 {{- end }}
 {{- end }}
 

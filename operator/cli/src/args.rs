@@ -51,6 +51,43 @@ pub enum Command {
     /// Scenario format: docs/simulate.md. Exit codes: 0 the run kept every cap; 1 a bad scenario or
     /// command line, or the run failed; 2 Kilowatt's limits exceeded a cap (a bug: please report it).
     Simulate(SimulateArgs),
+    /// Turn on authentication of one etcd and report whether it is on: the sidecar of the Helm chart's
+    /// internal etcd. Connects to --etcd-endpoint; if user root with the password in
+    /// --etcd-password-file authenticates, authentication is on and there is nothing to do. If etcd
+    /// answers that authentication is not enabled, it adds user root with that password (or sets the
+    /// password of an existing root), grants it the root role and enables authentication. Then it
+    /// checks again every --check-seconds and serves GET /readyz on --listen: 200 while the last check
+    /// (within the last two periods) confirmed that authentication is on and root's password works,
+    /// 503 with a JSON {"error": ...} otherwise. Runs until SIGTERM. Logs go to stderr; RUST_LOG sets
+    /// the level (default info). Exit codes: 0 stopped by a signal; 1 bad command line, unreadable
+    /// password or TLS file, or the listen address could not be bound.
+    EtcdAuth(EtcdAuthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EtcdAuthArgs {
+    /// The etcd client URL to check and configure: the etcd of this pod, over the loopback (its
+    /// certificate must be valid for that address; the chart's is, for 127.0.0.1 and localhost).
+    #[arg(long, default_value = "https://127.0.0.1:2379", value_name = "URL")]
+    pub etcd_endpoint: String,
+    /// File holding the password of etcd's root user (a mounted Secret; a trailing newline is
+    /// ignored).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_password_file: PathBuf,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsFiles,
+    /// Address of GET /readyz (the etcd pod's readiness probe).
+    #[arg(long, default_value = "0.0.0.0:8081", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Check again this often once authentication is confirmed (until then, every second).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub check_seconds: u64,
+    /// Give up on one check (connecting and every call it makes) after this long.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout_seconds: u64,
+    /// Log format on stderr.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Debug, Args)]

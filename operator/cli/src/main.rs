@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Command::Whatif(args) => commands::whatif::run(&args),
         Command::Simulate(args) => commands::simulate::run(&args),
         Command::Crdgen(args) => commands::crdgen::run(&args),
+        Command::EtcdAuth(args) => commands::etcd_auth::run(&args),
         Command::Bench(BenchCommand::Solver(args)) => commands::bench::run(&args),
     }
 }

@@ -326,6 +326,43 @@ fn an_infeasible_cap_exits_2_with_shortfalls_and_the_safe_plan() {
 }
 
 #[test]
+fn etcd_auth_help_describes_every_flag_and_an_unreadable_password_exits_1() {
+    let output = kilowatt(&["etcd-auth", "--help"], None);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--etcd-endpoint",
+        "--etcd-password-file",
+        "--etcd-ca-file",
+        "--listen",
+        "--check-seconds",
+        "--timeout-seconds",
+        "--log-format",
+        "/readyz",
+        "Exit codes",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+    }
+    let output = kilowatt(
+        &[
+            "etcd-auth",
+            "--etcd-endpoint",
+            "http://127.0.0.1:1",
+            "--etcd-password-file",
+            "/nonexistent/password",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/password"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn help_describes_every_flag_and_exit_code() {
     let output = kilowatt(&["solve", "--help"], None);
     let help = String::from_utf8_lossy(&output.stdout);

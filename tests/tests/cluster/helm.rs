@@ -4,7 +4,7 @@
 //! server validates every object against its schema and admission without running anything).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 use kilowatt_tests::*;
 use kilowatt_tests::{KUBERNETES_VERSION, helm_binary, within};
@@ -151,7 +151,12 @@ async fn apply(client: &kube::Client, objects: &[DynamicObject], real: impl Fn(&
     for object in objects {
         let types = object.types.clone().expect("types");
         let gvk = GroupVersionKind::try_from(&types).expect("apiVersion/kind");
-        let plural = format!("{}s", gvk.kind.to_ascii_lowercase());
+        let lower = gvk.kind.to_ascii_lowercase();
+        // NB: NetworkPolicy → networkpolicies.
+        let plural = match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
+        };
         let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
         let api: Api<DynamicObject> = match &object.metadata.namespace {
             Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
@@ -168,12 +173,20 @@ async fn apply(client: &kube::Client, objects: &[DynamicObject], real: impl Fn(&
     }
 }
 
-fn args_of(objects: &[DynamicObject], kind_name: &str, name: &str) -> Vec<String> {
-    let object = objects
+fn named<'a>(objects: &'a [DynamicObject], kind_name: &str, name: &str) -> &'a DynamicObject {
+    objects
         .iter()
         .find(|o| kind(o) == kind_name && o.metadata.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("no {kind_name} {name}"));
-    object.data["spec"]["template"]["spec"]["containers"][0]["args"]
+        .unwrap_or_else(|| panic!("no {kind_name} {name}"))
+}
+
+fn args_of(objects: &[DynamicObject], kind_name: &str, name: &str) -> Vec<String> {
+    container_field(named(objects, kind_name, name), 0, "args")
+}
+
+/// A list of strings of a workload's `index`th container (`args`, `command`).
+fn container_field(workload: &DynamicObject, index: usize, field: &str) -> Vec<String> {
+    workload.data["spec"]["template"]["spec"]["containers"][index][field]
         .as_array()
         .into_iter()
         .flatten()
@@ -216,7 +229,7 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         "Deployment",
         "DaemonSet",
         "StatefulSet",
-        "Job",
+        "NetworkPolicy",
         "Secret",
         "Service",
         "ConfigMap",
@@ -290,7 +303,86 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
             .any(|a| a == "--agent-service-account=kilowatt-system/kilowatt-agent"),
         "{operator:?}"
     );
+    // The internal etcd: HTTPS only, authentication turned on by its sidecar (no Job), clients given
+    // https:// endpoints and the CA.
+    assert!(!kinds.contains(&"Job"), "no post-install Job: {kinds:?}");
+    let etcd = named(&objects, "StatefulSet", "kilowatt-etcd");
+    let command = container_field(etcd, 0, "command");
+    let listen: Vec<&String> = command
+        .iter()
+        .filter(|a| a.starts_with("--listen-client-urls="))
+        .collect();
+    assert_eq!(
+        listen,
+        ["--listen-client-urls=https://0.0.0.0:2379"],
+        "{command:?}"
+    );
+    for flag in [
+        "--cert-file=/etc/etcd/tls/tls.crt",
+        "--key-file=/etc/etcd/tls/tls.key",
+    ] {
+        assert!(command.iter().any(|a| a == flag), "{flag}: {command:?}");
+    }
+    let sidecar = &etcd.data["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(
+        container_field(etcd, 1, "command"),
+        ["/usr/local/bin/kilowatt", "etcd-auth"]
+    );
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        sidecar["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(
+        etcd.data["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    for args in [&agent, &operator] {
+        for flag in [
+            "--etcd-endpoints=https://kilowatt-etcd.kilowatt-system.svc:2379",
+            "--etcd-ca-file=/etc/kilowatt/etcd-tls/ca.crt",
+        ] {
+            assert!(
+                args.iter().any(|a| a == flag),
+                "{flag} missing from {args:?}"
+            );
+        }
+        assert!(
+            !args.iter().any(|a| a.starts_with("--etcd-cert-file")),
+            "{args:?}"
+        );
+    }
+    let policies: Vec<&str> = objects
+        .iter()
+        .filter(|o| kind(o) == "NetworkPolicy")
+        .filter_map(|o| o.metadata.name.as_deref())
+        .collect();
+    assert_eq!(policies, ["kilowatt-etcd", "kilowatt-operator"]);
+    let etcd_policy = named(&objects, "NetworkPolicy", "kilowatt-etcd");
+    let ingress = &etcd_policy.data["spec"]["ingress"];
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 2379}])
+    );
+    let from: Vec<&Value> = ingress[0]["from"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|peer| &peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+        .collect();
+    assert_eq!(from, ["kilowatt-operator", "kilowatt-agent"], "{ingress}");
+    assert_eq!(
+        ingress[1],
+        serde_json::json!({"ports": [{"protocol": "TCP", "port": 8081}]}),
+        "the readiness port, for the kubelet"
+    );
     apply(&admin, &objects, real).await;
+    let objects = render(&["networkPolicy.enabled=false"]);
+    assert!(
+        !objects.iter().any(|o| kind(o) == "NetworkPolicy"),
+        "networkPolicy.enabled=false renders no policy"
+    );
 
     // Non-default: external etcd over TLS, the operator's certificate from a given Secret, simulated
     // agents, no dashboards.
@@ -301,6 +393,16 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         "{kinds:?}"
     );
     assert!(!kinds.contains(&"ConfigMap"), "{kinds:?}");
+    let policies: Vec<&str> = objects
+        .iter()
+        .filter(|o| kind(o) == "NetworkPolicy")
+        .filter_map(|o| o.metadata.name.as_deref())
+        .collect();
+    assert_eq!(
+        policies,
+        ["kilowatt-operator"],
+        "no etcd policy with external etcd"
+    );
     let agent = args_of(&objects, "DaemonSet", "kilowatt-agent");
     let operator = args_of(&objects, "Deployment", "kilowatt-operator");
     assert!(
@@ -382,4 +484,194 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         .expect("ServiceMonitor rendered");
     assert_eq!(monitor.data["spec"]["endpoints"][1]["port"], "metrics");
     let _ = plane;
+}
+
+/// The base64-decoded `key` of a rendered Secret.
+fn secret_data(secret: &DynamicObject, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = secret.data["data"][key].as_str().expect(key);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64")
+}
+
+/// `GET /readyz` on `address`: (status, body), or `None` while nothing listens there.
+async fn readyz(address: std::net::SocketAddr) -> Option<(u16, String)> {
+    if tokio::net::TcpStream::connect(address).await.is_err() {
+        return None;
+    }
+    Some(http_get(address, "/readyz").await)
+}
+
+/// An etcd client trusting only `ca`, checking `server_name` in etcd's certificate; as `user` when
+/// given.
+async fn etcd_client_of(
+    endpoint: &str,
+    ca: &Path,
+    server_name: Option<&str>,
+    user: Option<(&str, &str)>,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    let mut options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_timeout(std::time::Duration::from_secs(5));
+    if endpoint.starts_with("https://") {
+        let pem = std::fs::read(ca).expect("CA file");
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem));
+        if let Some(name) = server_name {
+            tls = tls.domain_name(name);
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some((name, password)) = user {
+        options = options.with_user(name, password);
+    }
+    etcd_client::Client::connect([endpoint], Some(options)).await
+}
+
+fn spawn_etcd_auth(dir: &Path, etcd: &Etcd, listen: std::net::SocketAddr, log: &str) -> Child {
+    let mut command = Command::new(workspace_binary("kilowatt"));
+    command.args([
+        "etcd-auth",
+        "--etcd-endpoint",
+        &etcd.endpoint,
+        "--etcd-ca-file",
+        &dir.join("ca.crt").display().to_string(),
+        "--etcd-password-file",
+        &dir.join("password").display().to_string(),
+        "--listen",
+        &listen.to_string(),
+        "--check-seconds",
+        "2",
+    ]);
+    spawn_logged(&mut command, &dir.join(log)).expect("kilowatt etcd-auth starts")
+}
+
+fn stop(mut child: Child) {
+    kill(&child, "-TERM");
+    let _ = child.wait();
+}
+
+/// The chart's internal etcd for real, minus Kubernetes: etcd serving the chart's generated
+/// certificate over HTTPS only, and `kilowatt etcd-auth` as its sidecar would run it, with the chart's
+/// generated root password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_sidecar_turns_on_authentication_before_it_reports_ready() {
+    use std::time::{Duration, Instant};
+    let dir = test_dir("helm-etcd-auth");
+    let objects = render(&[]);
+    let tls = named(&objects, "Secret", "kilowatt-etcd-tls");
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::write(dir.join(key), secret_data(tls, key)).expect("write");
+    }
+    let root = named(&objects, "Secret", "kilowatt-etcd-root");
+    let password = String::from_utf8(secret_data(root, "password")).expect("utf-8 password");
+    std::fs::write(dir.join("password"), &password).expect("write");
+
+    let mut etcd = Etcd::start_with_server_tls(ServerTls {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    })
+    .await
+    .expect("etcd serves the chart's certificate");
+    // The sidecar may start before etcd listens: stopped, it must answer 503.
+    etcd.stop();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let sidecar = spawn_etcd_auth(&dir, &etcd, listen, "etcd-auth.log");
+    let (code, body) = eventually("readyz answers", Duration::from_secs(20), || async {
+        readyz(listen)
+            .await
+            .ok_or_else(|| "not listening".to_owned())
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&etcd.endpoint) && e.contains("connect")),
+        "{body}"
+    );
+
+    etcd.restart().await.expect("etcd starts again");
+    let started = Instant::now();
+    let refusals = std::sync::atomic::AtomicUsize::new(0);
+    eventually("readyz answers 200", Duration::from_secs(30), || async {
+        match readyz(listen).await {
+            Some((200, _)) => Ok(()),
+            Some((code, body)) => {
+                assert_eq!(code, 503, "{body}");
+                refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(body)
+            }
+            None => Err("not listening".to_owned()),
+        }
+    })
+    .await;
+    let refusals = refusals.into_inner();
+    let to_ready = started.elapsed();
+
+    // Ready means authentication is on: a client trusting only the chart's CA, checking the
+    // Service's name or the loopback's, gets nothing done without a user and everything as root.
+    let ca = dir.join("ca.crt");
+    for name in [Some("kilowatt-etcd.kilowatt-system.svc"), None] {
+        let mut anonymous = within("connect", etcd_client_of(&etcd.endpoint, &ca, name, None))
+            .await
+            .expect("TLS to etcd with the chart's CA");
+        let refused = within("anonymous put", anonymous.put("/kilowatt/probe", "x", None)).await;
+        assert!(
+            refused.is_err(),
+            "a put without a user is refused once auth is on"
+        );
+        let mut admin = within(
+            "connect as root",
+            etcd_client_of(&etcd.endpoint, &ca, name, Some(("root", &password))),
+        )
+        .await
+        .expect("root logs in with the chart's password");
+        within("root put", admin.put("/kilowatt/probe", "x", None))
+            .await
+            .expect("root may write");
+    }
+    let plain = etcd.endpoint.replacen("https://", "http://", 1);
+    let plain_put = within("plain connection", async {
+        let mut client = etcd_client_of(&plain, &ca, None, None).await?;
+        client.put("/kilowatt/probe", "x", None).await
+    })
+    .await;
+    assert!(plain_put.is_err(), "etcd answers no plain http://");
+    stop(sidecar);
+    let first_log = log_tail_of(&dir, "etcd-auth.log");
+    assert!(first_log.contains("authentication enabled"), "{first_log}");
+
+    // Started again against the etcd it configured: ready, without enabling anything again.
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let restarted_at = Instant::now();
+    let sidecar = spawn_etcd_auth(&dir, &etcd, listen, "etcd-auth-again.log");
+    eventually(
+        "readyz answers 200 again",
+        Duration::from_secs(30),
+        || async {
+            match readyz(listen).await {
+                Some((200, _)) => Ok(()),
+                Some((_, body)) => Err(body),
+                None => Err("not listening".to_owned()),
+            }
+        },
+    )
+    .await;
+    let to_ready_again = restarted_at.elapsed();
+    stop(sidecar);
+    let second_log = log_tail_of(&dir, "etcd-auth-again.log");
+    assert!(
+        second_log.contains("authentication is on") && !second_log.contains("enabled"),
+        "{second_log}"
+    );
+    println!(
+        "etcd-auth: ready {:.0} ms after etcd started ({refusals} × 503 on the way), {:.0} ms after a \
+         restart against the configured etcd",
+        to_ready.as_secs_f64() * 1e3,
+        to_ready_again.as_secs_f64() * 1e3,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod crdgen;
+pub mod etcd_auth;
 pub mod operator;
 pub mod simulate;
 pub mod solve;
