@@ -190,6 +190,29 @@ pub async fn plan_where(
     })
     .await
 }
+/// The revision of the first plan in etcd in which budget `budget` has the effective cap `cap`.
+pub async fn plan_revision_with_cap(
+    store: &EtcdPlanStore,
+    budget: &str,
+    cap: f64,
+    limit: Duration,
+) -> u64 {
+    eventually("plan with the new cap", limit, || async {
+        let loaded = store.load().await.map_err(|e| e.to_string())?;
+        match loaded.plan {
+            Some(plan)
+                if plan
+                    .budgets
+                    .iter()
+                    .any(|b| b.name == budget && b.effective_cap_watts == cap) =>
+            {
+                Ok(plan.revision)
+            }
+            other => Err(format!("{:?}", other.map(|p| p.revision))),
+        }
+    })
+    .await
+}
 /// `GET path` on a local HTTP server: (status, body).
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_exchange(

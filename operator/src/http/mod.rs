@@ -121,6 +121,18 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// An error answer that, for 401, says a bearer token is what is missing.
+fn refusal(status: StatusCode, message: String) -> Response {
+    let mut response = error(status, message);
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     match state.metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
@@ -229,14 +241,7 @@ async fn whatif(
                 };
                 let message = error_chain(&denied);
                 tracing::info!(error = %message, %status, "refused a what-if question");
-                let mut response = error(status, message);
-                if status == StatusCode::UNAUTHORIZED {
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        header::HeaderValue::from_static("Bearer"),
-                    );
-                }
-                return response;
+                return refusal(status, message);
             }
         }
     }
@@ -380,14 +385,7 @@ async fn agent_credentials(State(state): State<AppState>, headers: HeaderMap) ->
             };
             let message = error_chain(&e);
             tracing::warn!(error = %message, %status, "refused agent etcd credentials");
-            let mut response = error(status, message);
-            if status == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-            }
-            response
+            refusal(status, message)
         }
     }
 }

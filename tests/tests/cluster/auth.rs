@@ -882,21 +882,8 @@ async fn a_cut_publishes_within_2_s_under_64_what_ifs_and_200_agents_reconnectin
         .collect();
     patch_budget(&admin, "rack-a", json!({"capWatts": cut})).await;
     let patched = std::time::Instant::now();
-    let published = eventually("the cut is published", Duration::from_secs(30), || async {
-        let loaded = store.load().await.map_err(|e| e.to_string())?;
-        match loaded.plan {
-            Some(plan)
-                if plan
-                    .budgets
-                    .iter()
-                    .any(|b| b.name == "rack-a" && b.effective_cap_watts == cut) =>
-            {
-                Ok((plan.revision, patched.elapsed()))
-            }
-            other => Err(format!("{:?}", other.map(|p| p.revision))),
-        }
-    })
-    .await;
+    let revision = plan_revision_with_cap(&store, "rack-a", cut, Duration::from_secs(30)).await;
+    let published = (revision, patched.elapsed());
     let mut answered = 0;
     let mut busy = 0;
     let mut unavailable = 0;

@@ -156,29 +156,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-/// The revision of the plan in etcd once its facility budget's effective cap is `cap`.
-async fn plan_revision_with_cap(store: &EtcdPlanStore, cap: f64) -> u64 {
-    eventually(
-        "plan with the new cap",
-        Duration::from_secs(120),
-        || async {
-            let loaded = store.load().await.map_err(|e| e.to_string())?;
-            match loaded.plan {
-                Some(plan)
-                    if plan
-                        .budgets
-                        .iter()
-                        .any(|b| b.name == "facility" && b.effective_cap_watts == cap) =>
-                {
-                    Ok(plan.revision)
-                }
-                other => Err(format!("{:?}", other.map(|p| p.revision))),
-            }
-        },
-    )
-    .await
-}
-
 /// Mutating requests (POST, PUT, PATCH, APPLY, DELETE) the API server has served so far, by resource
 /// and subresource, from its own metrics.
 async fn apiserver_writes(client: &kube::Client) -> BTreeMap<String, f64> {
@@ -347,7 +324,8 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
     let operator =
         OperatorProcess::start_with_lease(&plane, &etcd.endpoint, &dir.join("operator.log"), 15);
     let store = plan_store(&etcd.endpoint).await;
-    let first = plan_revision_with_cap(&store, full_cap).await;
+    let first =
+        plan_revision_with_cap(&store, "facility", full_cap, Duration::from_secs(120)).await;
     let start = Instant::now();
     all_acknowledged(&store, nodes, first, Duration::from_secs(300)).await;
     let settled = start.elapsed();
@@ -436,7 +414,8 @@ async fn a_cap_cut_and_raise_reach_every_agent_of_the_fleet() {
         let watch = AcknowledgementWatch::start(&etcd.endpoint).await;
         let start = Instant::now();
         patch_budget(&admin, "facility", json!({"capWatts": cap})).await;
-        let revision = plan_revision_with_cap(&store, cap).await;
+        let revision =
+            plan_revision_with_cap(&store, "facility", cap, Duration::from_secs(120)).await;
         let acknowledged =
             all_acknowledged(&store, nodes, revision, Duration::from_secs(120)).await;
         let times = watch.times(&acknowledged, start);
@@ -563,7 +542,8 @@ async fn two_replicas_on_one_prefix_under_a_flood_of_cap_changes_keep_every_cap(
         ("replica-b", replica("replica-b")),
     ];
     let store = plan_store(&etcd.endpoint).await;
-    let first = plan_revision_with_cap(&store, full_cap).await;
+    let first =
+        plan_revision_with_cap(&store, "facility", full_cap, Duration::from_secs(120)).await;
     all_acknowledged(&store, NODES, first, Duration::from_secs(300)).await;
     let sampler = CapSampler::start(gpus, full_cap);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -585,7 +565,7 @@ async fn two_replicas_on_one_prefix_under_a_flood_of_cap_changes_keep_every_cap(
         }
         tokio::time::sleep(Duration::from_millis(60 * (i % 5))).await;
     }
-    let revision = plan_revision_with_cap(&store, cut).await;
+    let revision = plan_revision_with_cap(&store, "facility", cut, Duration::from_secs(120)).await;
     all_acknowledged(&store, NODES, revision, Duration::from_secs(120)).await;
     let flood_settled = flood_started.elapsed();
     sampler.stretch("a flood of 40 cap changes, the leader killed at the 21st");
