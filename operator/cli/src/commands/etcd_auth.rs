@@ -3,7 +3,7 @@
 //! The sidecar of the chart's internal etcd, whose readiness it is. Does file (password, TLS files),
 //! etcd and network IO.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -237,20 +237,6 @@ async fn keep_checking(target: Target, readiness: Shared, period: Duration) {
     }
 }
 
-/// The password in `file`, without the trailing newline editors and `kubectl create secret
-/// --from-file` leave.
-fn read_password(file: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the etcd root password from {}", file.display()))?;
-    let password = text.trim_end_matches(['\n', '\r']);
-    anyhow::ensure!(
-        !password.is_empty(),
-        "the etcd root password file {} is empty",
-        file.display()
-    );
-    Ok(password.to_owned())
-}
-
 fn etcd_auth(args: &EtcdAuthArgs) -> anyhow::Result<()> {
     logging::init(&args.log_format, "info");
     let password_file: PathBuf = args.etcd_password_file.clone();
@@ -259,7 +245,7 @@ fn etcd_auth(args: &EtcdAuthArgs) -> anyhow::Result<()> {
     let target = Target {
         tls: tls::etcd_tls(std::slice::from_ref(&args.etcd_endpoint), &args.etcd_tls)?,
         endpoint: args.etcd_endpoint.clone(),
-        password: read_password(&password_file)?,
+        password: super::read_etcd_password(&password_file)?,
         timeout,
     };
     let readiness: Shared = Arc::new(Mutex::new(Readiness {

@@ -20,6 +20,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The etcd password in `file`, without the trailing newline editors and `kubectl create secret
+/// --from-file` leave.
+fn read_etcd_password(file: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the etcd password from {}", file.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the etcd password file {} is empty",
+        file.display()
+    );
+    Ok(password.to_owned())
+}
+
 /// 0 for success; otherwise the error and its causes on stderr, and 1.
 fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {

@@ -15,18 +15,6 @@ pub fn run(args: OperatorArgs) -> ExitCode {
     super::exit_code(operator(args))
 }
 
-/// The password in `file`, without the trailing newline editors and `kubectl create secret
-/// --from-file` leave.
-fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the etcd password from {}", file.display()))?;
-    let password = text.trim_end_matches(['\n', '\r']);
-    if password.is_empty() {
-        anyhow::bail!("the etcd password file {} is empty", file.display());
-    }
-    Ok(password.to_owned())
-}
-
 fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     logging::init(&args.log_format, "info");
     let identity = args
@@ -37,7 +25,7 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let etcd_credentials = match (&args.etcd_user, &args.etcd_password_file) {
         (Some(user), Some(file)) => Some(EtcdCredentials {
             user: user.clone(),
-            password: read_password(file)?,
+            password: super::read_etcd_password(file)?,
         }),
         // NB: clap requires both or neither.
         _ => None,
