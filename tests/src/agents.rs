@@ -3,9 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
+use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
 use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
-use kilowatt_node_agent::agent::AgentOptions;
+use kilowatt_agent_core::telemetry::Telemetry;
+use kilowatt_node_agent::agent::{self, AgentOptions};
 
 /// Options of an in-process test agent: no credentials, no pod-resources socket, fence at half the
 /// `lease_ttl`, drift checks every second, samples every 100 ms, power reports every second.
@@ -70,5 +71,55 @@ impl GpuBackend for SharedGpus {
     }
     fn advance(&mut self, now: Duration) {
         self.0.lock().expect("gpus").advance(now);
+    }
+}
+
+/// An agent running in this process over `gpus` simulated H100-SXM GPUs (200–700 W, the example
+/// pre-training curve), with a 4 s lease.
+pub struct InProcessAgent {
+    pub gpus: SharedGpus,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessAgent {
+    pub fn start(etcd_endpoint: &str, prefix: &str, node: &str, gpus: u32) -> InProcessAgent {
+        let curve = parse_profile(
+            kilowatt_crds::profile_file::example_profile("llm-pretrain-h100").expect("example"),
+        )
+        .expect("profile");
+        let shared = SharedGpus(Arc::new(Mutex::new(SimulatedGpus::uniform(
+            node,
+            gpus,
+            "H100-SXM",
+            200.0,
+            700.0,
+            Some(curve),
+        ))));
+        let options = agent_options(node, etcd_endpoint, prefix, Duration::from_secs(4));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let backend = Box::new(shared.clone());
+        let task = tokio::spawn(async move {
+            let telemetry = Telemetry::new().expect("telemetry");
+            agent::run(backend, options, telemetry, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("agent runs");
+        });
+        InProcessAgent {
+            gpus: shared,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the agent as SIGTERM would (its GPUs go to their floors) and waits for it.
+    pub async fn stop(self) -> SharedGpus {
+        let _ = self.stop.send(());
+        crate::within("agent stops", self.task)
+            .await
+            .expect("agent task");
+        self.gpus
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kilowatt_crds::PowerBudget;
 use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator};
-use kilowatt_operator::plan::published::{KeyLayout, PublishedPlan};
+use kilowatt_operator::plan::published::{KeyLayout, NodePlan, PublishedPlan};
 use kilowatt_operator::store::PlanStore;
 use kilowatt_operator::store::etcd::EtcdPlanStore;
 use kilowatt_solver::SolveOptions;
@@ -187,6 +187,57 @@ pub async fn plan_where(
             )),
             None => Err("no plan".to_owned()),
         }
+    })
+    .await
+}
+/// The plan in etcd once `accept` holds for it and it is rolled out: every node with a live agent has
+/// its target written and acknowledged (nodes without one are not waited for).
+pub async fn settled_plan_where(
+    store: &EtcdPlanStore,
+    what: &str,
+    accept: impl Fn(&PublishedPlan) -> bool,
+) -> PublishedPlan {
+    eventually(what, WAIT, || async {
+        let loaded = store.load().await.map_err(|e| e.to_string())?;
+        let plan = match loaded.plan {
+            Some(plan) if accept(&plan) => plan,
+            Some(plan) => return Err(format!("revision {} not accepted", plan.revision)),
+            None => return Err("no plan".to_owned()),
+        };
+        let views = store.read_views().await.map_err(|e| e.to_string())?;
+        for (node, target) in &plan.nodes {
+            let Some(view) = views.get(node).filter(|v| v.inventory.is_some()) else {
+                continue;
+            };
+            let written = view
+                .written
+                .as_ref()
+                .ok_or(format!("{node}: nothing written"))?;
+            let limits = |p: &NodePlan| {
+                p.gpus
+                    .iter()
+                    .map(|g| g.power_limit_watts)
+                    .collect::<Vec<_>>()
+            };
+            if limits(written) != limits(target) {
+                return Err(format!(
+                    "{node}: {:?} written, {:?} planned",
+                    limits(written),
+                    limits(target)
+                ));
+            }
+            if view
+                .ack
+                .as_ref()
+                .is_none_or(|ack| ack.revision < written.revision)
+            {
+                return Err(format!(
+                    "{node}: revision {} not acknowledged",
+                    written.revision
+                ));
+            }
+        }
+        Ok(plan)
     })
     .await
 }

@@ -252,13 +252,18 @@ where
     }
     let inventories = inventories(&views);
     let mut translation = (inputs.translate)(&inventories, &BTreeMap::new());
-    // NB: a GPU node no agent ever registered from has no keys, so no view: it is planned, and
-    // counted at its plan, although its GPUs sit at the driver default until an agent starts
-    // (docs/plan-protocol.md, "A dead agent fences nothing").
+    // A GPU node no agent ever registered from has no keys yet; its view is what Kubernetes says of
+    // its machine, so that it counts at its GPUs' maximum (the driver default) until an agent starts.
     for (node, facts) in &translation.nodes {
-        if let Some(view) = views.get_mut(node) {
-            view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
-        }
+        let view = views.entry(node.clone()).or_insert_with(|| {
+            let machine = (inputs.machine)(node);
+            AgentView {
+                machine_up: machine.up,
+                boot_id: machine.boot_id,
+                ..AgentView::default()
+            }
+        });
+        view.gpu_max_watts = facts.slots.iter().map(|s| s.max_watts).collect();
     }
     let mut holds: BTreeMap<String, NodeHold> =
         rollout::not_lowering(&views, now, inputs.ack_timeout)
@@ -287,7 +292,20 @@ where
         let (plan, dropped) =
             tokio::task::spawn_blocking(move || solve_dropping_invalid(problem, &options))
                 .await??;
-        let short: Vec<String> = plan.shortfalls.iter().map(|s| s.budget.clone()).collect();
+        // A budget whose held nodes alone exceed its cap leaves the solver nothing to fall short
+        // on; its floors exceed its cap all the same.
+        let short: Vec<String> = plan
+            .shortfalls
+            .iter()
+            .map(|s| s.budget.clone())
+            .chain(
+                translation
+                    .budgets
+                    .iter()
+                    .filter(|(_, f)| f.floor_watts > f.planning_cap_watts + 1e-6)
+                    .map(|(name, _)| name.clone()),
+            )
+            .collect();
         let budgets_of = node_budgets(&translation);
         let mut more = false;
         for (node, budgets) in &budgets_of {
@@ -697,6 +715,59 @@ mod tests {
         let deeper = fleet.pass(n1_held + 1_000.0).await;
         assert!(!deeper.translation.cap_enforced()["rack"]);
         assert!(deeper.translation.budgets["rack"].floor_watts > n1_held + 1_000.0);
+    }
+
+    #[tokio::test]
+    async fn a_ready_node_no_agent_registered_from_counts_at_its_gpus_maximum() {
+        let mut fleet = Fleet::new();
+        // n2 is an H100 node (200–700 W a GPU) whose agent has not started: no keys at all.
+        let mut store = MemoryPlanStore::new(KeyLayout::new("/kilowatt"));
+        std::mem::swap(&mut fleet.store, &mut store);
+        fleet.store.register("n1", &inventory(8));
+        fleet.nodes[1] = node(
+            "n2",
+            json!({"kubernetes.io/hostname": "n2", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+            "8",
+        );
+        let n2_default = 8.0 * 700.0;
+        fleet.pass(8_000.0).await;
+        fleet.acknowledge("n1");
+        let outcome = fleet.pass(8_000.0).await;
+        let rack = &outcome.translation.budgets["rack"];
+        assert_eq!(rack.held.len(), 1, "{:?}", rack.held);
+        assert!(rack.held[0].contains("n2"), "{:?}", rack.held);
+        assert!(outcome.translation.cap_enforced()["rack"]);
+        let n1: f64 = fleet.written()[0].iter().sum();
+        assert!(
+            n1 + n2_default <= 8_000.0 + 1e-6,
+            "n1 {n1} W + n2 {n2_default} W"
+        );
+        assert!(possible(&outcome) >= n2_default, "{}", possible(&outcome));
+        assert!(
+            possible(&outcome) <= 8_000.0 + 1e-6,
+            "{}",
+            possible(&outcome)
+        );
+
+        // Its agent starts: n2 is planned anew but counts at its maximum until it acknowledges.
+        fleet.store.register("n2", &inventory(8));
+        fleet.pass(8_000.0).await;
+        let pending = fleet.pass(8_000.0).await;
+        assert!(
+            possible(&pending) <= 8_000.0 + 1e-6,
+            "{}",
+            possible(&pending)
+        );
+        fleet.acknowledge_all();
+        let released = fleet.pass(8_000.0).await;
+        assert!(released.translation.budgets["rack"].held.is_empty());
+        fleet.acknowledge_all();
+        fleet.pass(8_000.0).await;
+        let n1_after: f64 = fleet.written()[0].iter().sum();
+        assert!(
+            n1_after > n1,
+            "n1 rises once n2 is known: {n1} -> {n1_after} W"
+        );
     }
 
     #[tokio::test]

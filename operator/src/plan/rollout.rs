@@ -62,8 +62,8 @@ impl AgentView {
     }
 
     /// No agent has run here that the store knows of (no inventory, no acknowledgement): its GPUs sit
-    /// at whatever they had before Kilowatt, which this counts as its plan (docs/plan-protocol.md,
-    /// "What this does not cover").
+    /// at whatever they had before Kilowatt, the driver's default (about the maximum) on a fresh
+    /// machine.
     fn never_registered(&self) -> bool {
         self.inventory.is_none() && self.ack.is_none()
     }
@@ -154,9 +154,6 @@ fn possible_gpu_watts(
     let planned = written
         .and_then(|p| p.gpus.iter().find(|g| g.index as usize == index))
         .map(|g| g.power_limit_watts);
-    if view.never_registered() {
-        return planned.into_iter().fold(floor, f64::max);
-    }
     let maximum = view.gpu_max_watts.get(index).copied().or_else(|| {
         view.inventory
             .as_ref()
@@ -217,6 +214,9 @@ fn lowered(view: &AgentView, target: &NodePlan) -> NodePlan {
 /// Why a node is planned at what it may still enforce rather than at what it is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotLowering {
+    /// No agent has registered from it while its machine is up: its GPUs keep the limits they had
+    /// before Kilowatt, the driver's default on a fresh machine.
+    NeverRegistered,
     /// Its agent is gone (no lease) while its machine is up: nothing lowers its GPUs.
     AgentGone,
     /// Its agent lives but has not acknowledged the plan written for it within the timeout.
@@ -231,6 +231,9 @@ pub enum NotLowering {
 impl NotLowering {
     pub fn describe(self) -> &'static str {
         match self {
+            NotLowering::NeverRegistered => {
+                "no agent has registered from it, so its GPUs keep their default limits"
+            }
             NotLowering::AgentGone => "its agent is gone while its machine is up",
             NotLowering::NotAcknowledged => "its agent has not acknowledged its plan in time",
             NotLowering::AboveWritten => "its GPUs enforce more than the limits written for them",
@@ -264,7 +267,7 @@ pub fn not_lowering(
 ) -> BTreeMap<String, NotLoweringNode> {
     let mut found = BTreeMap::new();
     for (node, view) in views {
-        if view.gpu_max_watts.is_empty() || view.never_registered() {
+        if view.gpu_max_watts.is_empty() {
             continue;
         }
         let written = view.written.as_ref();
@@ -292,6 +295,8 @@ pub fn not_lowering(
         };
         let why = if !view.may_enforce() {
             NotLowering::MachineDown
+        } else if view.never_registered() {
+            NotLowering::NeverRegistered
         } else if view.inventory.is_none() {
             NotLowering::AgentGone
         } else if !covered && overdue {

@@ -72,6 +72,20 @@ async fn assert_node_plans_fit(
     counted
 }
 
+/// An in-process agent with 8 simulated H100 GPUs on each of `nodes`.
+fn start_agents(plane: &ControlPlane, nodes: &[&str]) -> Vec<InProcessAgent> {
+    nodes
+        .iter()
+        .map(|node| InProcessAgent::start(&plane.etcd_endpoint, "/kilowatt-test", node, 8))
+        .collect()
+}
+
+async fn stop_agents(agents: Vec<InProcessAgent>) {
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
 async fn budget_status(admin: &Client, name: &str) -> Option<PowerBudgetStatus> {
     let budgets: Api<PowerBudget> = Api::all(admin.clone());
     within("get budget", budgets.get(name))
@@ -204,10 +218,11 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
     )
     .await;
 
+    let agents = start_agents(&plane, &["a1", "a2", "b1", "b2"]);
     // Only the schedule timer (not a resync) can notice a window closing in this test.
     let operator = start_operator(&plane, "replica-0", Duration::from_secs(300)).await;
     let store = store(&plane).await;
-    let plan = plan_where(&store, "first plan", |p| p.workloads.len() == 2).await;
+    let plan = settled_plan_where(&store, "first plan", |p| p.workloads.len() == 2).await;
     assert_ne!(plan.status, "infeasible");
     let llm = workload(&plan, "ml/llm").expect("training gang planned");
     assert_eq!(llm.pods, ["ml/train-0", "ml/train-1"]);
@@ -312,7 +327,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
 
     // A lower cap is planned and announced.
     patch_budget(&admin, "rack-a", json!({"capWatts": 7000.0})).await;
-    let lowered = plan_where(&store, "rack-a at 7000 W", |p| {
+    let lowered = settled_plan_where(&store, "rack-a at 7000 W", |p| {
         p.budgets
             .iter()
             .any(|b| b.name == "rack-a" && b.effective_cap_watts == 7000.0)
@@ -330,7 +345,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
     let end = now + k8s_openapi::jiff::SignedDuration::from_secs(20);
     patch_budget(&admin, "facility", json!({"schedule": [
         {"name": "dr-event", "capWatts": 12000.0, "start": start.to_string(), "end": end.to_string()}]})).await;
-    let during = plan_where(&store, "facility in the window", |p| {
+    let during = settled_plan_where(&store, "facility in the window", |p| {
         p.budgets
             .iter()
             .any(|b| b.name == "facility" && b.effective_cap_watts == 12000.0)
@@ -345,7 +360,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
         Some(vec!["dr-event".to_owned()])
     );
     assert!(assert_node_plans_fit(&store, &during).await["facility"] <= 12000.0);
-    let after = plan_where(&store, "facility after the window", |p| {
+    let after = settled_plan_where(&store, "facility after the window", |p| {
         p.budgets
             .iter()
             .any(|b| b.name == "facility" && b.effective_cap_watts == 22000.0)
@@ -367,7 +382,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
         .find(|b| b.name == "rack-b")
         .expect("rack-b")
         .allocated_watts;
-    let freed = plan_where(&store, "serve-0 gone", |p| {
+    let freed = settled_plan_where(&store, "serve-0 gone", |p| {
         workload(p, "ml/serve-0").is_none()
     })
     .await;
@@ -384,6 +399,7 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
     );
     assert_node_plans_fit(&store, &freed).await;
     operator.shutdown().await;
+    stop_agents(agents).await;
 }
 
 #[tokio::test]
@@ -456,9 +472,11 @@ async fn operator_holds_gpus_at_the_floor_for_conflicts_infeasible_caps_and_bad_
     )
     .await;
 
+    // c1 has an agent; c2 (an unknown GPU model) has none and counts at its maximum.
+    let agents = start_agents(&plane, &["c1"]);
     let operator = start_operator(&plane, "replica-0", Duration::from_secs(2)).await;
     let store = store(&plane).await;
-    let plan = plan_where(&store, "first plan", |p| p.nodes.len() == 2).await;
+    let plan = settled_plan_where(&store, "first plan", |p| p.nodes.len() == 2).await;
     assert!(plan.workloads.is_empty(), "{:?}", plan.workloads);
     assert_eq!(
         node_limits(&plan, "c1"),
@@ -504,7 +522,7 @@ async fn operator_holds_gpus_at_the_floor_for_conflicts_infeasible_caps_and_bad_
     // Below its floors a budget is infeasible: its subtree at its floors (the rest of the fleet is
     // still planned), a condition and a warning.
     patch_budget(&admin, "room", json!({"capWatts": 1000.0})).await;
-    let safe = plan_where(&store, "room at its floors", |p| {
+    let safe = settled_plan_where(&store, "room at its floors", |p| {
         !p.infeasible_budgets.is_empty()
     })
     .await;
@@ -537,7 +555,8 @@ async fn operator_holds_gpus_at_the_floor_for_conflicts_infeasible_caps_and_bad_
     assert_eq!(condition(&room, "Degraded").1, "UnknownGpuModel");
     event(&admin, "default", "room", "Feasible").await;
     event(&admin, "default", "room", "ConflictResolved").await;
-    let recovered = plan_where(&store, "c1 planned again", |p| !p.workloads.is_empty()).await;
+    let recovered =
+        settled_plan_where(&store, "c1 planned again", |p| !p.workloads.is_empty()).await;
     assert!(
         node_limits(&recovered, "c1").iter().all(|w| *w > 200.0),
         "{:?}",
@@ -545,6 +564,7 @@ async fn operator_holds_gpus_at_the_floor_for_conflicts_infeasible_caps_and_bad_
     );
     assert_node_plans_fit(&store, &recovered).await;
     operator.shutdown().await;
+    stop_agents(agents).await;
 }
 
 async fn leader_metric(operator: &RunningOperator) -> bool {
@@ -573,10 +593,11 @@ async fn one_replica_leads_and_a_successor_continues_the_plan_in_etcd() {
     )
     .await;
 
+    let agents = start_agents(&plane, &["d1"]);
     let first = start_operator(&plane, "replica-a", Duration::from_secs(1)).await;
     let second = start_operator(&plane, "replica-b", Duration::from_secs(1)).await;
     let store = store(&plane).await;
-    let plan = plan_where(&store, "first plan", |p| !p.workloads.is_empty()).await;
+    let plan = settled_plan_where(&store, "first plan", |p| !p.workloads.is_empty()).await;
     let leader_name = eventually("one leader", WAIT, || async {
         match (leader_metric(&first).await, leader_metric(&second).await) {
             (true, false) => Ok("replica-a"),
@@ -614,7 +635,7 @@ async fn one_replica_leads_and_a_successor_continues_the_plan_in_etcd() {
     );
 
     patch_budget(&admin, "row-1", json!({"capWatts": 3500.0})).await;
-    let next = plan_where(&store, "plan after the cap change", |p| {
+    let next = settled_plan_where(&store, "plan after the cap change", |p| {
         p.revision > plan.revision
     })
     .await;
@@ -637,8 +658,10 @@ async fn one_replica_leads_and_a_successor_continues_the_plan_in_etcd() {
     })
     .await;
     patch_budget(&admin, "row-1", json!({"capWatts": 3000.0})).await;
-    let last = plan_where(&store, "plan after restart", |p| p.revision > next.revision).await;
+    let last =
+        settled_plan_where(&store, "plan after restart", |p| p.revision > next.revision).await;
     assert_eq!(last.revision, next.revision + 1);
     assert!(assert_node_plans_fit(&store, &last).await["row-1"] <= 3000.0);
     restarted.shutdown().await;
+    stop_agents(agents).await;
 }

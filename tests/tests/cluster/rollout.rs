@@ -6,55 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kilowatt_agent_core::gpu::simulated::{SimulatedGpus, parse_profile};
-use kilowatt_agent_core::telemetry::Telemetry;
-use kilowatt_node_agent::agent;
 use kilowatt_operator::store::PlanStore;
+use kilowatt_tests::eventually;
 use kilowatt_tests::*;
-use kilowatt_tests::{ControlPlane, eventually, within};
 use serde_json::json;
 
 const NODES: [&str; 3] = ["r1", "r2", "r3"];
 const OVERHEAD_WATTS: f64 = 500.0;
-
-fn start_agent(
-    plane: &ControlPlane,
-    node: &str,
-) -> (
-    SharedGpus,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let curve = parse_profile(
-        kilowatt_crds::profile_file::example_profile("llm-pretrain-h100").expect("example"),
-    )
-    .expect("profile");
-    let gpus = SharedGpus(Arc::new(Mutex::new(SimulatedGpus::uniform(
-        node,
-        4,
-        "H100-SXM",
-        200.0,
-        700.0,
-        Some(curve),
-    ))));
-    let options = agent_options(
-        node,
-        &plane.etcd_endpoint,
-        "/kilowatt-test",
-        Duration::from_secs(4),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let backend = Box::new(gpus.clone());
-    let task = tokio::spawn(async move {
-        let telemetry = Telemetry::new().expect("telemetry");
-        agent::run(backend, options, telemetry, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("agent runs");
-    });
-    (gpus, stop, task)
-}
 
 /// Sum of the limits every simulated GPU enforces right now, plus node overheads.
 fn draw(fleet: &[SharedGpus]) -> f64 {
@@ -123,8 +81,11 @@ async fn a_cap_cut_and_raise_roll_out_through_acknowledgements_without_exceeding
     )
     .await;
 
-    let agents: Vec<_> = NODES.iter().map(|n| start_agent(&plane, n)).collect();
-    let fleet: Vec<SharedGpus> = agents.iter().map(|(g, _, _)| g.clone()).collect();
+    let agents: Vec<_> = NODES
+        .iter()
+        .map(|n| InProcessAgent::start(&plane.etcd_endpoint, "/kilowatt-test", n, 4))
+        .collect();
+    let fleet: Vec<SharedGpus> = agents.iter().map(|a| a.gpus.clone()).collect();
     let operator = start_operator(&plane, "replica-0", Duration::from_secs(2)).await;
     let store = store(&plane).await;
 
@@ -225,9 +186,8 @@ async fn a_cap_cut_and_raise_roll_out_through_acknowledgements_without_exceeding
         assert_eq!(gpus.limits(), planned, "{node}");
     }
     operator.shutdown().await;
-    for (gpus, stop, task) in agents {
-        let _ = stop.send(());
-        within("agent stops", task).await.expect("agent task");
+    for agent in agents {
+        let gpus = agent.stop().await;
         assert!(gpus.limits().iter().all(|w| *w == 200.0));
     }
 }
