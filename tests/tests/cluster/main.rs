@@ -9,6 +9,7 @@ mod crds;
 mod dashboards;
 mod faults;
 mod helm;
+mod image;
 mod operator;
 mod rollout;
 mod scale;
