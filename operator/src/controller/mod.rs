@@ -188,6 +188,41 @@ impl RunningOperator {
     }
 }
 
+/// How long the operator waits for etcd at start before giving up: on a fresh install etcd's pod
+/// becomes ready about as late as the operator's, and a replica that exits at once only restarts in
+/// the kubelet's back-off. Kept under the liveness probe's 30 s.
+const ETCD_START_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Connects to the plan etcd, trying again with a doubling pause (0.5 s up to 4 s) while it cannot
+/// be reached, for up to [`ETCD_START_PATIENCE`].
+async fn connect_store(
+    options: &OperatorOptions,
+    keys: &KeyLayout,
+) -> Result<EtcdPlanStore, StoreError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let attempt = EtcdPlanStore::connect_as(
+            &options.etcd_endpoints,
+            keys.clone(),
+            Duration::from_secs(5),
+            options.etcd_credentials.as_ref(),
+            options.etcd_tls.as_ref(),
+        )
+        .await;
+        match attempt {
+            Err(error @ StoreError::Connect { .. })
+                if started.elapsed() + pause < ETCD_START_PATIENCE =>
+            {
+                tracing::warn!(error = %error, retry_in = ?pause, "etcd not reachable yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Starts the operator: checks the CRDs, connects to etcd, binds the HTTP port, starts watches,
 /// election and the loop.
 pub async fn start(
@@ -197,14 +232,7 @@ pub async fn start(
     check_crd::<PowerBudget>(&client, "powerbudgets.kilowatt.dev").await?;
     check_crd::<WorkloadProfile>(&client, "workloadprofiles.kilowatt.dev").await?;
     let keys = KeyLayout::new(&options.etcd_prefix);
-    let store = EtcdPlanStore::connect_as(
-        &options.etcd_endpoints,
-        keys.clone(),
-        Duration::from_secs(5),
-        options.etcd_credentials.as_ref(),
-        options.etcd_tls.as_ref(),
-    )
-    .await?;
+    let store = connect_store(&options, &keys).await?;
     // Without an etcd user the operator cannot manage users (and etcd has no auth to enforce them).
     let metrics = Metrics::new()?;
     let credentials = options.etcd_credentials.as_ref().map(|_| {
