@@ -56,42 +56,10 @@ esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The packages, downloaded once per version into the cache (apt-get picks the candidate version).
-debs="$HOME/.cache/kilowatt/image-debs"
-mkdir -p "$debs"
-package_list=()
-for package in "${packages[@]}"; do
-  candidate=$(apt-cache policy "$package" | sed -n 's/^  Candidate: //p')
-  if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-    echo "image: apt knows no version of $package (run apt-get update)" >&2
-    exit 1
-  fi
-  file=$(find "$debs" -maxdepth 1 -name "${package}_${candidate//:/%3a}_*.deb" | head -n1)
-  if [ -z "$file" ]; then
-    # As root apt drops to its _apt user, which cannot write the cache; it would warn and go on.
-    sandbox=()
-    [ "$(id -u)" -ne 0 ] || sandbox=(-o APT::Sandbox::User=root)
-    (cd "$debs" && apt-get download -qq "${sandbox[@]}" "$package=$candidate")
-    file=$(find "$debs" -maxdepth 1 -name "${package}_${candidate//:/%3a}_*.deb" | head -n1)
-  fi
-  [ -n "$file" ] || { echo "image: could not download $package=$candidate" >&2; exit 1; }
-  package_list+=("$package=$candidate")
-  dpkg-deb -x "$file" "$work/base"
-done
-
-# What the packages' maintainer scripts would have made, and what an image needs besides: the CA
-# bundle, the users (65532 is distroless's nonroot), a world-writable /tmp. Documentation goes, its
-# copyright files stay.
-base="$work/base"
-find "$base/usr/share/doc" -type f ! -name copyright -delete
-rm -rf "$base/usr/share/man" "$base/usr/share/lintian" "$base/usr/share/info"
-mkdir -p "$base/etc/ssl/certs" "$base/tmp" "$base/home/nonroot"
-find "$base/usr/share/ca-certificates" -name '*.crt' -print0 | LC_ALL=C sort -z |
-  xargs -0 cat >"$base/etc/ssl/certs/ca-certificates.crt"
-printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' \
-  >"$base/etc/passwd"
-printf 'root:x:0:\nnonroot:x:65532:\n' >"$base/etc/group"
-chmod 1777 "$base/tmp"
+# shellcheck source=scripts/oci.sh
+. scripts/oci.sh
+oci_debian_rootfs "$work/base" "${packages[@]}"
+package_list=("${oci_packages[@]}")
 
 app="$work/app/usr/local/bin"
 mkdir -p "$app"
@@ -100,29 +68,9 @@ for bin in kilowatt kilowatt-agent; do
   chmod 0755 "$app/$bin"
 done
 
-blobs="$work/layout/blobs/sha256"
-mkdir -p "$blobs"
-# Stores stdin as a blob; prints its digest.
-store_blob() {
-  local tmp="$work/blob.tmp" digest
-  cat >"$tmp"
-  digest=$(sha256sum "$tmp" | cut -d' ' -f1)
-  mv "$tmp" "$blobs/$digest"
-  echo "$digest"
-}
-# One layer from a directory: prints "<compressed digest> <uncompressed digest>".
-layer() {
-  local dir="$1" tar="$work/layer.tar" diff_id digest
-  (cd "$dir" && LC_ALL=C tar --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
-    --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-    -cf "$tar" $(LC_ALL=C ls -A))
-  diff_id=$(sha256sum "$tar" | cut -d' ' -f1)
-  digest=$(gzip -n -9 -c "$tar" | store_blob)
-  rm -f "$tar"
-  echo "$digest $diff_id"
-}
-read -r base_digest base_diff < <(layer "$work/base")
-read -r app_digest app_diff < <(layer "$work/app")
+oci_init "$work/layout" "$epoch"
+read -r base_digest base_diff < <(oci_layer "$work/base")
+read -r app_digest app_diff < <(oci_layer "$work/app")
 
 packages_label=$(IFS=' '; echo "${package_list[*]}")
 config=$(jq -cnS \
@@ -151,45 +99,9 @@ config=$(jq -cnS \
       {created: $created, created_by: "scripts/image.sh: kilowatt and kilowatt-agent"}
     ]
   }')
-config_digest=$(printf '%s' "$config" | store_blob)
-size() { stat -c %s "$blobs/$1"; }
-manifest=$(jq -cnS \
-  --arg config "sha256:$config_digest" --argjson config_size "$(size "$config_digest")" \
-  --arg base "sha256:$base_digest" --argjson base_size "$(size "$base_digest")" \
-  --arg app "sha256:$app_digest" --argjson app_size "$(size "$app_digest")" '{
-    schemaVersion: 2,
-    mediaType: "application/vnd.oci.image.manifest.v1+json",
-    config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $config, size: $config_size},
-    layers: [
-      {mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $base, size: $base_size},
-      {mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $app, size: $app_size}
-    ]
-  }')
-manifest_digest=$(printf '%s' "$manifest" | store_blob)
-tag="${name##*:}"
-layout="$work/layout"
-printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-jq -cnS --arg digest "sha256:$manifest_digest" --argjson size "$(size "$manifest_digest")" \
-  --arg name "$name" --arg tag "$tag" '{
-    schemaVersion: 2,
-    mediaType: "application/vnd.oci.image.index.v1+json",
-    manifests: [{
-      mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $digest, size: $size,
-      annotations: {"io.containerd.image.name": $name, "org.opencontainers.image.ref.name": $tag}
-    }]
-  }' | tr -d '\n' >"$layout/index.json"
-# docker load reads manifest.json; the layer paths are the OCI blobs themselves.
-jq -cn --arg config "blobs/sha256/$config_digest" --arg name "$name" \
-  --arg base "blobs/sha256/$base_digest" --arg app "blobs/sha256/$app_digest" \
-  '[{Config: $config, RepoTags: [$name], Layers: [$base, $app]}]' | tr -d '\n' >"$layout/manifest.json"
-
-mkdir -p "$(dirname "$out")"
-(cd "$layout" && LC_ALL=C tar --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
-  --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
-  -cf - oci-layout index.json manifest.json blobs) >"$out.partial"
-mv "$out.partial" "$out"
+manifest_digest=$(oci_finish "$out" "$name" "$config" "$base_digest" "$app_digest")
 
 echo "image: $name"
-echo "image: digest sha256:$manifest_digest"
-echo "image: archive $out, $(stat -c %s "$out") bytes (layers: base $(size "$base_digest"), binaries $(size "$app_digest") bytes compressed)"
+echo "image: digest $manifest_digest"
+echo "image: archive $out, $(stat -c %s "$out") bytes (layers: base $(oci_size "$base_digest"), binaries $(oci_size "$app_digest") bytes compressed)"
 echo "image: debian packages ${package_list[*]}"

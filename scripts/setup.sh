@@ -3,11 +3,14 @@
 # with sudo): cmake, a C++ compiler and libclang for HiGHS (built from source by good_lp's `highs`
 # feature); protoc for etcd-client and the kubelet API; etcd, openssl, kill (procps) and ip (iproute2,
 # for the fault suite's network namespace), Prometheus (the dashboards test) and Chromium with
-# chromedriver (the web page test) for the tests; jq for the dependency rules (scripts/check-dependencies.sh).
+# chromedriver (the web page test) for the tests; jq for the dependency rules (scripts/check-dependencies.sh)
+# and the image scripts; containerd, runc, the CNI plugins, iptables, conntrack and curl for the
+# end-to-end test's single-node cluster (scripts/cluster.sh).
 # Go (1.26+) must already be installed: the tests build kube-apiserver from Go modules (once, cached).
 set -euo pipefail
 
-packages=(cmake g++ libclang-dev protobuf-compiler etcd-server openssl procps iproute2 prometheus chromium chromium-driver jq)
+packages=(cmake g++ libclang-dev protobuf-compiler etcd-server openssl procps iproute2 prometheus chromium chromium-driver jq
+  containerd runc containernetworking-plugins iptables conntrack curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

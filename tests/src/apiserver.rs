@@ -255,21 +255,41 @@ impl Drop for ControlPlane {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
-/// Path of the kube-apiserver binary, building it with `go build` the first time. `KILOWATT_KUBE_APISERVER`
-/// names a prebuilt binary instead; builds are cached in `~/.cache/kilowatt/` (and Go's own build cache),
-/// so a second run starts in seconds.
+/// Path of the kube-apiserver binary: `~/.cache/kilowatt/kubernetes-v1.37.2/kube-apiserver`, built the
+/// first time with the other Kubernetes binaries by `scripts/cluster.sh build` (one `go build` of
+/// `tests/apiserver`, cached with Go's own build cache, so a second run starts in seconds).
+/// `KILOWATT_KUBE_APISERVER` names a prebuilt binary instead.
 pub fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
     // NB: the tests of one binary start control planes in parallel; on a fresh machine only the first
     // builds, the others wait for it instead of running the same half-hour `go build` side by side.
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    go_built(
-        &BUILD,
-        "KILOWATT_KUBE_APISERVER",
-        &format!("kube-apiserver-{KUBERNETES_VERSION}"),
-        "tests/apiserver",
-        ".",
-        "10-30 minutes on 2 cores",
-    )
+    if let Some(path) = std::env::var_os("KILOWATT_KUBE_APISERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let binary = cache_dir()
+        .join(format!("kubernetes-{KUBERNETES_VERSION}"))
+        .join("kube-apiserver");
+    let _building = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if binary.exists() {
+        return Ok(binary);
+    }
+    eprintln!("building Kubernetes {KUBERNETES_VERSION} with go (once; 10-30 minutes on 2 cores)");
+    let status = Command::new(repository_root().join("scripts/cluster.sh"))
+        .arg("build")
+        .status()
+        .context("running scripts/cluster.sh build (is Go installed?)")?;
+    if !status.success() || !binary.exists() {
+        bail!("scripts/cluster.sh build failed ({status})");
+    }
+    Ok(binary)
+}
+/// `~/.cache/kilowatt`, where the Go-built binaries are kept between runs.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/kilowatt"))
+        .unwrap_or_else(|| std::env::temp_dir().join("kilowatt-cache"))
 }
 /// The helm CLI the chart tests use, pinned in `tests/helm/go.mod`.
 pub const HELM_VERSION: &str = "v3.22.0";
@@ -299,9 +319,7 @@ pub fn go_built(
     if let Some(path) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(path));
     }
-    let cache = std::env::var_os("HOME")
-        .map(|home| PathBuf::from(home).join(".cache/kilowatt"))
-        .unwrap_or_else(|| std::env::temp_dir().join("kilowatt-cache"));
+    let cache = cache_dir();
     let binary = cache.join(cached_name);
     let _building = build
         .lock()

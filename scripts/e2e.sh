@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The end-to-end test: Kilowatt installed as users install it, on a real single-node cluster
+# (scripts/cluster.sh: kubelet, scheduler, controller-manager, kube-proxy, CoreDNS, containerd, CNI),
+# from the image scripts/image.sh builds, with the chart's RBAC unmodified and the agent's simulated
+# GPUs advertised to the kubelet by its device plugin. Steps: helm install until every pod is Ready;
+# budgets and GPU pods placed by the real scheduler, planned on the GPUs the kubelet gave them; a cap
+# cut enforced within 2 s while a sampler reads every GPU's limit from the agent; the leader pod and
+# the agent pod deleted; a helm upgrade. Ends with `e2e: N passed, M failed`. Needs root.
+#
+# Usage: scripts/e2e.sh [--binaries DIR]   (default: $CARGO_TARGET_DIR/debug, the test profile's
+#                                           binaries that `cargo test --workspace` builds)
+# Logs and the sampler's samples stay in $E2E_DIR (default: a fresh /tmp/kilowatt-e2e.* directory).
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+binaries="${CARGO_TARGET_DIR:-target}/debug"
+while (($#)); do
+  case "$1" in
+    --binaries) binaries="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "e2e: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+dir="${E2E_DIR:-$(mktemp -d /tmp/kilowatt-e2e.XXXXXX)}"
+mkdir -p "$dir/images"
+helm_bin="${KILOWATT_HELM:-$HOME/.cache/kilowatt/helm-v3.22.0}"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+node=kw-node
+passed=0
+failed=0
+
+say() { echo "e2e: $*"; }
+check() {
+  local name="$1"; shift
+  if "$@"; then
+    say "ok   $name"; passed=$((passed + 1))
+  else
+    say "FAIL $name"; failed=$((failed + 1))
+  fi
+}
+finish() {
+  stop_sampler
+  if [ -d "$dir/cluster" ]; then
+    cp -r "$dir/cluster/logs" "$dir/cluster-logs" 2>/dev/null
+    cp -r /var/log/pods "$dir/pod-logs" 2>/dev/null
+    scripts/cluster.sh down "$dir/cluster"
+  fi
+  say "logs in $dir"
+  say "$passed passed, $failed failed"
+}
+trap finish EXIT
+
+# Waits up to $1 seconds for the command after it to succeed.
+within() {
+  local seconds="$1"; shift
+  local deadline
+  deadline=$(date +%s.%N | awk -v s="$seconds" '{ print $1 + s }')
+  until "$@" >/dev/null 2>&1; do
+    if awk -v d="$deadline" -v n="$(date +%s.%N)" 'BEGIN { exit !(n > d) }'; then return 1; fi
+    sleep 0.2
+  done
+}
+in_cluster() { scripts/cluster.sh exec "$@"; }
+k() { in_cluster "$dir/cluster/bin/kubectl" --kubeconfig "$dir/cluster/admin.kubeconfig" "$@"; }
+helm() { in_cluster "$helm_bin" --kubeconfig "$dir/cluster/admin.kubeconfig" "$@"; }
+ns=(-n kilowatt-system)
+
+# The agent's metrics: every simulated GPU's enforced limit ("index watts" lines).
+agent_ip() { k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-agent -o jsonpath='{.items[0].status.podIP}'; }
+enforced_limits() {
+  in_cluster curl -sf --max-time 1 "http://$1:9400/metrics" |
+    sed -n 's/^kilowatt_gpu_power_limit_watts{gpu="\([0-9]*\)".*} \([0-9.e+]*\)$/\1 \2/p' | sort -n
+}
+operator_ip() { k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-operator -o jsonpath='{.items[0].status.podIP}'; }
+plan() { in_cluster curl -sf --max-time 2 "http://$(operator_ip):8080/api/v1/plan"; }
+lease_holder() { k "${ns[@]}" get lease kilowatt-operator -o jsonpath='{.spec.holderIdentity}'; }
+
+# The sampler: every 100 ms, the sum of the enforced limits plus the node's overhead, with the time.
+overhead=500
+sampler_pid=""
+start_sampler() {
+  (while true; do
+    ip=$(agent_ip 2>/dev/null)
+    total=$(enforced_limits "$ip" 2>/dev/null | awk -v o="$overhead" 'NF == 2 { s += $2; n++ } END { if (n == 8) print s + o }')
+    [ -n "$total" ] && echo "$(date +%s.%N) $total" >>"$dir/samples"
+    sleep 0.1
+  done) &
+  sampler_pid=$!
+}
+stop_sampler() { [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null; sampler_pid=""; }
+# Cap changes, "time cap" per line; a cut gives the rollout 2 s, the time the issue allows.
+record_cap() { echo "$(date +%s.%N) $1" >>"$dir/caps"; }
+samples_within_caps() {
+  awk 'NR == FNR { t[NR] = $1; c[NR] = $2; n = NR; next }
+       { allowed = 0
+         for (i = 1; i <= n; i++) if (t[i] <= $1) { allowed = c[i]; if (i > 1 && c[i-1] > c[i] && $1 < t[i] + 2) allowed = c[i-1] }
+         checked++
+         if (allowed > 0 && $2 > allowed + 1e-6) { over++; printf "e2e: sample %s: %s W over the cap %s W\n", $1, $2, allowed } }
+       END { printf "e2e: sampler: %d samples checked, %d over a cap\n", checked, over; exit !(checked > 0 && over == 0) }' \
+    "$dir/caps" "$dir/samples"
+}
+
+say "building images and the cluster's binaries"
+scripts/cluster.sh build || exit 1
+scripts/image.sh --binaries "$binaries" --out "$dir/images/kilowatt.tar" --name "localhost/kilowatt:$version" || exit 1
+etcd_image=$(tests/e2e/images.sh "$dir/images") || exit 1
+scripts/cluster.sh up "$dir/cluster" || exit 1
+for image in kilowatt pause etcd; do
+  ctr --address "$dir/cluster/containerd/containerd.sock" -n k8s.io images import "$dir/images/$image.tar" >/dev/null || exit 1
+done
+k label node "$node" nvidia.com/gpu.present=true rack=a1 >/dev/null
+# etcd's volume: a local PersistentVolume, owned by etcd's user (a local volume ignores fsGroup).
+mkdir -p "$dir/volumes/etcd" && chown 65532:65532 "$dir/volumes/etcd"
+sed "s|VOLUME_PATH|$dir/volumes/etcd|; s|NODE|$node|" tests/e2e/storage.yaml | k apply -f - >/dev/null
+
+# 1. helm install, every pod Running and Ready.
+install() {
+  local started=$SECONDS
+  helm install kilowatt helm/kilowatt --namespace kilowatt-system --create-namespace \
+    -f tests/e2e/values.yaml --set image.tag="$version" --set etcd.internal.image="$etcd_image" >/dev/null &&
+    k wait --for condition=established --timeout=60s crd/powerbudgets.kilowatt.dev crd/workloadprofiles.kilowatt.dev >/dev/null &&
+    k "${ns[@]}" rollout status sts/kilowatt-etcd --timeout=180s >/dev/null &&
+    k "${ns[@]}" rollout status deploy/kilowatt-operator --timeout=180s >/dev/null &&
+    k "${ns[@]}" rollout status ds/kilowatt-agent --timeout=180s >/dev/null || return 1
+  say "install: every pod Ready $((SECONDS - started)) s after helm install"
+  k "${ns[@]}" get pods -o wide
+  local holder
+  holder=$(lease_holder)
+  k "${ns[@]}" get pod "$holder" >/dev/null 2>&1 || { say "lease holder $holder is no operator pod"; return 1; }
+  say "install: leader $holder"
+}
+check "helm install: CRDs, operator (2 replicas, one leader), agent, etcd Ready" install
+
+# 2. Budgets and GPU pods.
+gpu_capacity() { [ "$(k get node "$node" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')" = 8 ]; }
+pods_running() {
+  [ "$(k -n ml get pods -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -c Running)" = 2 ]
+}
+budget_ready() {
+  [ "$(k get powerbudget "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+# Each GPU's pod in the plan is the pod the kubelet allocated its device to (its checkpoint).
+plan_names_kubelet_pods() {
+  local checkpoint=/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint
+  local by_uid planned allocated
+  by_uid=$(k -n ml get pods -o jsonpath='{range .items[*]}{.metadata.uid} ml/{.metadata.name}{"\n"}{end}')
+  allocated=$(jq -r '.Data.PodDeviceEntries[] | select(.ResourceName == "nvidia.com/gpu")
+      | .PodUID as $uid | .DeviceIDs[][] | "\($uid) \(.)"' "$checkpoint" |
+    while read -r uid device; do
+      echo "${device##*-} $(awk -v u="$uid" '$1 == u { print $2 }' <<<"$by_uid")"
+    done | sort -n)
+  planned=$(plan | jq -r --arg n "$node" '.nodes[$n].gpus[] | "\(.index) \(.pod // "-")"' | sort -n)
+  echo "$allocated" >"$dir/allocated"; echo "$planned" >"$dir/planned"
+  [ -n "$allocated" ] && [ "$allocated" = "$planned" ]
+}
+planned_limits() { plan | jq -r --arg n "$node" '.nodes[$n].gpus[] | "\(.index) \(.powerLimitWatts)"' | sort -n; }
+limits_enforced() {
+  local planned enforced
+  planned=$(planned_limits | awk '{ printf "%s %g\n", $1, $2 }')
+  enforced=$(enforced_limits "$(agent_ip)" | awk '{ printf "%s %g\n", $1, $2 }')
+  [ -n "$planned" ] && [ "$planned" = "$enforced" ]
+}
+workload() {
+  within 60 gpu_capacity || { say "the node never advertised 8 nvidia.com/gpu"; return 1; }
+  k apply -f tests/e2e/workload.yaml >/dev/null || return 1
+  within 90 pods_running || { k -n ml get pods; return 1; }
+  within 60 budget_ready rack-a1 || { k get powerbudgets; return 1; }
+  k get powerbudgets
+  within 30 plan_names_kubelet_pods || { say "kubelet gave $(cat "$dir/allocated"), the plan says $(cat "$dir/planned")"; return 1; }
+  within 30 limits_enforced || { say "planned $(planned_limits | tr '\n' ' '), enforced $(enforced_limits "$(agent_ip)" | tr '\n' ' ')"; return 1; }
+  say "workload: the plan names each pod on the GPUs the kubelet gave it; limits $(planned_limits | awk '{ print $2 }' | tr '\n' ' ')"
+}
+check "budgets Ready, GPU pods scheduled, planned on their GPUs and enforced" workload
+
+# 3. A cap cut, enforced within 2 s, sampled throughout.
+total_at_most() { enforced_limits "$(agent_ip)" | awk -v o="$overhead" -v cap="$1" '{ s += $2 } END { exit !(NR == 8 && s + o <= cap) }'; }
+cap_cut() {
+  record_cap 4800
+  start_sampler
+  sleep 2
+  local started
+  started=$(date +%s.%N)
+  record_cap 3000
+  k patch powerbudget rack-a1 --type merge -p '{"spec": {"capWatts": 3000}}' >/dev/null || return 1
+  within 10 total_at_most 3000 || return 1
+  local took
+  took=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  say "cap cut: 4800 W -> 3000 W enforced on the GPUs $took s after kubectl patch"
+  awk -v t="$took" 'BEGIN { exit !(t <= 2) }'
+}
+check "a cap cut with kubectl patch is enforced within 2 s" cap_cut
+
+# 4. The leader pod deleted: the other replica takes over, revisions continue, nothing over the cap.
+leader_takeover() {
+  local before holder revision_before
+  holder=$(lease_holder)
+  revision_before=$(plan | jq .revision)
+  k "${ns[@]}" delete pod "$holder" --wait=false >/dev/null || return 1
+  new_leader() { local h; h=$(lease_holder); [ -n "$h" ] && [ "$h" != "$holder" ]; }
+  within 60 new_leader || return 1
+  record_cap 3500
+  k patch powerbudget rack-a1 --type merge -p '{"spec": {"capWatts": 3500}}' >/dev/null
+  raised() { [ "$(plan | jq .revision)" -gt "$revision_before" ] && limits_enforced; }
+  within 30 raised || return 1
+  say "leader: $holder deleted, $(lease_holder) leads; plan revision $revision_before -> $(plan | jq .revision)"
+}
+check "deleting the leader pod: the other replica takes over, the plan continues" leader_takeover
+
+agent_restart() {
+  local pod
+  pod=$(k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-agent -o jsonpath='{.items[0].metadata.name}')
+  k "${ns[@]}" delete pod "$pod" >/dev/null || return 1
+  k "${ns[@]}" rollout status ds/kilowatt-agent --timeout=120s >/dev/null || return 1
+  within 60 limits_enforced || return 1
+  say "agent: $pod deleted; its replacement enforces the plan again"
+}
+check "deleting the agent pod: the DaemonSet restarts it and it enforces the plan" agent_restart
+
+# 6. helm upgrade with a changed value rolls the pods.
+upgrade() {
+  helm upgrade kilowatt helm/kilowatt --namespace kilowatt-system --reuse-values \
+    --set agent.reportSeconds=5 >/dev/null || return 1
+  k "${ns[@]}" rollout status ds/kilowatt-agent --timeout=180s >/dev/null &&
+    k "${ns[@]}" rollout status deploy/kilowatt-operator --timeout=180s >/dev/null || return 1
+  within 60 limits_enforced
+}
+check "helm upgrade rolls the pods" upgrade
+stop_sampler
+check "no sample over a cap (a cut gets 2 s)" samples_within_caps
