@@ -108,7 +108,9 @@ scripts/cluster.sh up "$dir/cluster" || exit 1
 for image in kilowatt pause etcd; do
   ctr --address "$dir/cluster/containerd/containerd.sock" -n k8s.io images import "$dir/images/$image.tar" >/dev/null || exit 1
 done
-k label node "$node" nvidia.com/gpu.present=true rack=a1 >/dev/null
+# What NVIDIA's GPU feature discovery would label a node of 8 H100-SXM with (the chart's agent selects
+# gpu.present; the operator picks default profiles by gpu.product), and the worked example's rack.
+k label node "$node" nvidia.com/gpu.present=true nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 rack=a1 >/dev/null
 # etcd's volume: a local PersistentVolume, owned by etcd's user (a local volume ignores fsGroup).
 mkdir -p "$dir/volumes/etcd" && chown 65532:65532 "$dir/volumes/etcd"
 sed "s|VOLUME_PATH|$dir/volumes/etcd|; s|NODE|$node|" tests/e2e/storage.yaml | k apply -f - >/dev/null
@@ -215,6 +217,41 @@ agent_restart() {
   say "agent: $pod deleted; its replacement enforces the plan again"
 }
 check "deleting the agent pod: the DaemonSet restarts it and it enforces the plan" agent_restart
+
+# 5. Prometheus (Debian's) finds the pods through kubernetes_sd_configs, with the documented scrape job
+# (dashboards/prometheus-scrape.yml; every 2 s here, and a kubeconfig, since it runs on the node outside
+# any pod); then every dashboard query returns data.
+prometheus_query() {
+  in_cluster curl -sf --max-time 5 "http://127.0.0.1:9090/api/v1/query" --data-urlencode "query=$1" |
+    jq -e '.data.result | length > 0' >/dev/null
+}
+prometheus_targets_up() { prometheus_query 'sum(up{job="kilowatt"}) == 3'; }
+dashboards() {
+  command -v prometheus >/dev/null || { say "prometheus is missing (scripts/setup.sh installs it)"; return 1; }
+  sed -e 's/scrape_interval: 10s/scrape_interval: 2s/' \
+    -e "s|      - role: pod|      - role: pod\n        kubeconfig_file: $dir/cluster/admin.kubeconfig|" \
+    dashboards/prometheus-scrape.yml >"$dir/prometheus.yml"
+  in_cluster prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+    --web.listen-address=127.0.0.1:9090 >"$dir/prometheus.log" 2>&1 &
+  prometheus_pid=$!
+  within 60 prometheus_targets_up || { say "not every target up: $(in_cluster curl -s http://127.0.0.1:9090/api/v1/targets | jq -c '[.data.activeTargets[] | {scrapeUrl, health, lastError}]')"; return 1; }
+  # Two scrapes at least for rate() and increase().
+  sleep 8
+  local queries empty=0 total=0
+  queries=$(jq -r '(.templating.list[]? | select(.type == "query") | .query.query
+                     | capture("^label_values\\((?<s>.*),(?<l>[^,]*)\\)$") | "count by (\(.l)) (\(.s))"),
+                   (.panels[]?.targets[]?.expr)' dashboards/*.json |
+    sed -e 's/\$budget/.*/g; s/\$node/.*/g; s/\$gpu/.*/g; s/\$namespace/.*/g')
+  while IFS= read -r query; do
+    [ -n "$query" ] || continue
+    total=$((total + 1))
+    prometheus_query "$query" || { empty=$((empty + 1)); say "no data: $query"; }
+  done <<<"$queries"
+  say "dashboards: $total queries, $((total - empty)) with data"
+  [ "$total" -gt 0 ] && [ "$empty" -eq 0 ]
+}
+check "Prometheus discovers the pods and every dashboard query returns data" dashboards
+kill "${prometheus_pid:-0}" 2>/dev/null
 
 # 6. helm upgrade with a changed value rolls the pods.
 upgrade() {
