@@ -1,12 +1,16 @@
-//! Generates the kubelet pod-resources gRPC client (used by the agent) and server (used by the
-//! integration test's fake kubelet) from `proto/podresources.proto`; needs `protoc` on PATH or in
+//! Generates the kubelet's gRPC APIs the agent speaks, client and server each: pod-resources
+//! (`proto/podresources.proto`; the agent is the client, the integration test's fake kubelet the
+//! server) and the device plugin API (`proto/deviceplugin.proto`; the agent serves `DevicePlugin` and
+//! calls `Registration`, the test plays the kubelet's side of both). Needs `protoc` on PATH or in
 //! `PROTOC`.
 
 fn main() -> std::io::Result<()> {
-    const PROTO: &str = "proto/podresources.proto";
-    println!("cargo:rerun-if-changed={PROTO}");
+    const PROTOS: [&str; 2] = ["proto/podresources.proto", "proto/deviceplugin.proto"];
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&[PROTO], &["proto"])
+        .compile_protos(&PROTOS, &["proto"])
 }

@@ -15,6 +15,7 @@ use kilowatt_agent_core::protocol::GpuBounds;
 use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_node_agent::agent::{self, AgentOptions};
 use kilowatt_node_agent::credentials::{CredentialsSource, check_url};
+use kilowatt_node_agent::device_plugin::{self, SimulatedDevicePlugin};
 use kilowatt_node_agent::gpu::nvml::NvmlBackend;
 use kilowatt_node_agent::gpu::settings_file::FileBackedGpus;
 use kilowatt_node_agent::http;
@@ -110,9 +111,30 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     pod_resources_socket: Option<PathBuf>,
     /// The extended resource GPUs are requested by (pod-resources entries of other resources are
-    /// ignored).
+    /// ignored); with --device-plugin, the resource the simulated GPUs are advertised as.
     #[arg(long, default_value = "nvidia.com/gpu", value_name = "NAME")]
     gpu_resource_name: String,
+    /// Simulated backend only: also be the node's kubelet device plugin for the simulated GPUs. The
+    /// agent serves kilowatt-sim.sock in --device-plugin-dir, registers it on the kubelet's
+    /// kubelet.sock there and advertises every simulated GPU, healthy, as --gpu-resource-name, by its
+    /// UUID; so the scheduler places pods that request GPUs on this node, the kubelet allocates them
+    /// (a container gets NVIDIA_VISIBLE_DEVICES=<UUIDs>, no device node), and --pod-resources-socket
+    /// then says which pod holds which simulated GPU. It registers again when the kubelet restarts,
+    /// retries with backoff while the directory or the kubelet is missing, and removes its socket on
+    /// exit. The agent does not label its Node: give the node the nvidia.com/gpu.product label of
+    /// the simulated model (e.g. NVIDIA-H100-80GB-HBM3), which the operator picks default profiles
+    /// by. A node with real GPUs has NVIDIA's device plugin instead: with --gpu-backend nvml this
+    /// flag is refused.
+    #[arg(long)]
+    device_plugin: bool,
+    /// The kubelet's device-plugin directory (in a pod, a hostPath mount of it).
+    #[arg(
+        long,
+        default_value = device_plugin::DEFAULT_DIR,
+        value_name = "DIR",
+        requires = "device_plugin"
+    )]
+    device_plugin_dir: PathBuf,
     /// The machine's boot ID (a random UUID the kernel draws at every boot), sent with every
     /// acknowledgement so the operator can tell limits this boot enforces from those a rebooted
     /// machine's GPUs no longer hold. If it cannot be read, the agent says so and acknowledges without
@@ -189,8 +211,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(url) = &args.credentials_url {
         check_url(url, args.credentials_ca_file.is_some())?;
     }
+    anyhow::ensure!(
+        !args.device_plugin || args.gpu_backend == Backend::Simulated,
+        "--device-plugin advertises simulated GPUs to the kubelet and needs --gpu-backend simulated; \
+         a node with real GPUs has NVIDIA's device plugin for that"
+    );
     let etcd_tls = tls::etcd_tls(&args.etcd_endpoints, &args.etcd_tls)?;
     let backend = backend(&args)?;
+    let device_plugin = if args.device_plugin {
+        let gpus = backend
+            .inventory()
+            .context("reading the simulated GPUs to advertise")?;
+        Some(SimulatedDevicePlugin::new(
+            args.device_plugin_dir.clone(),
+            args.gpu_resource_name.clone(),
+            &gpus,
+        ))
+    } else {
+        None
+    };
     let options = AgentOptions {
         node: args.node.clone(),
         etcd_endpoints: args.etcd_endpoints.clone(),
@@ -225,14 +264,27 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::error!(%error, "telemetry server stopped");
             }
         });
-        agent::run_with_boot_id_file(
+        // The plugin lives as long as the agent: it withdraws once the agent has stopped, for
+        // whatever reason.
+        let (agent_stopped, plugin_shutdown) = tokio::sync::oneshot::channel::<()>();
+        let plugin = device_plugin.map(|plugin| {
+            tokio::spawn(plugin.run(async {
+                let _ = plugin_shutdown.await;
+            }))
+        });
+        let agent = agent::run_with_boot_id_file(
             backend,
             options,
             &args.boot_id_file,
             telemetry,
             signals::termination(),
         )
-        .await?;
+        .await;
+        drop(agent_stopped);
+        if let Some(plugin) = plugin {
+            plugin.await.context("the device plugin task failed")?;
+        }
+        agent?;
         Ok(())
     })
 }

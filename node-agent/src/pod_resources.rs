@@ -4,15 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
-
 use proto::pod_resources_lister_client::PodResourcesListerClient;
 use proto::{ListPodResourcesRequest, ListPodResourcesResponse};
 
 use kilowatt_agent_core::driver::PodName;
 use kilowatt_agent_core::telemetry;
+
+use crate::unix_grpc;
 
 /// Code generated from `proto/podresources.proto` (package `v1`): client and server of the
 /// kubelet's `PodResourcesLister`.
@@ -91,18 +89,13 @@ pub async fn list_gpu_assignments(
 }
 
 async fn list(socket: &Path) -> Result<ListPodResourcesResponse, PodResourcesError> {
-    let path = socket.to_path_buf();
-    // NB: the URI is never dialled; the connector ignores it and opens the unix socket instead.
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-        .await
-        .map_err(|source| PodResourcesError::Connect {
-            socket: socket.to_path_buf(),
-            source,
-        })?;
+    let channel =
+        unix_grpc::connect(socket)
+            .await
+            .map_err(|source| PodResourcesError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
     let response = PodResourcesListerClient::new(channel)
         .list(ListPodResourcesRequest {})
         .await

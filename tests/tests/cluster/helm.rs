@@ -26,6 +26,7 @@ const NON_DEFAULT: &[&str] = &[
     "etcd.prefix=/kw",
     "agent.gpuBackend=simulated",
     "agent.simulated.gpus=4",
+    "agent.simulated.devicePlugin=true",
     "agent.runtimeClassName=",
     "operator.replicas=3",
     "operator.method=greedy",
@@ -253,6 +254,10 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
     let agent = args_of(&objects, "DaemonSet", "kilowatt-agent");
     assert!(agent.iter().any(|a| a == "--gpu-backend=nvml"), "{agent:?}");
     assert!(
+        !agent.iter().any(|a| a.starts_with("--device-plugin")),
+        "the device plugin is off by default: {agent:?}"
+    );
+    assert!(
         agent.iter().any(|a| a
             == "--credentials-url=https://kilowatt-operator.kilowatt-system.svc:8443/api/v1/agent-credentials"),
         "{agent:?}"
@@ -412,6 +417,46 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         "{agent:?}"
     );
     assert!(agent.iter().any(|a| a == "--simulated-gpus=4"), "{agent:?}");
+    // The simulated GPUs' device plugin: the flag, the kubelet's directory mounted writable, and
+    // root (without capabilities) to serve and register in it.
+    for flag in [
+        "--device-plugin",
+        "--device-plugin-dir=/var/lib/kubelet/device-plugins",
+    ] {
+        assert!(agent.iter().any(|a| a == flag), "{flag} missing: {agent:?}");
+    }
+    let agent_pod =
+        &named(&objects, "DaemonSet", "kilowatt-agent").data["spec"]["template"]["spec"];
+    let device_plugins = agent_pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "device-plugins")
+        .expect("device-plugins volume");
+    assert_eq!(
+        device_plugins["hostPath"]["path"], "/var/lib/kubelet/device-plugins",
+        "{device_plugins}"
+    );
+    let agent_container = &agent_pod["containers"][0];
+    assert!(
+        agent_container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "device-plugins" && m["readOnly"] != true),
+        "{agent_container}"
+    );
+    assert_eq!(agent_container["securityContext"]["runAsUser"], 0);
+    assert_eq!(
+        agent_container["securityContext"]["capabilities"],
+        serde_json::json!({"drop": ["ALL"]})
+    );
+    let refusal = refused(&["agent.simulated.devicePlugin=true"]);
+    assert!(
+        refusal.contains("agent.simulated.devicePlugin")
+            && refusal.contains("gpuBackend=simulated"),
+        "{refusal}"
+    );
     for args in [&agent, &operator] {
         for flag in [
             "--etcd-ca-file=/etc/kilowatt/etcd-tls/ca.crt",
