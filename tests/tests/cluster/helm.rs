@@ -27,6 +27,8 @@ const NON_DEFAULT: &[&str] = &[
     "agent.gpuBackend=simulated",
     "agent.simulated.gpus=4",
     "agent.simulated.devicePlugin=true",
+    "agent.simulated.settingsDir=/var/lib/kilowatt-simulated",
+    "agent.simulated.profile=llm-pretrain-h100",
     "agent.runtimeClassName=",
     "operator.replicas=3",
     "operator.method=greedy",
@@ -397,7 +399,13 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         !kinds.contains(&"StatefulSet") && !kinds.contains(&"Job") && !kinds.contains(&"Secret"),
         "{kinds:?}"
     );
-    assert!(!kinds.contains(&"ConfigMap"), "{kinds:?}");
+    // No dashboards: the one ConfigMap is the simulated GPUs' profile.
+    let config_maps: Vec<_> = objects
+        .iter()
+        .filter(|o| kind(o) == "ConfigMap")
+        .filter_map(|o| o.metadata.name.as_deref())
+        .collect();
+    assert_eq!(config_maps, ["kilowatt-simulated-profile"], "{kinds:?}");
     let policies: Vec<&str> = objects
         .iter()
         .filter(|o| kind(o) == "NetworkPolicy")
@@ -451,6 +459,43 @@ async fn the_chart_lints_renders_and_applies_to_a_real_api_server() {
         agent_container["securityContext"]["capabilities"],
         serde_json::json!({"drop": ["ALL"]})
     );
+    // The simulated GPUs' settings on the host, so that they outlive the agent's pod.
+    assert!(
+        agent
+            .iter()
+            .any(|a| a == "--simulated-settings-file=/var/lib/kilowatt-simulated/gpus.json"),
+        "{agent:?}"
+    );
+    let settings = agent_pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "simulated-settings")
+        .expect("simulated-settings volume");
+    assert_eq!(
+        settings["hostPath"],
+        serde_json::json!({"path": "/var/lib/kilowatt-simulated", "type": "DirectoryOrCreate"})
+    );
+    // The simulated GPUs' workload: an example profile, shipped in a ConfigMap.
+    assert!(
+        agent
+            .iter()
+            .any(|a| a == "--simulated-profile=/etc/kilowatt/simulated-profile/profile.yaml"),
+        "{agent:?}"
+    );
+    let profile = named(&objects, "ConfigMap", "kilowatt-simulated-profile");
+    assert!(
+        profile.data["data"]["profile.yaml"]
+            .as_str()
+            .is_some_and(|text| text.contains("llm-pretrain-h100")),
+        "{:?}",
+        profile.data
+    );
+    let refusal = refused(&[
+        "agent.gpuBackend=simulated",
+        "agent.simulated.profile=no-such-profile",
+    ]);
+    assert!(refusal.contains("no-such-profile"), "{refusal}");
     let refusal = refused(&["agent.simulated.devicePlugin=true"]);
     assert!(
         refusal.contains("agent.simulated.devicePlugin")
