@@ -4,8 +4,9 @@
 # from the image scripts/image.sh builds, with the chart's RBAC unmodified and the agent's simulated
 # GPUs advertised to the kubelet by its device plugin. Steps: helm install until every pod is Ready;
 # budgets and GPU pods placed by the real scheduler, planned on the GPUs the kubelet gave them; a cap
-# cut enforced within 2 s while a sampler reads every GPU's limit from the agent; the leader pod and
-# the agent pod deleted; a helm upgrade. Ends with `e2e: N passed, M failed`. Needs root.
+# cut enforced within 2 s while a sampler reads every GPU's limit; the leader pod and the agent pod
+# deleted; Prometheus discovering the pods; a helm upgrade; helm uninstall. Ends with
+# `e2e: N passed, M failed`. Needs root.
 #
 # Usage: scripts/e2e.sh [--binaries DIR]   (default: $CARGO_TARGET_DIR/debug, the test profile's
 #                                           binaries that `cargo test --workspace` builds)
@@ -45,8 +46,10 @@ finish() {
     cp -r /var/log/pods "$dir/pod-logs" 2>/dev/null
     scripts/cluster.sh down "$dir/cluster"
   fi
+  rm -rf /var/lib/kilowatt-simulated
   say "logs in $dir"
   say "$passed passed, $failed failed"
+  if [ "$failed" -gt 0 ] || [ "$passed" -eq 0 ]; then exit 1; fi
 }
 trap finish EXIT
 
@@ -54,7 +57,7 @@ trap finish EXIT
 within() {
   local seconds="$1"; shift
   local deadline
-  deadline=$(date +%s.%N | awk -v s="$seconds" '{ print $1 + s }')
+  deadline=$(date +%s.%N | awk -v s="$seconds" '{ printf "%.3f", $1 + s }')
   until "$@" >/dev/null 2>&1; do
     if awk -v d="$deadline" -v n="$(date +%s.%N)" 'BEGIN { exit !(n > d) }'; then return 1; fi
     sleep 0.2
@@ -65,25 +68,22 @@ k() { in_cluster "$dir/cluster/bin/kubectl" --kubeconfig "$dir/cluster/admin.kub
 helm() { in_cluster "$helm_bin" --kubeconfig "$dir/cluster/admin.kubeconfig" "$@"; }
 ns=(-n kilowatt-system)
 
-# The agent's metrics: every simulated GPU's enforced limit ("index watts" lines).
-agent_ip() { k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-agent -o jsonpath='{.items[0].status.podIP}'; }
-enforced_limits() {
-  in_cluster curl -sf --max-time 1 "http://$1:9400/metrics" |
-    sed -n 's/^kilowatt_gpu_power_limit_watts{gpu="\([0-9]*\)".*} \([0-9.e+]*\)$/\1 \2/p' | sort -n
-}
 operator_ip() { k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-operator -o jsonpath='{.items[0].status.podIP}'; }
 plan() { in_cluster curl -sf --max-time 2 "http://$(operator_ip):8080/api/v1/plan"; }
 lease_holder() { k "${ns[@]}" get lease kilowatt-operator -o jsonpath='{.spec.holderIdentity}'; }
 
-# The sampler: every 100 ms, the sum of the enforced limits plus the node's overhead, with the time.
+# The simulated GPUs keep their limits in a file on the node (agent.simulated.settingsDir), as real
+# GPUs keep theirs in the device: it outlives the agent's pod, and it is what they enforce.
+gpu_settings=/var/lib/kilowatt-simulated/gpus.json
+gpu_limits() { jq -r '.gpus[] | "\(.index) \(.powerLimitWatts)"' "$gpu_settings" | sort -n; }
+# The sampler: every 50 ms, the sum of the GPUs' limits plus the node's overhead, with the time.
 overhead=500
 sampler_pid=""
 start_sampler() {
   (while true; do
-    ip=$(agent_ip 2>/dev/null)
-    total=$(enforced_limits "$ip" 2>/dev/null | awk -v o="$overhead" 'NF == 2 { s += $2; n++ } END { if (n == 8) print s + o }')
+    total=$(gpu_limits 2>/dev/null | awk -v o="$overhead" 'NF == 2 { s += $2; n++ } END { if (n == 8) print s + o }')
     [ -n "$total" ] && echo "$(date +%s.%N) $total" >>"$dir/samples"
-    sleep 0.1
+    sleep 0.05
   done) &
   sampler_pid=$!
 }
@@ -102,6 +102,14 @@ samples_within_caps() {
 
 say "building images and the cluster's binaries"
 scripts/cluster.sh build || exit 1
+# Prometheus from Go modules: Debian's package is built without Kubernetes service discovery.
+prometheus_version=v0.316.0
+prometheus_bin="${KILOWATT_PROMETHEUS:-$HOME/.cache/kilowatt/prometheus-$prometheus_version}"
+if [ ! -x "$prometheus_bin" ]; then
+  say "building Prometheus $prometheus_version with go into $prometheus_bin (once; 5-15 minutes)"
+  (cd tests/prometheus && go build -o "$prometheus_bin.partial" github.com/prometheus/prometheus/cmd/prometheus) &&
+    mv "$prometheus_bin.partial" "$prometheus_bin" || exit 1
+fi
 scripts/image.sh --binaries "$binaries" --out "$dir/images/kilowatt.tar" --name "localhost/kilowatt:$version" || exit 1
 etcd_image=$(tests/e2e/images.sh "$dir/images") || exit 1
 scripts/cluster.sh up "$dir/cluster" || exit 1
@@ -113,6 +121,7 @@ done
 k label node "$node" nvidia.com/gpu.present=true nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 rack=a1 >/dev/null
 # etcd's volume: a local PersistentVolume, owned by etcd's user (a local volume ignores fsGroup).
 mkdir -p "$dir/volumes/etcd" && chown 65532:65532 "$dir/volumes/etcd"
+rm -rf /var/lib/kilowatt-simulated
 sed "s|VOLUME_PATH|$dir/volumes/etcd|; s|NODE|$node|" tests/e2e/storage.yaml | k apply -f - >/dev/null
 
 # 1. helm install, every pod Running and Ready.
@@ -159,7 +168,7 @@ planned_limits() { plan | jq -r --arg n "$node" '.nodes[$n].gpus[] | "\(.index) 
 limits_enforced() {
   local planned enforced
   planned=$(planned_limits | awk '{ printf "%s %g\n", $1, $2 }')
-  enforced=$(enforced_limits "$(agent_ip)" | awk '{ printf "%s %g\n", $1, $2 }')
+  enforced=$(gpu_limits | awk '{ printf "%s %g\n", $1, $2 }')
   [ -n "$planned" ] && [ "$planned" = "$enforced" ]
 }
 workload() {
@@ -167,15 +176,20 @@ workload() {
   k apply -f tests/e2e/workload.yaml >/dev/null || return 1
   within 90 pods_running || { k -n ml get pods; return 1; }
   within 60 budget_ready rack-a1 || { k get powerbudgets; return 1; }
-  k get powerbudgets
+  local table
+  table=$(k get powerbudgets)
+  echo "$table"
+  for column in CAP EFFECTIVE ALLOCATED HEADROOM READY; do
+    head -n1 <<<"$table" | grep -qw "$column" || { say "kubectl get powerbudgets has no $column column"; return 1; }
+  done
   within 30 plan_names_kubelet_pods || { say "kubelet gave $(cat "$dir/allocated"), the plan says $(cat "$dir/planned")"; return 1; }
-  within 30 limits_enforced || { say "planned $(planned_limits | tr '\n' ' '), enforced $(enforced_limits "$(agent_ip)" | tr '\n' ' ')"; return 1; }
+  within 30 limits_enforced || { say "planned $(planned_limits | tr '\n' ' '), enforced $(gpu_limits | tr '\n' ' ')"; return 1; }
   say "workload: the plan names each pod on the GPUs the kubelet gave it; limits $(planned_limits | awk '{ print $2 }' | tr '\n' ' ')"
 }
 check "budgets Ready, GPU pods scheduled, planned on their GPUs and enforced" workload
 
 # 3. A cap cut, enforced within 2 s, sampled throughout.
-total_at_most() { enforced_limits "$(agent_ip)" | awk -v o="$overhead" -v cap="$1" '{ s += $2 } END { exit !(NR == 8 && s + o <= cap) }'; }
+total_at_most() { gpu_limits | awk -v o="$overhead" -v cap="$1" '{ s += $2 } END { exit !(NR == 8 && s + o <= cap) }'; }
 cap_cut() {
   record_cap 4800
   start_sampler
@@ -208,17 +222,21 @@ leader_takeover() {
 }
 check "deleting the leader pod: the other replica takes over, the plan continues" leader_takeover
 
+# A stopping agent lowers every GPU to the lower of its limit and its floor (SIGTERM); the GPUs keep
+# that until the new agent applies the plan again.
 agent_restart() {
-  local pod
+  local pod before
   pod=$(k "${ns[@]}" get pod -l app.kubernetes.io/name=kilowatt-agent -o jsonpath='{.items[0].metadata.name}')
+  before=$(gpu_limits | awk '{ print $2 }' | tr '\n' ' ')
   k "${ns[@]}" delete pod "$pod" >/dev/null || return 1
+  say "agent: $pod deleted; the GPUs held $(gpu_limits | awk '{ print $2 }' | tr '\n' ' ') (before: $before)"
   k "${ns[@]}" rollout status ds/kilowatt-agent --timeout=120s >/dev/null || return 1
   within 60 limits_enforced || return 1
-  say "agent: $pod deleted; its replacement enforces the plan again"
+  say "agent: its replacement enforces the plan again: $(gpu_limits | awk '{ print $2 }' | tr '\n' ' ')"
 }
 check "deleting the agent pod: the DaemonSet restarts it and it enforces the plan" agent_restart
 
-# 5. Prometheus (Debian's) finds the pods through kubernetes_sd_configs, with the documented scrape job
+# 5. Prometheus finds the pods through kubernetes_sd_configs, with the documented scrape job
 # (dashboards/prometheus-scrape.yml; every 2 s here, and a kubeconfig, since it runs on the node outside
 # any pod); then every dashboard query returns data.
 prometheus_query() {
@@ -227,28 +245,36 @@ prometheus_query() {
 }
 prometheus_targets_up() { prometheus_query 'sum(up{job="kilowatt"}) == 3'; }
 dashboards() {
-  command -v prometheus >/dev/null || { say "prometheus is missing (scripts/setup.sh installs it)"; return 1; }
   sed -e 's/scrape_interval: 10s/scrape_interval: 2s/' \
     -e "s|      - role: pod|      - role: pod\n        kubeconfig_file: $dir/cluster/admin.kubeconfig|" \
     dashboards/prometheus-scrape.yml >"$dir/prometheus.yml"
-  in_cluster prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+  in_cluster "$prometheus_bin" --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
     --web.listen-address=127.0.0.1:9090 >"$dir/prometheus.log" 2>&1 &
   prometheus_pid=$!
   within 60 prometheus_targets_up || { say "not every target up: $(in_cluster curl -s http://127.0.0.1:9090/api/v1/targets | jq -c '[.data.activeTargets[] | {scrapeUrl, health, lastError}]')"; return 1; }
   # Two scrapes at least for rate() and increase().
   sleep 8
-  local queries empty=0 total=0
+  local queries empty total=0
   queries=$(jq -r '(.templating.list[]? | select(.type == "query") | .query.query
                      | capture("^label_values\\((?<s>.*),(?<l>[^,]*)\\)$") | "count by (\(.l)) (\(.s))"),
                    (.panels[]?.targets[]?.expr)' dashboards/*.json |
     sed -e 's/\$budget/.*/g; s/\$node/.*/g; s/\$gpu/.*/g; s/\$namespace/.*/g')
-  while IFS= read -r query; do
-    [ -n "$query" ] || continue
-    total=$((total + 1))
-    prometheus_query "$query" || { empty=$((empty + 1)); say "no data: $query"; }
-  done <<<"$queries"
-  say "dashboards: $total queries, $((total - empty)) with data"
-  [ "$total" -gt 0 ] && [ "$empty" -eq 0 ]
+  total=$(grep -c . <<<"$queries")
+  # Measured budget power needs the agents' power reports and the operator's next resync: up to a
+  # minute for every query to have data.
+  local deadline=$((SECONDS + 60))
+  while true; do
+    empty=()
+    while IFS= read -r query; do
+      [ -n "$query" ] || continue
+      prometheus_query "$query" || empty+=("$query")
+    done <<<"$queries"
+    if [ "${#empty[@]}" -eq 0 ] || [ "$SECONDS" -ge "$deadline" ]; then break; fi
+    sleep 5
+  done
+  for query in "${empty[@]}"; do say "no data: $query"; done
+  say "dashboards: $total queries, $((total - ${#empty[@]})) with data"
+  [ "$total" -gt 0 ] && [ "${#empty[@]}" -eq 0 ]
 }
 check "Prometheus discovers the pods and every dashboard query returns data" dashboards
 kill "${prometheus_pid:-0}" 2>/dev/null
@@ -262,5 +288,18 @@ upgrade() {
   within 60 limits_enforced
 }
 check "helm upgrade rolls the pods" upgrade
+
+# 7. helm uninstall: the agents stop on SIGTERM and leave every GPU at its floor, the one limit that
+# holds any cap without a manager (README, "Uninstalling"); the CRDs stay, as helm leaves crds/.
+uninstall() {
+  helm uninstall kilowatt --namespace kilowatt-system --wait --timeout 120s >/dev/null || return 1
+  no_pods() { [ -z "$(k "${ns[@]}" get pods -o name)" ]; }
+  within 120 no_pods || return 1
+  local limits
+  limits=$(gpu_limits | awk '{ print $2 }' | sort -u | tr '\n' ' ')
+  say "uninstall: every pod gone; the GPUs hold $limits"
+  [ "$limits" = "200 " ] && k get crd powerbudgets.kilowatt.dev >/dev/null
+}
+check "helm uninstall leaves every GPU at its floor" uninstall
 stop_sampler
 check "no sample over a cap (a cut gets 2 s)" samples_within_caps
