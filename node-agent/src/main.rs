@@ -266,6 +266,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
         // The plugin lives as long as the agent: it withdraws once the agent has stopped, for
         // whatever reason.
+        // SIGTERM's handler goes in before the plugin can announce the node to the kubelet: from then
+        // on a deleted pod must take the shutdown path (every GPU to its floor at most).
+        let terminated = signals::termination();
         let (agent_stopped, plugin_shutdown) = tokio::sync::oneshot::channel::<()>();
         let plugin = device_plugin.map(|plugin| {
             tokio::spawn(plugin.run(async {
@@ -277,7 +280,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             options,
             &args.boot_id_file,
             telemetry,
-            signals::termination(),
+            terminated,
         )
         .await;
         drop(agent_stopped);
