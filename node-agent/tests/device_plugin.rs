@@ -4,11 +4,14 @@
 //! device manager. Also the `kilowatt-agent` process with `--device-plugin`. Does IO (unix sockets,
 //! a temporary directory, child processes).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use common::TempDir;
 use kilowatt_agent_core::driver;
 use kilowatt_agent_core::gpu::GpuBackend;
 use kilowatt_agent_core::gpu::GpuInfo;
@@ -76,37 +79,6 @@ impl Registration for FakeKubelet {
         // The test may have stopped listening; the registration is answered all the same.
         let _ = self.registered.send(Registered { request, options });
         Ok(Response::new(Empty {}))
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop: the kubelet's device-plugin
-/// directory of one test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("kilowatt-dp-{test}-{}", std::process::id()));
-        // A leftover from an earlier run with the same pid would make bind fail.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn plugin_socket(&self) -> PathBuf {
-        self.0.join(PLUGIN_SOCKET)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover directory in /tmp is harmless.
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -232,12 +204,12 @@ fn ids(list: &ListAndWatchResponse) -> Vec<&str> {
 #[tokio::test]
 async fn the_plugin_registers_then_advertises_every_gpu_healthy_and_allocates_them_by_uuid()
 -> anyhow::Result<()> {
-    let dir = TempDir::new("advertises")?;
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
+    let dir = TempDir::new("dp-advertises")?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
     let gpus = simulated_gpus()?;
     let started = Instant::now();
     let plugin = Running::start(SimulatedDevicePlugin::new(
-        dir.path().to_path_buf(),
+        dir.to_path_buf(),
         GPU.to_owned(),
         &gpus,
     ));
@@ -255,7 +227,7 @@ async fn the_plugin_registers_then_advertises_every_gpu_healthy_and_allocates_th
     assert_eq!(registered.request.options, Some(no_extras));
     assert_eq!(registered.options, no_extras);
 
-    let mut client = device_manager(&dir.plugin_socket()).await?;
+    let mut client = device_manager(&dir.join(PLUGIN_SOCKET)).await?;
     let options = client.get_device_plugin_options(Empty {}).await?;
     assert_eq!(options.into_inner(), no_extras);
     let (first, mut stream) = list_and_watch(&mut client).await?;
@@ -353,7 +325,7 @@ async fn the_plugin_registers_then_advertises_every_gpu_healthy_and_allocates_th
 
     plugin.stop().await?;
     assert!(
-        !dir.plugin_socket().exists(),
+        !dir.join(PLUGIN_SOCKET).exists(),
         "the socket outlived the plugin"
     );
     ended(&mut stream).await?;
@@ -364,16 +336,16 @@ async fn the_plugin_registers_then_advertises_every_gpu_healthy_and_allocates_th
 #[tokio::test]
 async fn after_a_kubelet_restart_deletes_the_sockets_the_plugin_serves_and_registers_again()
 -> anyhow::Result<()> {
-    let dir = TempDir::new("restart")?;
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
+    let dir = TempDir::new("dp-restart")?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
     let gpus = simulated_gpus()?;
     let plugin = Running::start(SimulatedDevicePlugin::new(
-        dir.path().to_path_buf(),
+        dir.to_path_buf(),
         GPU.to_owned(),
         &gpus,
     ));
     let first = kubelet.next_registration().await?;
-    let mut client = device_manager(&dir.plugin_socket()).await?;
+    let mut client = device_manager(&dir.join(PLUGIN_SOCKET)).await?;
     let (_, mut old_stream) = list_and_watch(&mut client).await?;
     // NB: the fake kubelet reports a registration before its answer reaches the plugin; waiting
     // lets the plugin settle into watching its socket, so that the deletion is found by that watch.
@@ -382,10 +354,10 @@ async fn after_a_kubelet_restart_deletes_the_sockets_the_plugin_serves_and_regis
     // A kubelet restart: the old kubelet goes, the new one deletes every socket in the directory
     // and serves kubelet.sock afresh.
     kubelet.stop().await?;
-    std::fs::remove_file(dir.path().join(KUBELET_SOCKET))?;
-    std::fs::remove_file(dir.plugin_socket())?;
+    std::fs::remove_file(dir.join(KUBELET_SOCKET))?;
+    std::fs::remove_file(dir.join(PLUGIN_SOCKET))?;
     let restarted = Instant::now();
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
 
     let again = kubelet.next_registration().await?;
     let took = restarted.elapsed();
@@ -394,7 +366,7 @@ async fn after_a_kubelet_restart_deletes_the_sockets_the_plugin_serves_and_regis
     // One socket check, one registration: well within two check periods.
     assert!(took < 2 * SOCKET_CHECK_PERIOD, "{took:?}");
     ended(&mut old_stream).await?;
-    let mut client = device_manager(&dir.plugin_socket()).await?;
+    let mut client = device_manager(&dir.join(PLUGIN_SOCKET)).await?;
     let (list, _stream) = list_and_watch(&mut client).await?;
     assert_eq!(ids(&list).len(), 4, "{list:?}");
 
@@ -405,9 +377,9 @@ async fn after_a_kubelet_restart_deletes_the_sockets_the_plugin_serves_and_regis
 
 #[tokio::test]
 async fn until_a_kubelet_listens_the_plugin_retries_instead_of_giving_up() -> anyhow::Result<()> {
-    let dir = TempDir::new("retries")?;
+    let dir = TempDir::new("dp-retries")?;
     let plugin = Running::start(SimulatedDevicePlugin::new(
-        dir.path().to_path_buf(),
+        dir.to_path_buf(),
         GPU.to_owned(),
         &simulated_gpus()?,
     ));
@@ -415,7 +387,7 @@ async fn until_a_kubelet_listens_the_plugin_retries_instead_of_giving_up() -> an
     assert!(!plugin.task.is_finished(), "the plugin gave up");
 
     let listening = Instant::now();
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
     let registered = kubelet.next_registration().await?;
     println!(
         "registered {:?} after the kubelet came up",
@@ -430,8 +402,8 @@ async fn until_a_kubelet_listens_the_plugin_retries_instead_of_giving_up() -> an
 
 #[tokio::test]
 async fn a_missing_directory_is_an_error_naming_it_and_the_mount() -> anyhow::Result<()> {
-    let dir = TempDir::new("missing-dir")?;
-    let missing = dir.path().join("device-plugins");
+    let dir = TempDir::new("dp-missing-dir")?;
+    let missing = dir.join("device-plugins");
     let plugin = SimulatedDevicePlugin::new(missing.clone(), GPU.to_owned(), &simulated_gpus()?);
 
     let Err(err) = plugin.start().await else {
@@ -457,12 +429,11 @@ async fn a_missing_directory_is_an_error_naming_it_and_the_mount() -> anyhow::Re
 #[tokio::test]
 async fn a_refused_registration_is_an_error_with_the_kubelets_answer_and_leaves_no_socket()
 -> anyhow::Result<()> {
-    let dir = TempDir::new("refused")?;
+    let dir = TempDir::new("dp-refused")?;
     let refusal =
         Status::invalid_argument("requested device plugin version v1beta1 is not supported");
-    let kubelet = Kubelet::start(dir.path(), Some(refusal))?;
-    let plugin =
-        SimulatedDevicePlugin::new(dir.path().to_path_buf(), GPU.to_owned(), &simulated_gpus()?);
+    let kubelet = Kubelet::start(&dir, Some(refusal))?;
+    let plugin = SimulatedDevicePlugin::new(dir.to_path_buf(), GPU.to_owned(), &simulated_gpus()?);
 
     let started = plugin.start().await;
     kubelet.stop().await?;
@@ -478,7 +449,7 @@ async fn a_refused_registration_is_an_error_with_the_kubelets_answer_and_leaves_
     else {
         anyhow::bail!("expected a registration error, got {err:?}");
     };
-    assert_eq!(*socket, dir.path().join(KUBELET_SOCKET));
+    assert_eq!(*socket, dir.join(KUBELET_SOCKET));
     assert_eq!(resource_name, GPU);
     assert_eq!(source.code(), tonic::Code::InvalidArgument);
     assert!(source.message().contains("not supported"), "{source:?}");
@@ -487,7 +458,7 @@ async fn a_refused_registration_is_an_error_with_the_kubelets_answer_and_leaves_
         "{err}"
     );
     assert!(
-        !dir.plugin_socket().exists(),
+        !dir.join(PLUGIN_SOCKET).exists(),
         "a refused plugin left its socket"
     );
     Ok(())
@@ -495,10 +466,9 @@ async fn a_refused_registration_is_an_error_with_the_kubelets_answer_and_leaves_
 
 #[tokio::test]
 async fn allocating_a_device_the_node_does_not_have_is_refused() -> anyhow::Result<()> {
-    let dir = TempDir::new("unknown-device")?;
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
-    let plugin =
-        SimulatedDevicePlugin::new(dir.path().to_path_buf(), GPU.to_owned(), &simulated_gpus()?);
+    let dir = TempDir::new("dp-unknown-device")?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
+    let plugin = SimulatedDevicePlugin::new(dir.to_path_buf(), GPU.to_owned(), &simulated_gpus()?);
     let serving = plugin.start().await?;
     kubelet.next_registration().await?;
 
@@ -554,11 +524,11 @@ fn the_agent_refuses_the_device_plugin_without_the_simulated_backend() -> anyhow
 #[tokio::test]
 async fn the_agent_process_advertises_its_simulated_gpus_and_withdraws_on_sigterm()
 -> anyhow::Result<()> {
-    let dir = TempDir::new("process")?;
-    let mut kubelet = Kubelet::start(dir.path(), None)?;
-    let boot_id = dir.path().join("boot_id");
+    let dir = TempDir::new("dp-process")?;
+    let mut kubelet = Kubelet::start(&dir, None)?;
+    let boot_id = dir.join("boot_id");
     std::fs::write(&boot_id, "boot-1\n")?;
-    let dir_arg = dir.path().display().to_string();
+    let dir_arg = dir.display().to_string();
     let boot_arg = boot_id.display().to_string();
     // No etcd: the agent keeps retrying it, which leaves the device plugin to be looked at alone.
     let mut agent = Command::new(env!("CARGO_BIN_EXE_kilowatt-agent"))
@@ -587,7 +557,7 @@ async fn the_agent_process_advertises_its_simulated_gpus_and_withdraws_on_sigter
     let checked = async {
         let registered = kubelet.next_registration().await?;
         assert_eq!(registered.request.resource_name, GPU);
-        let mut client = device_manager(&dir.plugin_socket()).await?;
+        let mut client = device_manager(&dir.join(PLUGIN_SOCKET)).await?;
         let (list, _stream) = list_and_watch(&mut client).await?;
         assert_eq!(
             ids(&list),
@@ -608,7 +578,7 @@ async fn the_agent_process_advertises_its_simulated_gpus_and_withdraws_on_sigter
     let status = exited.context("the agent did not stop on SIGTERM")???;
     assert!(status.success(), "{status}");
     assert!(
-        !dir.plugin_socket().exists(),
+        !dir.join(PLUGIN_SOCKET).exists(),
         "the socket outlived the agent"
     );
     kubelet.stop().await?;

@@ -1,10 +1,13 @@
 //! The pod-resources client against a fake kubelet: a tonic `PodResourcesLister` server on a unix
 //! socket in a temporary directory. Does IO (unix sockets, a temporary directory).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use common::TempDir;
 use kilowatt_node_agent::pod_resources::proto::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
 };
@@ -54,32 +57,6 @@ impl PodResourcesLister for FakeKubelet {
         _: Request<GetPodResourcesRequest>,
     ) -> Result<Response<GetPodResourcesResponse>, Status> {
         Err(Status::unimplemented("not used by kilowatt-agent"))
-    }
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("kilowatt-{test}-{}", std::process::id()));
-        // A leftover from an earlier run with the same pid would make bind fail.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("kubelet.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover directory in /tmp is harmless.
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -181,7 +158,7 @@ fn node_with_three_pods() -> ListPodResourcesResponse {
 async fn each_gpu_is_mapped_to_the_container_holding_it_and_other_devices_are_ignored()
 -> anyhow::Result<()> {
     let dir = TempDir::new("maps-gpus")?;
-    let socket = dir.socket();
+    let socket = dir.join("kubelet.sock");
     let served = Served::start(
         &socket,
         FakeKubelet {
@@ -206,7 +183,7 @@ async fn each_gpu_is_mapped_to_the_container_holding_it_and_other_devices_are_ig
 #[tokio::test]
 async fn a_node_without_pods_has_no_assignments() -> anyhow::Result<()> {
     let dir = TempDir::new("no-pods")?;
-    let socket = dir.socket();
+    let socket = dir.join("kubelet.sock");
     let served = Served::start(
         &socket,
         FakeKubelet {
@@ -224,7 +201,7 @@ async fn a_node_without_pods_has_no_assignments() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_missing_socket_is_a_connect_error_naming_the_path_and_the_mount() -> anyhow::Result<()> {
     let dir = TempDir::new("missing-socket")?;
-    let socket = dir.socket();
+    let socket = dir.join("kubelet.sock");
 
     let Err(err) = list_gpu_assignments(&socket, GPU, LIMIT).await else {
         anyhow::bail!("listing through a missing socket succeeded");
@@ -247,7 +224,7 @@ async fn a_missing_socket_is_a_connect_error_naming_the_path_and_the_mount() -> 
 #[tokio::test]
 async fn a_kubelet_refusing_the_call_is_a_call_error_with_its_status() -> anyhow::Result<()> {
     let dir = TempDir::new("refused")?;
-    let socket = dir.socket();
+    let socket = dir.join("kubelet.sock");
     let served = Served::start(&socket, FakeKubelet { list: None })?;
 
     let listed = list_gpu_assignments(&socket, GPU, LIMIT).await;
@@ -268,7 +245,7 @@ async fn a_kubelet_refusing_the_call_is_a_call_error_with_its_status() -> anyhow
 #[tokio::test]
 async fn a_kubelet_that_never_answers_times_out_instead_of_hanging() -> anyhow::Result<()> {
     let dir = TempDir::new("silent")?;
-    let socket = dir.socket();
+    let socket = dir.join("kubelet.sock");
     // Bound but never accepted: the connection lands in the backlog and nothing ever replies.
     let _listener = UnixListener::bind(&socket)?;
     let timeout = Duration::from_millis(200);

@@ -166,29 +166,33 @@ pub async fn store(plane: &ControlPlane) -> EtcdPlanStore {
     .await
     .expect("etcd connects")
 }
+/// The plan in etcd if `accept` holds for it; otherwise what was seen, for a wait's message.
+async fn accepted_plan(
+    store: &EtcdPlanStore,
+    accept: &impl Fn(&PublishedPlan) -> bool,
+) -> Result<PublishedPlan, String> {
+    let loaded = store.load().await.map_err(|e| e.to_string())?;
+    match loaded.plan {
+        Some(plan) if accept(&plan) => Ok(plan),
+        Some(plan) => Err(format!(
+            "revision {} status {} budgets {:?}",
+            plan.revision,
+            plan.status,
+            plan.budgets
+                .iter()
+                .map(|b| (b.name.as_str(), b.effective_cap_watts, b.allocated_watts))
+                .collect::<Vec<_>>()
+        )),
+        None => Err("no plan".to_owned()),
+    }
+}
 /// The plan in etcd once `accept` holds for it.
 pub async fn plan_where(
     store: &EtcdPlanStore,
     what: &str,
     accept: impl Fn(&PublishedPlan) -> bool,
 ) -> PublishedPlan {
-    eventually(what, WAIT, || async {
-        let loaded = store.load().await.map_err(|e| e.to_string())?;
-        match loaded.plan {
-            Some(plan) if accept(&plan) => Ok(plan),
-            Some(plan) => Err(format!(
-                "revision {} status {} budgets {:?}",
-                plan.revision,
-                plan.status,
-                plan.budgets
-                    .iter()
-                    .map(|b| (b.name.as_str(), b.effective_cap_watts, b.allocated_watts))
-                    .collect::<Vec<_>>()
-            )),
-            None => Err("no plan".to_owned()),
-        }
-    })
-    .await
+    eventually(what, WAIT, || accepted_plan(store, &accept)).await
 }
 /// The plan in etcd once `accept` holds for it and it is rolled out: every node with a live agent has
 /// its target written and acknowledged (nodes without one are not waited for).
@@ -198,12 +202,7 @@ pub async fn settled_plan_where(
     accept: impl Fn(&PublishedPlan) -> bool,
 ) -> PublishedPlan {
     eventually(what, WAIT, || async {
-        let loaded = store.load().await.map_err(|e| e.to_string())?;
-        let plan = match loaded.plan {
-            Some(plan) if accept(&plan) => plan,
-            Some(plan) => return Err(format!("revision {} not accepted", plan.revision)),
-            None => return Err("no plan".to_owned()),
-        };
+        let plan = accepted_plan(store, &accept).await?;
         let views = store.read_views().await.map_err(|e| e.to_string())?;
         for (node, target) in &plan.nodes {
             let Some(view) = views.get(node).filter(|v| v.inventory.is_some()) else {
