@@ -123,6 +123,11 @@ up() {
     echo "cluster: a kubelet already runs on this machine; /var/lib/kubelet is taken" >&2
     exit 1
   fi
+  if [ -n "$(ls -A "$dir")" ] && [ ! -f "$dir/pids" ]; then
+    echo "cluster: $dir is not empty and no earlier cluster's; give a new or empty directory" >&2
+    exit 1
+  fi
+  if [ -f "$dir/pids" ]; then down; fi
   build
   rm -rf "$dir" && mkdir -p "$dir/logs" "$dir/bin"
   ln -s "$k8s_bin/kubectl" "$dir/bin/kubectl"
@@ -256,22 +261,26 @@ EOF
 }
 
 down() {
-  if [ -f "$dir/pids" ]; then
-    # The kubelet first, so that it restarts nothing; containers go with containerd's shims.
-    while read -r pid name; do
-      [ "$name" = kubelet ] && kill "$pid" 2>/dev/null || true
-    done <"$dir/pids"
-    # Every container killed through containerd, then the shims that outlive it.
-    local ctr=(ctr --address "$dir/containerd/containerd.sock" -n k8s.io)
-    for task in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
-      "${ctr[@]}" tasks kill -s SIGKILL "$task" 2>/dev/null || true
-    done
-    sleep 1
-    pkill -9 -f "containerd-shim-runc-v2 .*-address $dir/containerd/containerd.sock" || true
-    tac "$dir/pids" | while read -r pid _; do kill "$pid" 2>/dev/null || true; done
-    sleep 1
-    tac "$dir/pids" | while read -r pid _; do kill -9 "$pid" 2>/dev/null || true; done
+  # Only what `up` started in DIR: without its pid list, DIR is not this script's, and neither is
+  # whatever kubelet owns /var/lib/kubelet.
+  if [ ! -f "$dir/pids" ]; then
+    echo "cluster: $dir holds no cluster started by scripts/cluster.sh up; nothing stopped" >&2
+    return 1
   fi
+  # The kubelet first, so that it restarts nothing; containers go with containerd's shims.
+  while read -r pid name; do
+    [ "$name" = kubelet ] && kill "$pid" 2>/dev/null || true
+  done <"$dir/pids"
+  # Every container killed through containerd, then the shims that outlive it.
+  local ctr=(ctr --address "$dir/containerd/containerd.sock" -n k8s.io)
+  for task in $("${ctr[@]}" tasks ls -q 2>/dev/null); do
+    "${ctr[@]}" tasks kill -s SIGKILL "$task" 2>/dev/null || true
+  done
+  sleep 1
+  pkill -9 -f "containerd-shim-runc-v2 .*-address $dir/containerd/containerd.sock" || true
+  tac "$dir/pids" | while read -r pid _; do kill "$pid" 2>/dev/null || true; done
+  sleep 1
+  tac "$dir/pids" | while read -r pid _; do kill -9 "$pid" 2>/dev/null || true; done
   # Mounts left by containers and volumes, deepest first.
   awk -v a="$dir" -v b=/var/lib/kubelet 'index($5, a) == 1 || index($5, b) == 1 { print $5 }' \
     /proc/self/mountinfo | sort -r | while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
