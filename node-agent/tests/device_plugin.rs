@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use common::TempDir;
+use common::{Served, TempDir};
 use kilowatt_agent_core::driver;
 use kilowatt_agent_core::gpu::GpuBackend;
 use kilowatt_agent_core::gpu::GpuInfo;
@@ -30,10 +30,8 @@ use kilowatt_node_agent::device_plugin::{
 };
 use kilowatt_node_agent::pod_resources::{GpuAssignment, pods_by_gpu};
 use kilowatt_node_agent::unix_grpc;
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -84,35 +82,23 @@ impl Registration for FakeKubelet {
 
 /// A fake kubelet serving `kubelet.sock` in a directory until stopped, and what it was asked.
 struct Kubelet {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    served: Served,
     registered: mpsc::UnboundedReceiver<Registered>,
 }
 
 impl Kubelet {
     fn start(dir: &Path, refusal: Option<Status>) -> anyhow::Result<Self> {
-        let socket = dir.join(KUBELET_SOCKET);
-        let listener =
-            UnixListener::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
         let (registered_tx, registered) = mpsc::unbounded_channel();
         let kubelet = FakeKubelet {
             dir: dir.to_path_buf(),
             registered: registered_tx,
             refusal,
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RegistrationServer::new(kubelet))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
-        Ok(Self {
-            stop,
-            task,
-            registered,
-        })
+        let served = Served::start(
+            &dir.join(KUBELET_SOCKET),
+            tonic::service::Routes::new(RegistrationServer::new(kubelet)),
+        )?;
+        Ok(Self { served, registered })
     }
 
     async fn next_registration(&mut self) -> anyhow::Result<Registered> {
@@ -123,12 +109,7 @@ impl Kubelet {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        // The receiver is gone only if the server already ended; the join below reports why.
-        let _ = self.stop.send(());
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .context("fake kubelet did not shut down")???;
-        Ok(())
+        self.served.stop().await
     }
 }
 

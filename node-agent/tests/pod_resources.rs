@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use common::TempDir;
+use common::{Served, TempDir};
 use kilowatt_node_agent::pod_resources::proto::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
 };
@@ -18,9 +18,6 @@ use kilowatt_node_agent::pod_resources::proto::{
 };
 use kilowatt_node_agent::pod_resources::{GpuAssignment, PodResourcesError, list_gpu_assignments};
 use tokio::net::UnixListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 const GPU: &str = "nvidia.com/gpu";
@@ -60,35 +57,12 @@ impl PodResourcesLister for FakeKubelet {
     }
 }
 
-/// A fake kubelet serving on `socket` until `stop` is sent.
-struct Served {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Served {
-    fn start(socket: &Path, kubelet: FakeKubelet) -> anyhow::Result<Self> {
-        let listener =
-            UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(PodResourcesListerServer::new(kubelet))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
-        Ok(Self { stop, task })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        // The receiver is gone only if the server already ended; the join below reports why.
-        let _ = self.stop.send(());
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .context("fake kubelet did not shut down")???;
-        Ok(())
-    }
+/// The fake kubelet's pod-resources API on `socket`.
+fn serve(socket: &Path, kubelet: FakeKubelet) -> anyhow::Result<Served> {
+    Served::start(
+        socket,
+        tonic::service::Routes::new(PodResourcesListerServer::new(kubelet)),
+    )
 }
 
 fn devices(resource_name: &str, ids: &[&str]) -> ContainerDevices {
@@ -159,7 +133,7 @@ async fn each_gpu_is_mapped_to_the_container_holding_it_and_other_devices_are_ig
 -> anyhow::Result<()> {
     let dir = TempDir::new("maps-gpus")?;
     let socket = dir.join("kubelet.sock");
-    let served = Served::start(
+    let served = serve(
         &socket,
         FakeKubelet {
             list: Some(node_with_three_pods()),
@@ -184,7 +158,7 @@ async fn each_gpu_is_mapped_to_the_container_holding_it_and_other_devices_are_ig
 async fn a_node_without_pods_has_no_assignments() -> anyhow::Result<()> {
     let dir = TempDir::new("no-pods")?;
     let socket = dir.join("kubelet.sock");
-    let served = Served::start(
+    let served = serve(
         &socket,
         FakeKubelet {
             list: Some(ListPodResourcesResponse::default()),
@@ -225,7 +199,7 @@ async fn a_missing_socket_is_a_connect_error_naming_the_path_and_the_mount() -> 
 async fn a_kubelet_refusing_the_call_is_a_call_error_with_its_status() -> anyhow::Result<()> {
     let dir = TempDir::new("refused")?;
     let socket = dir.join("kubelet.sock");
-    let served = Served::start(&socket, FakeKubelet { list: None })?;
+    let served = serve(&socket, FakeKubelet { list: None })?;
 
     let listed = list_gpu_assignments(&socket, GPU, LIMIT).await;
     served.stop().await?;
