@@ -101,7 +101,14 @@ samples_within_caps() {
 }
 
 say "building images and the cluster's binaries"
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 scripts/cluster.sh build || exit 1
+# helm, as the chart tests build it (tests/helm), when they have not run first.
+if [ ! -x "$helm_bin" ]; then
+  say "building helm with go into $helm_bin (once)"
+  (cd tests/helm && go build -o "$helm_bin.partial" helm.sh/helm/v3/cmd/helm) &&
+    mv "$helm_bin.partial" "$helm_bin" || exit 1
+fi
 # Prometheus from Go modules: Debian's package is built without Kubernetes service discovery.
 prometheus_version=v0.316.0
 prometheus_bin="${KILOWATT_PROMETHEUS:-$HOME/.cache/kilowatt/prometheus-$prometheus_version}"

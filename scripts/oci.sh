@@ -89,6 +89,11 @@ oci_debian_rootfs() {
   oci_packages=()
   for package in "$@"; do
     candidate=$(apt-cache policy "$package" | sed -n 's/^  Candidate: //p')
+    if { [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; } && [ "$(id -u)" -eq 0 ]; then
+      # A fresh machine may have no package lists yet.
+      apt-get update -qq
+      candidate=$(apt-cache policy "$package" | sed -n 's/^  Candidate: //p')
+    fi
     if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
       echo "oci: apt knows no version of $package (run apt-get update)" >&2
       return 1
