@@ -721,8 +721,7 @@ mod tests {
     async fn a_ready_node_no_agent_registered_from_counts_at_its_gpus_maximum() {
         let mut fleet = Fleet::new();
         // n2 is an H100 node (200–700 W a GPU) whose agent has not started: no keys at all.
-        let mut store = MemoryPlanStore::new(KeyLayout::new("/kilowatt"));
-        std::mem::swap(&mut fleet.store, &mut store);
+        fleet.store = MemoryPlanStore::new(KeyLayout::new("/kilowatt"));
         fleet.store.register("n1", &inventory(8));
         fleet.nodes[1] = node(
             "n2",
