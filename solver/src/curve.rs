@@ -157,6 +157,53 @@ impl Curve {
         }
     }
 
+    /// Upper concave envelope of `V` on `[lo_mw(), top_mw]`, for lowering a limit that stands at
+    /// `top_mw` (a realised level): the same segments as [`Curve::envelope`] below the candidate at or
+    /// under `top_mw`, and a last one up to `top_mw` itself when it lies inside a linear rise.
+    pub fn envelope_below(&self, top_mw: Milliwatts) -> Vec<EnvelopeSegment> {
+        let top_mw = top_mw.clamp(self.lo_mw(), self.hi_mw());
+        let k = self.candidate_at_or_below(top_mw);
+        let mut below = self.candidates[..=k].to_vec();
+        if top_mw > below[k].power_mw {
+            below.push(Candidate {
+                power_mw: top_mw,
+                value: self.realise(top_mw).throughput,
+                limit_mw: top_mw,
+                clock_mhz: None,
+                rises_linearly_to_next: false,
+            });
+        } else {
+            below[k].rises_linearly_to_next = false;
+        }
+        upper_concave_envelope(&below)
+    }
+
+    /// The lowest level whose best reachable throughput is at least `min_throughput` (`V` is
+    /// monotone, so every level above it reaches it too); `hi_mw()` when none does.
+    pub fn lowest_level_with(&self, min_throughput: f64) -> Milliwatts {
+        let k = self
+            .candidates
+            .partition_point(|c| c.value < min_throughput);
+        if k == self.candidates.len() {
+            return self.hi_mw();
+        }
+        let at = self.candidates[k].power_mw;
+        if k == 0 || !self.candidates[k - 1].rises_linearly_to_next {
+            return at;
+        }
+        let from = &self.candidates[k - 1];
+        let t = (min_throughput - from.value) / (self.candidates[k].value - from.value);
+        let crossing = (from.power_mw + ((at - from.power_mw) as f64 * t).ceil() as Milliwatts)
+            .clamp(from.power_mw, at);
+        // NB: interpolation may round the crossing's throughput a hair below the target; the
+        // candidate itself reaches it exactly.
+        if self.realise(crossing).throughput >= min_throughput {
+            crossing
+        } else {
+            at
+        }
+    }
+
     /// Throughput when the limit is imposed from outside (baselines that cap without choosing a
     /// clock): the measured interpolation for power-limit profiles, the best point that fits for
     /// locked-clock ones, and zero below the measured range, where nothing says the job can run.

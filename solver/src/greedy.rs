@@ -69,19 +69,24 @@ pub(crate) fn objective(instance: &Instance, limits_mw: &[Milliwatts]) -> f64 {
         .sum()
 }
 
-/// Upper bound on the optimum: greedy on the envelopes with every gang split per innermost budget,
-/// in continuous watts. `headroom` must be non-negative.
-pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
-    /// One envelope segment of one gang's share of an innermost budget, with all the greedy needs.
-    struct Part {
-        value_per_gpu_mw: f64,
-        length_mw: f64,
-        budget: u32,
-        gpus: u32,
-    }
-    // Built in (workload, group, segment) order, so a stable sort on value alone breaks ties by index.
+/// One envelope segment of one gang's share of an innermost budget, with all a laminar fill needs.
+pub(crate) struct Part {
+    /// What one GPU-milliwatt of this part is worth to the fill's objective.
+    pub value_per_gpu_mw: f64,
+    pub length_mw: f64,
+    /// The innermost budget of the share's nodes.
+    pub budget: u32,
+    pub gpus: u32,
+}
+
+/// Every envelope segment of every gang's share of each innermost budget, valued by throughput per
+/// GPU-milliwatt, in (workload, group, segment) order; `include` picks the workloads.
+pub(crate) fn envelope_parts(instance: &Instance, include: impl Fn(usize) -> bool) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
-    for workload in &instance.workloads {
+    for (w, workload) in instance.workloads.iter().enumerate() {
+        if !include(w) {
+            continue;
+        }
         let per_gpu = workload.value_per_throughput / workload.gpu_count() as f64;
         for &(budget, gpus) in &workload.groups {
             parts.extend(workload.curve.envelope().iter().map(|segment| Part {
@@ -92,14 +97,26 @@ pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
             }));
         }
     }
+    parts
+}
+
+/// Sorts parts by value, best first; stable, so ties keep the order they were built in.
+pub(crate) fn sort_parts(parts: &mut [Part]) {
     parts.sort_by(|a, b| b.value_per_gpu_mw.total_cmp(&a.value_per_gpu_mw));
-    let mut room: Vec<f64> = headroom.iter().map(|&h| h as f64).collect();
-    let mut bound: f64 = instance
-        .workloads
-        .iter()
-        .map(|w| w.value_per_throughput * w.curve.candidates()[0].value)
-        .sum();
+}
+
+/// Greedy fill of sorted `parts` under `room` (watts left per budget, in continuous milliwatts),
+/// adding each part's value to `start`. Exact for the split relaxation: its caps form a laminar
+/// family and every part sits in one innermost budget (see the module comment).
+pub(crate) fn fill_laminar(
+    instance: &Instance,
+    parts: impl IntoIterator<Item = impl std::borrow::Borrow<Part>>,
+    mut room: Vec<f64>,
+    start: f64,
+) -> f64 {
+    let mut total = start;
     for part in parts {
+        let part = part.borrow();
         let count = part.gpus as f64;
         let chain = &instance.budgets[part.budget as usize].chain;
         let fits = chain
@@ -114,9 +131,27 @@ pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
         for &b in chain {
             room[b] -= take * count;
         }
-        bound += part.value_per_gpu_mw * count * take;
+        total += part.value_per_gpu_mw * count * take;
     }
-    bound
+    total
+}
+
+/// Upper bound on the optimum: greedy on the envelopes with every gang split per innermost budget,
+/// in continuous watts. `headroom` must be non-negative.
+pub(crate) fn upper_bound(instance: &Instance, headroom: &[Milliwatts]) -> f64 {
+    let mut parts = envelope_parts(instance, |_| true);
+    sort_parts(&mut parts);
+    let start: f64 = instance
+        .workloads
+        .iter()
+        .map(|w| w.value_per_throughput * w.curve.candidates()[0].value)
+        .sum();
+    fill_laminar(
+        instance,
+        parts,
+        headroom.iter().map(|&h| h as f64).collect(),
+        start,
+    )
 }
 
 /// Most a workload can rise from its current limit within `room` (watts left per budget).

@@ -35,6 +35,8 @@ pub(crate) struct BudgetEntry<'a> {
     pub cap_mw: Milliwatts,
     /// This budget and its ancestors, innermost first.
     pub chain: Vec<usize>,
+    /// The efficiency policy, validated to `[0, 1)`.
+    pub max_slowdown: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +377,22 @@ fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry<'_>>, InvalidPr
             true,
             MAX_CAP_WATTS,
         )?;
+        if let Some(slowdown) = budget.max_slowdown
+            && !(0.0..1.0).contains(&slowdown)
+        {
+            // NB: `contains` is false for NaN, so NaN lands here too.
+            return Err(invalid(
+                format!("budgets[{i}].maxSlowdown"),
+                format!(
+                    "must be at least 0 and less than 1 (got {})",
+                    if slowdown.is_finite() {
+                        compact(slowdown)
+                    } else {
+                        slowdown.to_string()
+                    }
+                ),
+            ));
+        }
     }
     let mut parents = Vec::with_capacity(problem.budgets.len());
     for (i, budget) in problem.budgets.iter().enumerate() {
@@ -412,6 +430,7 @@ fn validate_budgets(problem: &Problem) -> Result<Vec<BudgetEntry<'_>>, InvalidPr
             name: &budget.name,
             cap_mw: limit_mw(budget.cap_watts),
             chain,
+            max_slowdown: budget.max_slowdown,
         });
     }
     Ok(entries)
@@ -567,11 +586,13 @@ mod tests {
                     name: "facility".into(),
                     cap_watts: 2000.0,
                     parent: None,
+                    max_slowdown: None,
                 },
                 Budget {
                     name: "rack".into(),
                     cap_watts: 1500.0,
                     parent: Some("facility".into()),
+                    max_slowdown: None,
                 },
             ],
             nodes: vec![Node {
@@ -652,6 +673,18 @@ mod tests {
             (
                 Box::new(|p| p.budgets[0].cap_watts = -1.0),
                 "budgets[0].capWatts: must be between 0 and 1e10 (got -1)",
+            ),
+            (
+                Box::new(|p| p.budgets[1].max_slowdown = Some(1.0)),
+                "budgets[1].maxSlowdown: must be at least 0 and less than 1 (got 1)",
+            ),
+            (
+                Box::new(|p| p.budgets[0].max_slowdown = Some(-0.01)),
+                "budgets[0].maxSlowdown: must be at least 0 and less than 1 (got -0.01)",
+            ),
+            (
+                Box::new(|p| p.budgets[0].max_slowdown = Some(f64::NAN)),
+                "budgets[0].maxSlowdown: must be at least 0 and less than 1 (got NaN)",
             ),
             (
                 Box::new(|p| p.nodes[0].budget = "row".into()),
@@ -804,6 +837,7 @@ mod tests {
     fn number_fields() -> Vec<(&'static str, Setter)> {
         vec![
             ("capWatts", |p, x| p.budgets[0].cap_watts = x),
+            ("maxSlowdown", |p, x| p.budgets[0].max_slowdown = Some(x)),
             ("overheadWatts", |p, x| p.nodes[0].overhead_watts = x),
             ("minWatts", |p, x| p.nodes[0].gpus[0].min_watts = x),
             ("maxWatts", |p, x| p.nodes[0].gpus[0].max_watts = x),

@@ -16,7 +16,7 @@ pub struct Problem {
     /// Workloads (gangs of GPUs) with their measured throughput curves.
     #[serde(default)]
     pub workloads: Vec<Workload>,
-    /// What to optimise; only `maxThroughput` exists today.
+    /// What to optimise; `maxThroughput`, refined per budget by [`Budget::max_slowdown`].
     #[serde(default)]
     pub objective: Objective,
 }
@@ -29,6 +29,11 @@ pub struct Budget {
     pub cap_watts: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Efficiency policy, a fraction in `[0, 1)`: the GPUs under this budget may give up at most this
+    /// share of the throughput the max-throughput plan gives them, and within that the plan uses the
+    /// least GPU power. Absent: maximum throughput, as without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slowdown: Option<f64>,
 }
 
 /// A machine whose GPUs and non-GPU overhead count against `budget` and all of its ancestors.

@@ -89,13 +89,74 @@ pub struct Plan {
     pub budgets: Vec<BudgetAllocation>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shortfalls: Vec<Shortfall>,
+    /// Present when some budget sets `maxSlowdown` (and the problem is feasible): the least-power
+    /// stage against the max-throughput plan it started from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<Efficiency>,
 }
 
 impl Plan {
-    /// Relative distance between objective and upper bound (0 when optimal).
+    /// Relative distance between objective and upper bound (0 when optimal). With `maxSlowdown` this
+    /// includes the throughput given up on purpose; [`Efficiency::reference_gap`] is the reference's.
     pub fn gap(&self) -> f64 {
         relative_gap(self.objective, self.upper_bound)
     }
+}
+
+/// The efficiency policy's result: the plan's power against the max-throughput plan (the reference)
+/// it was derived from, with a proven bound on each objective.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Efficiency {
+    /// The method of the max-throughput reference (the plan's own `method` is the least-power stage's).
+    pub reference_method: Method,
+    /// Objective of the reference; `upperBound` is its proven bound.
+    pub reference_objective: f64,
+    /// Sum of every GPU's limit in this plan.
+    pub gpu_watts: f64,
+    /// Sum of every GPU's limit in the reference.
+    pub reference_gpu_watts: f64,
+    /// Proven: no plan that keeps every budget's `maxSlowdown` (workloads under no such budget at the
+    /// reference's limits) sets less than this in total.
+    pub gpu_watts_lower_bound: f64,
+    /// `referenceGpuWatts − gpuWatts`.
+    pub saved_watts: f64,
+    /// One entry per budget that sets `maxSlowdown`, in input order.
+    pub budgets: Vec<BudgetEfficiency>,
+}
+
+impl Efficiency {
+    /// Relative distance of the reference from the proven throughput bound.
+    pub fn reference_gap(&self, upper_bound: f64) -> f64 {
+        relative_gap(self.reference_objective, upper_bound)
+    }
+
+    /// Relative distance of this plan's GPU power above its proven lower bound (0 when least).
+    pub fn power_gap(&self) -> f64 {
+        if self.gpu_watts > 0.0 {
+            ((self.gpu_watts - self.gpu_watts_lower_bound) / self.gpu_watts).max(0.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One policy budget: the throughput of the GPUs under it (each GPU carrying its workload's weight ×
+/// normalised throughput) and their power, here and in the reference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetEfficiency {
+    pub name: String,
+    pub max_slowdown: f64,
+    pub throughput: f64,
+    pub reference_throughput: f64,
+    /// Proven bound on this budget's throughput in any plan that fits every cap.
+    pub reference_upper_bound: f64,
+    /// `(1 − maxSlowdown) × referenceThroughput`; `throughput` is at least this, to a relative 1e-9.
+    pub required_throughput: f64,
+    pub gpu_watts: f64,
+    pub reference_gpu_watts: f64,
+    pub saved_watts: f64,
 }
 
 pub(crate) fn relative_gap(objective: f64, upper_bound: f64) -> f64 {
@@ -108,7 +169,7 @@ pub(crate) fn relative_gap(objective: f64, upper_bound: f64) -> f64 {
     }
 }
 
-fn watts(mw: Milliwatts) -> f64 {
+pub(crate) fn watts(mw: Milliwatts) -> f64 {
     mw as f64 / 1000.0
 }
 
@@ -188,6 +249,7 @@ pub(crate) fn assemble(
             .collect(),
         budgets: budget_allocations(instance, &usage),
         shortfalls: Vec::new(),
+        efficiency: None,
     }
 }
 

@@ -3,9 +3,12 @@
 
 use proptest::prelude::*;
 
+use crate::efficiency::{Policy, lower_greedily, power_lower_bound_mw};
+use crate::greedy::{greedy_limits, headroom_at_floors};
+use crate::instance::Instance;
 use crate::model::{Budget, Gpu, Node, Problem, ProfilePoint, Workload, WorkloadKind};
 use crate::plan::Plan;
-use crate::{MethodChoice, SolveOptions, Status, budget_ranges, solve};
+use crate::{MethodChoice, MilpLimits, SolveOptions, Status, budget_ranges, milp, solve};
 
 /// Throughput of a profile at a limit, computed independently of the solver (linear interpolation,
 /// flat after the last point; for locked clocks, the named clock's point).
@@ -388,12 +391,14 @@ fn problem_strategy() -> impl Strategy<Value = Problem> {
                 name: "b0".into(),
                 cap_watts: 1e9,
                 parent: None,
+                max_slowdown: None,
             }];
             for (i, p) in parents.iter().enumerate() {
                 budgets.push(Budget {
                     name: format!("b{}", i + 1),
                     cap_watts: 1e9,
                     parent: Some(format!("b{}", p % (i + 1))),
+                    max_slowdown: None,
                 });
             }
             let mut gpu_ids = Vec::new();
@@ -469,6 +474,62 @@ fn problem_strategy() -> impl Strategy<Value = Problem> {
         })
 }
 
+/// A random problem with `maxSlowdown` on some of its budgets (0 among the values, and 0.3, where
+/// most curves are steep).
+fn policy_problem_strategy() -> impl Strategy<Value = Problem> {
+    (
+        problem_strategy(),
+        prop::collection::vec(
+            prop::option::of(prop_oneof![Just(0.0), Just(0.02), Just(0.1), Just(0.3)]),
+            5,
+        ),
+    )
+        .prop_map(|(mut problem, slowdowns)| {
+            for (budget, slowdown) in problem.budgets.iter_mut().zip(slowdowns) {
+                budget.max_slowdown = slowdown;
+            }
+            problem
+        })
+        .prop_filter("some budget sets a policy", |p| {
+            p.budgets.iter().any(|b| b.max_slowdown.is_some())
+        })
+}
+
+/// Weighted normalised throughput of the GPUs under budget `b`, and the sum of their limits, from the
+/// plan alone.
+fn budget_throughput_and_watts(problem: &Problem, plan: &Plan, b: usize) -> (f64, f64) {
+    let under: Vec<&str> = problem
+        .nodes
+        .iter()
+        .filter(|node| budget_chain(problem, node).contains(&b))
+        .flat_map(|node| node.gpus.iter().map(|g| g.id.as_str()))
+        .collect();
+    let watts = plan
+        .gpus
+        .iter()
+        .filter(|g| under.contains(&g.id.as_str()))
+        .map(|g| g.power_limit_watts)
+        .sum();
+    let throughput = problem
+        .workloads
+        .iter()
+        .zip(&plan.workloads)
+        .map(|(w, setting)| {
+            let here = w
+                .gpus
+                .iter()
+                .filter(|id| under.contains(&id.as_str()))
+                .count();
+            w.weight * here as f64 * setting.throughput / best(&w.profile)
+        })
+        .sum();
+    (throughput, watts)
+}
+
+fn total_gpu_watts(plan: &Plan) -> f64 {
+    plan.gpus.iter().map(|g| g.power_limit_watts).sum()
+}
+
 fn options(method: MethodChoice) -> SolveOptions {
     SolveOptions {
         method,
@@ -528,6 +589,143 @@ proptest! {
             prop_assert_eq!(&at_scale.gpus, &plan.gpus, "{}", method);
             prop_assert_eq!(at_scale.objective, plan.objective * weight_scale, "{}", method);
             prop_assert_eq!(at_scale.upper_bound, plan.upper_bound * weight_scale, "{}", method);
+        }
+    }
+
+    /// (a) every cap, gang and bound still holds, (b) every policy budget keeps `(1 − s)` of what
+    /// the max-throughput plan gives it, (c) no plan sets more GPU power than that plan, and the
+    /// report says what the plan does.
+    #[test]
+    fn a_policy_plan_fits_keeps_its_throughput_and_never_adds_power(problem in policy_problem_strategy()) {
+        let plain_problem = Problem {
+            budgets: problem.budgets.iter().map(|b| Budget { max_slowdown: None, ..b.clone() }).collect(),
+            ..problem.clone()
+        };
+        for method in [MethodChoice::Auto, MethodChoice::Greedy, MethodChoice::Milp] {
+            let plain = solve(&plain_problem, &options(method)).expect("solves");
+            let plan = solve(&problem, &options(method)).expect("solves");
+            check_plan(&problem, &plan);
+            if plain.status == Status::Infeasible {
+                prop_assert_eq!(&plan, &plain);
+                continue;
+            }
+            let efficiency = plan.efficiency.as_ref().expect("a policy is reported");
+            prop_assert_eq!(efficiency.reference_objective, plain.objective, "{}", method);
+            prop_assert!((efficiency.reference_gpu_watts - total_gpu_watts(&plain)).abs() <= 1e-6);
+            prop_assert!((efficiency.gpu_watts - total_gpu_watts(&plan)).abs() <= 1e-6);
+            prop_assert!(efficiency.gpu_watts <= efficiency.reference_gpu_watts + 1e-9, "{}: {:?}", method, efficiency);
+            prop_assert!(efficiency.gpu_watts_lower_bound <= efficiency.gpu_watts);
+            prop_assert_eq!(plan.upper_bound, plain.upper_bound);
+            prop_assert_eq!(plan.status, plain.status);
+            let mut reported = efficiency.budgets.iter();
+            for (b, budget) in problem.budgets.iter().enumerate() {
+                let Some(slowdown) = budget.max_slowdown else { continue };
+                let entry = reported.next().expect("one entry per policy budget, in input order");
+                prop_assert_eq!(&entry.name, &budget.name);
+                let (throughput, watts) = budget_throughput_and_watts(&problem, &plan, b);
+                let (reference, reference_watts) = budget_throughput_and_watts(&problem, &plain, b);
+                let tolerance = 1e-9 * reference.max(1e-12);
+                prop_assert!(throughput >= (1.0 - slowdown) * reference - 2.0 * tolerance,
+                    "{} {}: {} < (1 - {}) x {}", method, budget.name, throughput, slowdown, reference);
+                prop_assert!((entry.throughput - throughput).abs() <= 1e-6 * throughput.max(1.0));
+                prop_assert!((entry.reference_throughput - reference).abs() <= 1e-6 * reference.max(1.0));
+                prop_assert!(entry.reference_upper_bound >= reference - 1e-9 * reference.max(1.0));
+                prop_assert!((entry.saved_watts - (reference_watts - watts)).abs() <= 1e-6);
+            }
+            // Only workloads under some policy budget move.
+            for (w, (now, before)) in problem.workloads.iter().zip(plan.workloads.iter().zip(&plain.workloads)) {
+                let governed = w.gpus.iter().any(|id| {
+                    let node = problem.nodes.iter().find(|n| n.gpus.iter().any(|g| &g.id == id)).expect("node");
+                    budget_chain(&problem, node).iter().any(|&b| problem.budgets[b].max_slowdown.is_some())
+                });
+                if !governed {
+                    prop_assert_eq!(now, before);
+                }
+            }
+        }
+    }
+
+    /// (b) against the optimum itself: the whole fleet keeps `(1 − s)` of the best plan on a 5 W
+    /// grid (auto within its half-percent target, the MILP within its rounding).
+    #[test]
+    fn a_root_policy_keeps_its_share_of_the_optimum(problem in problem_strategy(), slowdown in prop_oneof![Just(0.02), Just(0.2)]) {
+        let mut problem = problem;
+        problem.budgets[0].max_slowdown = Some(slowdown);
+        let auto = solve(&problem, &options(MethodChoice::Auto)).expect("solves");
+        prop_assume!(auto.status != Status::Infeasible);
+        let grid = brute_force(&problem).expect("a feasible problem has a grid plan");
+        let roots: Vec<usize> = (0..problem.budgets.len()).filter(|&b| problem.budgets[b].parent.is_none()).collect();
+        prop_assume!(roots == [0]);
+        let floor = (1.0 - slowdown) * grid;
+        prop_assert!(auto.objective >= floor * (1.0 - 0.005) - 1e-9, "auto {} vs {floor}", auto.objective);
+        let exact = solve(&problem, &options(MethodChoice::Milp)).expect("solves");
+        prop_assert!(exact.objective >= (1.0 - slowdown) * (grid - 1e-5 * grid.max(1.0)) * (1.0 - 1e-9),
+            "milp {} vs {floor}", exact.objective);
+    }
+
+    /// (d) a slowdown of 0 everywhere is the plan without a policy, with a report that saves nothing.
+    #[test]
+    fn a_zero_slowdown_everywhere_is_the_plan_without_a_policy(problem in problem_strategy(), on in prop::collection::vec(any::<bool>(), 5)) {
+        let mut zero = problem.clone();
+        for (budget, &on) in zero.budgets.iter_mut().zip(&on) {
+            budget.max_slowdown = on.then_some(0.0);
+        }
+        for method in MethodChoice::ALL {
+            let plain = solve(&problem, &options(method)).expect("solves");
+            let plan = solve(&zero, &options(method)).expect("solves");
+            prop_assert_eq!(&Plan { efficiency: None, ..plan.clone() }, &plain, "{}", method);
+            if let Some(efficiency) = plan.efficiency {
+                prop_assert_eq!(efficiency.saved_watts, 0.0);
+            }
+        }
+    }
+
+    /// The least-power greedy against the least-power MILP from the same reference: the MILP (warm
+    /// started from the greedy) never needs more, the Lagrangian bound is never above it, and where
+    /// curves are concave and every gang sits in one innermost budget the greedy is exact and its
+    /// bound tight.
+    #[test]
+    fn the_least_power_greedy_matches_the_milp_where_it_claims_exactness(problem in policy_problem_strategy()) {
+        let instance = Instance::new(&problem).expect("valid");
+        let headroom = headroom_at_floors(&instance);
+        prop_assume!(headroom.iter().all(|&h| h >= 0));
+        let reference = greedy_limits(&instance, &headroom);
+        let policy = Policy::new(&instance, &reference).expect("a policy");
+        prop_assume!(policy.allows_slowdown());
+        let lowered = lower_greedily(&instance, &policy);
+        prop_assert!(policy.is_kept_by(&instance, &lowered.levels));
+        prop_assert!(crate::plan::fits(&instance, &lowered.levels));
+        let power = |levels: &[i64]| -> f64 {
+            instance.gpus.iter().map(|g| g.workload.map_or(g.min_mw, |w| levels[w]) as f64).sum()
+        };
+        let governed = policy.governed();
+        prop_assume!(!governed.is_empty());
+        let start: Vec<i64> = governed.iter().map(|&w| lowered.levels[w]).collect();
+        let outcome = milp::solve_least_power_milp(
+            &instance, &governed, &policy.room_mw(&instance), &policy.milp_rows(&instance),
+            Some(&start), MilpLimits { max_nodes: 100_000, time_limit_seconds: 60.0, relative_gap: 1e-9 },
+        ).expect("the reference is a feasible start");
+        let mut exact = policy.reference().to_vec();
+        for (&w, &limit) in governed.iter().zip(&outcome.limits_mw) {
+            exact[w] = instance.workloads[w].curve.realise(limit).limit_mw;
+        }
+        // HiGHS's offsets are rounded up to the milliwatt: up to 1 mW per GPU.
+        let rounding = instance.gpus.len() as f64 + 1e-6 * power(&exact);
+        let (greedy_mw, milp_mw) = (power(&lowered.levels), power(&exact));
+        prop_assert!(milp_mw <= greedy_mw + rounding, "milp {milp_mw} > greedy {greedy_mw}");
+        let bound = power_lower_bound_mw(&instance, &policy, &lowered.multipliers);
+        let milp_bound = policy.floor_power_mw(&instance) as f64 + outcome.lower_bound_above_floors_mw;
+        prop_assert!(bound <= milp_mw + rounding, "bound {bound} above the milp's {milp_mw}");
+        if milp_bound.is_finite() {
+            prop_assert!(milp_bound <= milp_mw + rounding, "the milp's bound {milp_bound} above its plan {milp_mw}");
+        }
+        let exact_case = instance.workloads.iter().all(|w| {
+            w.groups.len() == 1 && w.curve.envelope().iter().all(|s| s.exact)
+        });
+        if exact_case {
+            prop_assert!(greedy_mw <= milp_mw + rounding, "greedy {greedy_mw} > milp {milp_mw} on concave curves");
+            // The greedy stops on whole milliwatts, up to 1 mW per GPU above the continuous optimum.
+            prop_assert!(bound >= greedy_mw - rounding, "bound {bound} below greedy {greedy_mw} on concave curves");
         }
     }
 

@@ -555,6 +555,7 @@ fn bench_solver_at_smoke_size_reports_every_method_with_memory_and_draws_the_cha
         methods(&sizes[0]),
         [
             "auto",
+            "auto+maxSlowdown",
             "uniform",
             "proportional",
             "generic-milp",
@@ -563,7 +564,13 @@ fn bench_solver_at_smoke_size_reports_every_method_with_memory_and_draws_the_cha
     );
     assert_eq!(
         methods(&sizes[1]),
-        ["auto", "uniform", "proportional", "generic-lp"]
+        [
+            "auto",
+            "auto+maxSlowdown",
+            "uniform",
+            "proportional",
+            "generic-lp"
+        ]
     );
     for size in sizes {
         assert!(size["autoVsUniform"].as_f64() > Some(1.0), "{size}");

@@ -1,5 +1,6 @@
 //! `kilowatt bench solver`: times the solver against uniform and proportional capping, a cold generic
-//! HiGHS MILP and a generic HiGHS LP on the same generated fleets, with each method's peak memory, and
+//! HiGHS MILP and a generic HiGHS LP on the same generated fleets, and `auto` with the efficiency
+//! policy (`maxSlowdown` on the facility) against `auto` alone, with each method's peak memory, and
 //! charts time against size. Reads profile files, the clock and the process's memory counters (Linux
 //! `/proc/self`); prints results.
 
@@ -13,6 +14,9 @@ use crate::fleet::{FleetSpec, generate_fleet};
 use crate::profiles::{NamedCurve, load_example_profiles, load_measured_curves};
 use crate::solve::solve_timed;
 use crate::svg::{self, Line, Panel};
+
+/// The facility's `maxSlowdown` in the policy row (`auto+maxSlowdown`).
+pub const POLICY_MAX_SLOWDOWN: f64 = 0.02;
 
 /// Where the benchmark's curves come from.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct BenchSettings {
     /// The generic LP is skipped above this many GPUs.
     pub lp_max_gpus: usize,
     pub lp_time_limit_seconds: f64,
+    /// The facility's `maxSlowdown` for the policy row, timed against plain `auto` on the same fleet.
+    pub max_slowdown: f64,
 }
 
 /// How one method did on one instance.
@@ -56,6 +62,19 @@ pub struct MethodResult {
     /// The process's peak resident memory while the method ran (the instance included); `None` where
     /// `/proc/self` cannot tell.
     pub peak_rss_bytes: Option<u64>,
+    /// Sum of every GPU's limit in the plan.
+    #[serde(default)]
+    pub gpu_watts: Option<f64>,
+    /// With `maxSlowdown`: watts saved against the max-throughput plan, the proven lower bound on
+    /// GPU power and the plan's distance above it, and the max-throughput reference's own gap.
+    #[serde(default)]
+    pub saved_watts: Option<f64>,
+    #[serde(default)]
+    pub gpu_watts_lower_bound: Option<f64>,
+    #[serde(default)]
+    pub power_gap: Option<f64>,
+    #[serde(default)]
+    pub reference_gap: Option<f64>,
 }
 
 /// Results for one fleet size.
@@ -76,6 +95,9 @@ pub struct SizeResult {
     pub lp_seconds_over_auto: Option<f64>,
     /// Kilowatt's objective over the LP optimum (an upper bound: 1.0 means Kilowatt reached it).
     pub auto_vs_lp_objective: Option<f64>,
+    /// Seconds of `auto` with the policy over plain `auto`'s, same fleet, same process.
+    #[serde(default)]
+    pub policy_seconds_over_auto: Option<f64>,
 }
 
 fn load_curves(source: &CurveSource) -> anyhow::Result<Vec<NamedCurve>> {
@@ -138,6 +160,11 @@ fn run_method(
         status: None,
         error: None,
         peak_rss_bytes,
+        gpu_watts: None,
+        saved_watts: None,
+        gpu_watts_lower_bound: None,
+        power_gap: None,
+        reference_gap: None,
     };
     match result {
         Ok(plan) => {
@@ -145,6 +172,13 @@ fn run_method(
             row.upper_bound = Some(plan.upper_bound);
             row.gap = Some(plan.gap());
             row.status = Some(format!("{:?}", plan.status).to_lowercase());
+            row.gpu_watts = Some(plan.gpus.iter().map(|g| g.power_limit_watts).sum());
+            if let Some(e) = &plan.efficiency {
+                row.saved_watts = Some(e.saved_watts);
+                row.gpu_watts_lower_bound = Some(e.gpu_watts_lower_bound);
+                row.power_gap = Some(e.power_gap());
+                row.reference_gap = Some(e.reference_gap(plan.upper_bound));
+            }
             (row, Some(plan))
         }
         Err(e) => {
@@ -187,7 +221,24 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
         );
         let (auto, auto_plan) =
             run_method(&problem, "auto", &with(MethodChoice::Auto), settings.repeat);
-        let mut methods = vec![auto, uniform, proportional];
+        // The same fleet with the facility's policy on, timed right after plain auto.
+        let mut with_policy = problem.clone();
+        for budget in with_policy
+            .budgets
+            .iter_mut()
+            .filter(|b| b.parent.is_none())
+        {
+            budget.max_slowdown = Some(settings.max_slowdown);
+        }
+        let (policy, _) = run_method(
+            &with_policy,
+            "auto+maxSlowdown",
+            &with(MethodChoice::Auto),
+            settings.repeat,
+        );
+        drop(with_policy);
+        let policy_seconds_over_auto = policy.seconds.zip(auto.seconds).map(|(p, a)| p / a);
+        let mut methods = vec![auto, policy, uniform, proportional];
         let generic = if gpus <= settings.milp_max_gpus {
             let options = SolveOptions {
                 method: MethodChoice::Milp,
@@ -220,6 +271,11 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
                 status: result.as_ref().ok().map(|_| "relaxation-optimum".into()),
                 error: result.err().map(|e| e.to_string()),
                 peak_rss_bytes,
+                gpu_watts: None,
+                saved_watts: None,
+                gpu_watts_lower_bound: None,
+                power_gap: None,
+                reference_gap: None,
             };
             methods.push(row.clone());
             Some(row)
@@ -249,6 +305,7 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
             auto_vs_lp_objective: lp
                 .as_ref()
                 .and_then(|r| r.objective.zip(auto_objective).map(|(l, a)| a / l)),
+            policy_seconds_over_auto,
             methods,
         });
     }
@@ -258,7 +315,7 @@ pub fn bench_solver(settings: &BenchSettings) -> anyhow::Result<Vec<SizeResult>>
 /// Renders results as a Markdown table, one row per size and method.
 pub fn render_table(results: &[SizeResult]) -> String {
     let mut out = String::from(
-        "| GPUs | workloads | method | seconds | peak RSS MiB | objective | gap to bound | vs uniform |\n|---|---|---|---|---|---|---|---|\n",
+        "| GPUs | workloads | method | seconds | peak RSS MiB | objective | gap to bound | vs uniform | GPU kW | saved kW | power gap |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for size in results {
         let uniform = size
@@ -271,7 +328,7 @@ pub fn render_table(results: &[SizeResult]) -> String {
                 v.map_or("—".to_string(), |v| format!("{v:.digits$}"))
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 size.gpus,
                 size.workloads,
                 m.method,
@@ -286,6 +343,10 @@ pub fn render_table(results: &[SizeResult]) -> String {
                     |g| format!("{:.3} %", g * 100.0)
                 ),
                 number(m.objective.zip(uniform).map(|(o, u)| o / u), 4),
+                number(m.gpu_watts.map(|w| w / 1000.0), 1),
+                number(m.saved_watts.map(|w| w / 1000.0), 1),
+                m.power_gap
+                    .map_or("—".to_string(), |g| format!("{:.3} %", g * 100.0)),
             ));
         }
     }
@@ -295,8 +356,9 @@ pub fn render_table(results: &[SizeResult]) -> String {
 /// The chart of `--plot`: seconds and peak memory against GPUs, both axes logarithmic, one line per
 /// method.
 pub fn render_chart(results: &[SizeResult]) -> String {
-    const COLORS: [(&str, &str); 5] = [
+    const COLORS: [(&str, &str); 6] = [
         ("auto", "#2e90fa"),
+        ("auto+maxSlowdown", "#12b76a"),
         ("uniform", "#f79009"),
         ("proportional", "#667085"),
         ("generic-lp", "#7a5af8"),

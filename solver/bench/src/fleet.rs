@@ -103,16 +103,19 @@ pub fn generate_fleet(curves: &[NamedCurve], spec: &FleetSpec) -> Result<Problem
         name: "facility".into(),
         cap_watts: 0.0,
         parent: None,
+        max_slowdown: None,
     }];
     budgets.extend((0..row_count).map(|r| Budget {
         name: format!("row-{r}"),
         cap_watts: 0.0,
         parent: Some("facility".into()),
+        max_slowdown: None,
     }));
     budgets.extend((0..rack_count).map(|k| Budget {
         name: format!("rack-{k}"),
         cap_watts: 0.0,
         parent: Some(format!("row-{}", k / spec.racks_per_row)),
+        max_slowdown: None,
     }));
 
     // Racks are homogeneous in GPU model, as they are in real datacentres.

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kilowatt_solver::plan::{BudgetAllocation, GpuSetting, Shortfall, WorkloadSetting};
+use kilowatt_solver::plan::{BudgetAllocation, Efficiency, GpuSetting, Shortfall, WorkloadSetting};
 use kilowatt_solver::{Method, Plan, Problem, SolveError, SolveOptions, Status, solve};
 use serde::Serialize;
 
@@ -88,6 +88,9 @@ pub struct SolveOutput<'a> {
     pub budgets: &'a [BudgetAllocation],
     #[serde(skip_serializing_if = "<[Shortfall]>::is_empty")]
     pub shortfalls: &'a [Shortfall],
+    /// Only when some budget sets `maxSlowdown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<&'a Efficiency>,
 }
 
 impl<'a> SolveOutput<'a> {
@@ -102,6 +105,7 @@ impl<'a> SolveOutput<'a> {
             workloads: &plan.workloads,
             budgets: &plan.budgets,
             shortfalls: &plan.shortfalls,
+            efficiency: plan.efficiency.as_ref(),
         }
     }
 }
@@ -185,6 +189,19 @@ pub fn run(
         plan.gap() * 100.0,
         elapsed.as_secs_f64()
     );
+    if let Some(e) = &plan.efficiency {
+        let _ = writeln!(
+            stderr,
+            "maxSlowdown: GPU power {:.3} W, {:.3} W saved against the max-throughput plan \
+             (objective {:.6}, gap {:.4} %); at least {:.3} W needed (power gap {:.4} %)",
+            e.gpu_watts,
+            e.saved_watts,
+            e.reference_objective,
+            e.reference_gap(plan.upper_bound) * 100.0,
+            e.gpu_watts_lower_bound,
+            e.power_gap() * 100.0
+        );
+    }
     exit::OK
 }
 
@@ -208,6 +225,37 @@ mod tests {
         assert!(json.contains("855.0"), "{json}");
         let problem = parse_problem(&json).expect("855.0 in JSON");
         assert_eq!(problem.workloads[0].profile[0].sm_clock_mhz, Some(855));
+    }
+
+    #[test]
+    fn a_max_slowdown_is_read_and_its_plan_reports_both_objectives() {
+        let problem = parse_problem(
+            &CLOCKED.replace("capWatts: 1000}", "capWatts: 1000, maxSlowdown: 0.25}"),
+        )
+        .expect("maxSlowdown is a budget field");
+        assert_eq!(problem.budgets[0].max_slowdown, Some(0.25));
+        let mut stdout = Vec::new();
+        let plan = kilowatt_solver::solve(&problem, &Default::default()).expect("solves");
+        let output = super::SolveOutput::new(&plan, std::time::Duration::ZERO);
+        serde_json::to_writer(&mut stdout, &output).expect("json");
+        let json: serde_json::Value = serde_json::from_slice(&stdout).expect("json");
+        let efficiency = &json["efficiency"];
+        // The 1980 MHz point (400 W, throughput 2) is the optimum; 855 MHz (300 W) keeps half of it,
+        // more than a quarter may not go, so the plan stays at 400 W.
+        assert_eq!(efficiency["referenceObjective"], 1.0);
+        assert_eq!(efficiency["gpuWatts"], 400.0);
+        assert_eq!(efficiency["savedWatts"], 0.0);
+        assert_eq!(efficiency["budgets"][0]["maxSlowdown"], 0.25);
+        assert_eq!(efficiency["budgets"][0]["requiredThroughput"], 0.75);
+        let looser =
+            parse_problem(&CLOCKED.replace("capWatts: 1000}", "capWatts: 1000, maxSlowdown: 0.5}"))
+                .expect("parses");
+        let plan = kilowatt_solver::solve(&looser, &Default::default()).expect("solves");
+        let efficiency = plan.efficiency.expect("reported");
+        assert_eq!(
+            (efficiency.gpu_watts, efficiency.saved_watts),
+            (300.0, 100.0)
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
-//! `kilowatt bench solver`: the solver against uniform and proportional capping and generic HiGHS
-//! (`kilowatt_solver_bench::bench` does the work), each size in a process of its own. Runs child
+//! `kilowatt bench solver`: the solver against uniform and proportional capping and generic HiGHS, and
+//! with the efficiency policy against without (`kilowatt_solver_bench::bench` does the work), each size
+//! in a process of its own. Runs child
 //! processes and writes the chart file.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use kilowatt_solver_bench::bench::{
-    BenchSettings, CurveSource, SizeResult, bench_solver, render_chart, render_table,
+    BenchSettings, CurveSource, POLICY_MAX_SLOWDOWN, SizeResult, bench_solver, render_chart,
+    render_table,
 };
 
 use crate::args::BenchSolverArgs;
@@ -62,6 +64,7 @@ fn bench_in_process(args: &BenchSolverArgs) -> anyhow::Result<Vec<SizeResult>> {
         milp_time_limit_seconds: args.milp_time_limit,
         lp_max_gpus: args.lp_max_gpus,
         lp_time_limit_seconds: args.lp_time_limit,
+        max_slowdown: POLICY_MAX_SLOWDOWN,
     };
     bench_solver(&settings)
 }

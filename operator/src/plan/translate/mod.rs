@@ -252,6 +252,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
                 name: name.clone(),
                 cap_watts: (f.planning_cap_watts - f.pinned_watts).max(0.0),
                 parent: f.parent.clone(),
+                max_slowdown: None,
             })
             .collect(),
         nodes: nodes
