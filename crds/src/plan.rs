@@ -3,6 +3,8 @@
 //! agent credentials the operator issues.
 //! Types only; no IO.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Where plans live in etcd, under a configurable prefix (default `/kilowatt`).
@@ -110,6 +112,60 @@ pub struct NodePlan {
     /// operator's `--ack-timeout` is planned as not lowering. Agents ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_at: Option<String>,
+    /// The work counters of the managed pods on this node that name one (`kilowatt.dev/work-*`
+    /// annotations), for the agent to scrape; they do not take part in the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub work_counters: Vec<WorkCounter>,
+}
+
+/// Where a managed pod reports the work it did: a Prometheus counter on its own metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkCounter {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The pod's UID: a new one is a new pod, whose counter starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// `http://<pod IP>:<port><path>`.
+    pub url: String,
+    /// The counter's name, e.g. `vllm:generation_tokens_total`; the values of every series of it
+    /// that carries `labels` are summed.
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A gauge of requests waiting (e.g. `vllm:num_requests_waiting`): a window counts as a point of
+    /// the curve only while it stays above zero; without one, every window does (training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_metric: Option<String>,
+    /// Indices of the node's GPUs the pod holds.
+    pub gpus: Vec<u32>,
+}
+
+/// A pod's measured throughput over a window in which its GPUs held one power limit and clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkWindow {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The limit every GPU of the pod held for the whole window.
+    pub power_limit_watts: f64,
+    #[serde(
+        rename = "smClockMHz",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sm_clock_mhz: Option<u32>,
+    pub gpus: u32,
+    /// Mean measured draw per GPU over the window.
+    pub gpu_watts: f64,
+    /// The counter's rate per GPU, in the counter's unit per second.
+    pub rate_per_gpu: f64,
+    pub seconds: f64,
+    /// Whether requests were waiting at every scrape of the window (`None`: the pod names no waiting
+    /// gauge). A window that was not saturated measured demand, so its rate is only a lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturated: Option<bool>,
 }
 
 /// Limits once written for a node and not acknowledged before they were replaced.
@@ -145,6 +201,7 @@ impl NodePlan {
                 .collect(),
             unacknowledged: Vec::new(),
             written_at: None,
+            work_counters: Vec::new(),
         }
     }
 }
@@ -202,6 +259,13 @@ pub struct PowerReport {
     pub gpu_energy_joules: f64,
     /// Length of the period.
     pub period_seconds: f64,
+    /// The work windows the agent completed over the period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub work_windows: Vec<WorkWindow>,
+    /// Windows it discarded over the period, by reason (`limitChanged`, `counterReset`,
+    /// `podRestarted`, `scrapeFailed`, `mixedLimits`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub work_windows_rejected: BTreeMap<String, u32>,
 }
 
 /// The etcd credentials the operator issues to a node's agent (`POST /api/v1/agent-credentials`): a

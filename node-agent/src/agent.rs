@@ -1,8 +1,9 @@
 //! The agent process around the protocol state machine: connects to etcd (as the node's own etcd user
 //! when the operator issues credentials), registers the node's GPU inventory under an etcd lease and
 //! keeps it alive, watches the node's plan key, runs the machine's commands on the GPU backend (reading
-//! limits back after every batch), writes acknowledgements, samples telemetry, and keeps ticking — and
-//! so fencing — while etcd is unreachable. Does etcd, GPU and network IO.
+//! limits back after every batch), writes acknowledgements, samples telemetry, scrapes the work counters
+//! the plan names into the power reports' work windows, and keeps ticking — and so fencing — while etcd
+//! is unreachable. Does etcd, GPU and network IO.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use kilowatt_plumbing::errors::error_chain;
 
 use crate::credentials::{self, CredentialsError, CredentialsSource};
 use crate::pod_resources;
+use crate::scrape::{self, WorkScrapes};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -383,6 +385,8 @@ struct Runner {
     pods_failing: bool,
     /// The node's etcd credentials, kept across sessions until etcd refuses them.
     credentials: Option<AgentCredentials>,
+    /// The work counters of the plan followed, scraped at every sample.
+    work: WorkScrapes,
 }
 
 impl Runner {
@@ -438,7 +442,20 @@ impl Runner {
         event: Event,
         session: &mut Option<Session>,
     ) -> Result<(), AgentError> {
+        let arrived = match &event {
+            Event::PlanChanged(plan) | Event::Registered(plan) => {
+                Some(plan.as_ref().map(|p| (p.revision, p.work_counters.clone())))
+            }
+            _ => None,
+        };
         let commands = self.agent.handle(event, self.now());
+        // The counters of the plan the machine now follows; a stale plan it ignored names none.
+        if let Some(arrived) = arrived
+            && self.agent.revision() == arrived.as_ref().map(|(revision, _)| *revision)
+        {
+            self.work
+                .follow(arrived.map(|(_, counters)| counters).unwrap_or_default());
+        }
         if let Some(set) = self.run(commands, session).await? {
             let limits = self.read_back_settled(&set).await?;
             let follow_up = self.agent.handle(Event::ReadBack(limits), self.now());
@@ -618,6 +635,8 @@ pub async fn run_with_boot_id_file(
     let started = Instant::now();
     let mut runner = Runner {
         keys: KeyLayout::new(&options.etcd_prefix),
+        // At most one sample period, so that rounds do not fall behind the samples.
+        work: WorkScrapes::new(scrape::SCRAPE_TIMEOUT.min(options.sample_period)),
         agent,
         options,
         backend,
@@ -695,11 +714,19 @@ pub async fn run_with_boot_id_file(
                 }).await?;
                 runner.telemetry.observe_gpus(&runner.gpus, &readings, &runner.pods);
                 let period = runner.options.report_period;
-                if let Some(report) = runner.power.observe(now, &readings, period) {
+                let mut report = runner.power.observe(now, &readings, period);
+                if let Some(report) = &mut report {
+                    (report.work_windows, report.work_windows_rejected) = runner.work.take();
+                }
+                // NB: in the background, so that a pod's slow endpoint never holds the loop (and
+                // its fencing); the round comes back below with these readings.
+                runner.work.start(now, readings);
+                if let Some(report) = report {
                     runner.report_power(&report, &mut session).await;
                 }
                 runner.feed(Event::Tick, &mut session).await?;
             }
+            Some(round) = runner.work.finished() => runner.work.observe(round),
             _ = pod_refresh.tick(), if runner.options.pod_resources_socket.is_some() => {
                 if let Some(socket) = runner.options.pod_resources_socket.clone() {
                     runner.refresh_pods(&socket, &mut session).await;

@@ -7,5 +7,6 @@
 
 pub mod controller;
 pub mod http;
+pub mod measure;
 pub mod plan;
 pub mod store;

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod netns;
 pub mod pki;
 pub mod processes;
+pub mod prometheus;
 pub mod proxy;
 pub mod sampler;
 pub mod waits;

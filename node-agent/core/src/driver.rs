@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, PowerReport};
+use kilowatt_crds::plan::{Acknowledgement, Inventory, InventoryGpu, PowerReport, WorkCounter};
 
 use crate::gpu::{GpuBackend, GpuError, GpuInfo, GpuReading};
 use crate::protocol::{Agent, Command, Event, GpuBounds, InvalidBounds};
+use crate::work::{WorkCounterError, WorkMeter};
 
 /// A pod, as `namespace/name`.
 pub type PodName = String;
@@ -168,6 +169,8 @@ impl PowerPeriod {
             gpu_watts: joules / seconds,
             gpu_energy_joules: joules,
             period_seconds: seconds,
+            work_windows: Vec::new(),
+            work_windows_rejected: Default::default(),
         })
     }
 }
@@ -180,6 +183,7 @@ pub struct SteppedAgent<B: GpuBackend> {
     backend: B,
     gpus: Vec<GpuInfo>,
     power: PowerPeriod,
+    work: WorkMeter,
     /// Commands the backend refused since the agent started.
     pub gpu_errors: u64,
     /// When to read limits back, for a backend that takes time to apply them.
@@ -196,6 +200,7 @@ impl<B: GpuBackend> SteppedAgent<B> {
             backend,
             gpus,
             power: PowerPeriod::default(),
+            work: WorkMeter::default(),
             gpu_errors: 0,
             read_back_at: None,
         })
@@ -219,6 +224,7 @@ impl<B: GpuBackend> SteppedAgent<B> {
         self.agent =
             Agent::new(bounds(&self.gpus)?, enforced, fence_after, now)?.with_boot_id(boot_id);
         self.power = PowerPeriod::default();
+        self.work = WorkMeter::default();
         self.read_back_at = None;
         Ok(())
     }
@@ -299,18 +305,24 @@ impl<B: GpuBackend> SteppedAgent<B> {
         acknowledgements
     }
 
-    /// Advances the GPUs to `now`, reads every GPU, and returns the readings and the node's power
-    /// report once `report_period` has passed.
+    /// Advances the GPUs to `now`, reads every GPU, takes the pods' work counters as scraped now
+    /// (`scrapes`: each counter with its endpoint's answer), and returns the readings and the node's
+    /// power report, with the work windows completed since the last, once `report_period` has passed.
     pub fn sample(
         &mut self,
         now: Duration,
         report_period: Duration,
+        scrapes: &[(&WorkCounter, Result<String, WorkCounterError>)],
     ) -> (Vec<Result<GpuReading, GpuError>>, Option<PowerReport>) {
         self.backend.advance(now);
         let readings: Vec<_> = (0..self.gpus.len() as u32)
             .map(|i| self.backend.read(i))
             .collect();
-        let report = self.power.observe(now, &readings, report_period);
+        self.work.observe_scrapes(scrapes, &readings, now);
+        let mut report = self.power.observe(now, &readings, report_period);
+        if let Some(report) = &mut report {
+            (report.work_windows, report.work_windows_rejected) = self.work.take();
+        }
         (readings, report)
     }
 }

@@ -10,3 +10,4 @@ pub mod driver;
 pub mod gpu;
 pub mod protocol;
 pub mod telemetry;
+pub mod work;

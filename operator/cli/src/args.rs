@@ -126,6 +126,10 @@ pub struct SimulateArgs {
     /// The simulated operator solves again at least this often (simulated seconds).
     #[arg(long, default_value_t = timing::DEFAULT_RESYNC.as_secs_f64(), value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub resync_seconds: f64,
+    /// Plan on the profiles the operator is told only: learn no curve from the pods' work counters
+    /// and explore nothing (the "before" of learning; the oracle run is unaffected).
+    #[arg(long)]
+    pub no_learning: bool,
 }
 
 impl SimulateArgs {
@@ -146,6 +150,7 @@ impl SimulateArgs {
                 },
                 resync_seconds: self.resync_seconds,
                 series_every_seconds: 10.0,
+                learning: !self.no_learning,
             },
         }
     }

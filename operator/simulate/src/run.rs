@@ -112,6 +112,10 @@ pub struct Report {
     pub uniform: Headline,
     pub proportional: Headline,
     pub uncapped: Headline,
+    /// Kilowatt told the true profiles from the start (the same as Kilowatt where the scenario gives
+    /// no `trueProfile`).
+    pub oracle: Headline,
+    pub throughput_vs_oracle: f64,
     pub throughput_vs_uniform: f64,
     pub energy_vs_uniform: f64,
     pub throughput_vs_proportional: f64,
@@ -131,7 +135,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 pub fn report(simulation: &Simulation, wall_seconds: f64) -> Report {
     let runs = simulation.summaries();
     let prepared = simulation.prepared();
-    let (kilowatt, uniform, proportional, uncapped) = (&runs[0], &runs[1], &runs[2], &runs[3]);
+    let (kilowatt, uniform, proportional, uncapped, oracle) =
+        (&runs[0], &runs[1], &runs[2], &runs[3], &runs[4]);
     Report {
         scenario: prepared.scenario.name.clone(),
         simulated_seconds: simulation.now_seconds(),
@@ -144,6 +149,8 @@ pub fn report(simulation: &Simulation, wall_seconds: f64) -> Report {
         uniform: uniform.into(),
         proportional: proportional.into(),
         uncapped: uncapped.into(),
+        oracle: oracle.into(),
+        throughput_vs_oracle: ratio(kilowatt.normalized_throughput, oracle.normalized_throughput),
         throughput_vs_uniform: ratio(
             kilowatt.normalized_throughput,
             uniform.normalized_throughput,

@@ -19,9 +19,10 @@ use serde_json::json;
 use crate::faults::Fault;
 use kilowatt_crds::profile_file::{self, EXAMPLE_PROFILES};
 use kilowatt_operator::plan::gpu_models::{self, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuModel};
+use kilowatt_operator::plan::learning::EXPLORE_ANNOTATION;
 use kilowatt_operator::plan::translate::{
     JOB_ANNOTATION, MIN_FRACTION_ANNOTATION, PROFILE_ANNOTATION, WEIGHT_ANNOTATION,
-    WORKLOAD_ANNOTATION,
+    WORK_METRIC_ANNOTATION, WORK_WAITING_METRIC_ANNOTATION, WORKLOAD_ANNOTATION,
 };
 
 /// The built-in scenario's text.
@@ -140,6 +141,16 @@ pub struct WorkloadEntry {
     pub start_seconds: f64,
     #[serde(default)]
     pub stop_seconds: Option<f64>,
+    /// What its GPUs really do, when it differs from what the operator is told (`profile`): a profile
+    /// of the scenario or a built-in example.
+    #[serde(default)]
+    pub true_profile: Option<String>,
+    /// Relative standard deviation of each measured window's rate of its work counter.
+    #[serde(default)]
+    pub measurement_noise: f64,
+    /// Its pods carry `kilowatt.dev/explore: "true"`.
+    #[serde(default)]
+    pub explore: bool,
 }
 
 /// An edit of a budget's `capWatts`.
@@ -205,9 +216,44 @@ pub struct SimWorkload {
     pub entry: WorkloadEntry,
     /// The profile the pods name (`None`: the operator's default for the kind and model).
     pub profile: Option<ProfileEntry>,
-    /// What its GPUs really deliver: the named profile, or the operator's default curve.
+    /// What its GPUs really deliver: the true profile, else the named profile, else the operator's
+    /// default curve.
     pub curve: WorkloadProfileSpec,
+    /// `trueProfile`, when given: what the oracle run's pods name.
+    pub true_profile: Option<ProfileEntry>,
     pub weight: f64,
+}
+
+/// The IP of the scenario's pod `index`, in 10.64.0.0/10 (unique for 4 million pods): its metrics
+/// endpoint's address in the work counter the agent is told to scrape.
+fn simulated_pod_ip(index: usize) -> String {
+    let n = index as u32;
+    format!("10.{}.{}.{}", 64 + (n >> 16 & 63), n >> 8 & 255, n & 255)
+}
+
+/// Which profile the operator is told a workload runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    /// `profile` (or the default): what Kilowatt, uniform and proportional capping plan on.
+    Declared,
+    /// `trueProfile` where there is one: the oracle.
+    Truth,
+}
+
+/// The counter a simulated pod exports, in its work unit (its true curve's throughput unit).
+pub const SIMULATED_WORK_METRIC: &str = "kilowatt_simulated_work_total";
+/// The gauge of requests waiting a simulated inference pod exports: always above zero, since the
+/// simulation assumes demand beyond what the GPUs serve.
+pub const SIMULATED_WAITING_METRIC: &str = "kilowatt_simulated_requests_waiting";
+
+impl SimWorkload {
+    /// The WorkloadProfile its pods name when the operator is `told` so.
+    pub fn told_profile(&self, told: Told) -> Option<&ProfileEntry> {
+        match told {
+            Told::Declared => self.profile.as_ref(),
+            Told::Truth => self.true_profile.as_ref().or(self.profile.as_ref()),
+        }
+    }
 }
 
 /// A checked scenario, ready to simulate.
@@ -468,22 +514,33 @@ impl Scenario {
                     "workload {name}: minThroughputFraction must be between 0 and 1"
                 ));
             }
-            let profile = match &entry.profile {
-                None => None,
-                Some(wanted) => Some(
-                    self.profiles
-                        .iter()
-                        .chain(&examples)
-                        .find(|p| &p.name == wanted)
-                        .cloned()
-                        .ok_or_else(|| {
-                            format!(
-                                "workload {name}: profile {wanted} is neither in the scenario's profiles nor one of the built-in examples ({})",
-                                examples.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
-                            )
-                        })?,
-                ),
+            if !(entry.measurement_noise.is_finite()
+                && (0.0..=0.5).contains(&entry.measurement_noise))
+            {
+                return Err(format!(
+                    "workload {name}: measurementNoise must be between 0 and 0.5"
+                ));
+            }
+            let find = |field: &str, wanted: &Option<String>| {
+                match wanted {
+                None => Ok(None),
+                Some(wanted) => self
+                    .profiles
+                    .iter()
+                    .chain(&examples)
+                    .find(|p| &p.name == wanted)
+                    .cloned()
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!(
+                            "workload {name}: {field} {wanted} is neither in the scenario's profiles nor one of the built-in examples ({})",
+                            examples.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    }),
+            }
             };
+            let profile = find("profile", &entry.profile)?;
+            let true_profile = find("trueProfile", &entry.true_profile)?;
             let index = workloads.len();
             let mut first_model = None;
             for p in 0..entry.pods {
@@ -505,7 +562,7 @@ impl Scenario {
                     gpus: entry.gpus_per_pod,
                 });
             }
-            let curve = match &profile {
+            let curve = match true_profile.as_ref().or(profile.as_ref()) {
                 Some(profile) => profile.spec.clone(),
                 None => {
                     let model = first_model.unwrap_or(gpu_models::UNKNOWN);
@@ -529,6 +586,7 @@ impl Scenario {
                 entry: entry.clone(),
                 profile,
                 curve,
+                true_profile,
                 weight: entry.weight.unwrap_or(1.0),
             });
         }
@@ -652,12 +710,13 @@ impl Prepared {
             .collect()
     }
 
-    /// The WorkloadProfiles the workloads name, in the scenario's namespace.
-    pub fn profiles(&self) -> Vec<Arc<WorkloadProfile>> {
+    /// The WorkloadProfiles the workloads name, in the scenario's namespace; `Told::Truth`: their
+    /// true profiles where they have one (what the oracle run is told).
+    pub fn profiles(&self, told: Told) -> Vec<Arc<WorkloadProfile>> {
         let mut seen = BTreeSet::new();
         self.workloads
             .iter()
-            .filter_map(|w| w.profile.as_ref())
+            .filter_map(|w| w.told_profile(told))
             .filter(|p| seen.insert(p.name.clone()))
             .map(|p| {
                 let mut profile = WorkloadProfile::new(&p.name, p.spec.clone());
@@ -708,12 +767,14 @@ impl Prepared {
         entry.start_seconds <= seconds && entry.stop_seconds.is_none_or(|stop| seconds < stop)
     }
 
-    /// The pods running at `seconds`, bound and Running, with their annotations.
-    pub fn pod_objects(&self, seconds: f64) -> Vec<Arc<Pod>> {
+    /// The pods running at `seconds`, bound and Running, with their annotations (naming the profile
+    /// `told` says) and their work counters.
+    pub fn pod_objects(&self, seconds: f64, told: Told) -> Vec<Arc<Pod>> {
         self.pods
             .iter()
-            .filter(|p| self.running(p.workload, seconds))
-            .filter_map(|p| {
+            .enumerate()
+            .filter(|(_, p)| self.running(p.workload, seconds))
+            .filter_map(|(index, p)| {
                 let workload = &self.workloads[p.workload];
                 let entry = &workload.entry;
                 let mut annotations = json!({
@@ -723,8 +784,15 @@ impl Prepared {
                     },
                     JOB_ANNOTATION: entry.name,
                 });
-                if let Some(profile) = &workload.profile {
+                if let Some(profile) = workload.told_profile(told) {
                     annotations[PROFILE_ANNOTATION] = json!(profile.name);
+                }
+                annotations[WORK_METRIC_ANNOTATION] = json!(SIMULATED_WORK_METRIC);
+                if entry.kind == WorkloadKind::Inference {
+                    annotations[WORK_WAITING_METRIC_ANNOTATION] = json!(SIMULATED_WAITING_METRIC);
+                }
+                if entry.explore {
+                    annotations[EXPLORE_ANNOTATION] = json!("true");
                 }
                 if let Some(weight) = entry.weight {
                     annotations[WEIGHT_ANNOTATION] = json!(weight.to_string());
@@ -738,7 +806,7 @@ impl Prepared {
                                  "labels": {"app": entry.name}},
                     "spec": {"nodeName": self.nodes[p.node].name, "containers": [{"name": "main",
                              "resources": {"limits": {GPU_RESOURCE: p.gpus.to_string()}}}]},
-                    "status": {"phase": "Running"}}))
+                    "status": {"phase": "Running", "podIP": simulated_pod_ip(index)}}))
                 .ok()
                 .map(Arc::new)
             })
@@ -897,7 +965,7 @@ mod tests {
             .position(|w| w.entry.start_seconds > 0.0)
             .expect("a workload that arrives later");
         let late_name = p.workloads[late].entry.name.clone();
-        let at_start = p.pod_objects(0.0);
+        let at_start = p.pod_objects(0.0, Told::Declared);
         assert!(at_start.iter().all(|pod| {
             pod.metadata
                 .annotations
@@ -905,7 +973,7 @@ mod tests {
                 .and_then(|a| a.get(JOB_ANNOTATION))
                 != Some(&late_name)
         }));
-        let later = p.pod_objects(p.workloads[late].entry.start_seconds);
+        let later = p.pod_objects(p.workloads[late].entry.start_seconds, Told::Declared);
         assert!(later.len() > at_start.len());
         let annotations = later[0].metadata.annotations.as_ref().expect("annotations");
         assert!(annotations.contains_key(WORKLOAD_ANNOTATION));

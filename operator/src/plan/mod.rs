@@ -4,6 +4,7 @@
 //! events ([`status`]). Pure, except for the plan store the pass is given.
 
 pub mod gpu_models;
+pub mod learning;
 pub mod pass;
 pub mod published;
 pub mod reasons;

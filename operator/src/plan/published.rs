@@ -104,8 +104,12 @@ impl PublishedPlan {
                 gpus,
                 unacknowledged: _,
                 written_at: _,
+                work_counters,
             } = a;
-            *budget == b.budget && *overhead_watts == b.overhead_watts && *gpus == b.gpus
+            *budget == b.budget
+                && *overhead_watts == b.overhead_watts
+                && *gpus == b.gpus
+                && *work_counters == b.work_counters
         };
         *status == other.status
             && *method == other.method
@@ -209,6 +213,7 @@ pub fn build(
                 gpus,
                 unacknowledged: Vec::new(),
                 written_at: None,
+                work_counters: facts.work_counters.clone(),
             };
             if let Some(old) = previous.and_then(|p| p.nodes.get(name)) {
                 let unchanged = NodePlan {

@@ -543,6 +543,8 @@ mod tests {
                 gpu_watts: watts,
                 gpu_energy_joules: watts * 10.0,
                 period_seconds: 10.0,
+                work_windows: Vec::new(),
+                work_windows_rejected: BTreeMap::new(),
             }),
             ..AgentView::default()
         };

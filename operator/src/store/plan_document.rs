@@ -167,6 +167,7 @@ mod tests {
                         .collect(),
                     unacknowledged: Vec::new(),
                     written_at: Some(format!("2026-12-02T04:{:02}:{:02}.{n:06}Z", n % 60, n % 59)),
+                    work_counters: Vec::new(),
                 },
             );
             workloads.push(WorkloadSummary {

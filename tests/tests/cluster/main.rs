@@ -11,6 +11,7 @@ mod faults;
 mod helm;
 mod image;
 mod operator;
+mod promql;
 mod rollout;
 mod scale;
 mod store;

@@ -105,6 +105,7 @@ fn plan_of_100000_gpus(revision: u64) -> PublishedPlan {
                     .collect(),
                 unacknowledged: Vec::new(),
                 written_at: Some(format!("2026-12-02T07:{:02}:{:02}.{n:06}Z", n % 60, n % 59)),
+                work_counters: Vec::new(),
             };
             (name, plan)
         })

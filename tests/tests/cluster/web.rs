@@ -268,8 +268,9 @@ async fn the_live_page_shows_the_budget_tree_workloads_and_changes_as_the_simula
     let runs = script(port, &session,
         "return Array.from(document.querySelectorAll('#runs tr')).map(r => [r.dataset.run, r.lastChild.textContent])").await;
     let runs = runs.as_array().expect("runs").clone();
-    assert_eq!(runs.len(), 4, "{runs:?}");
+    assert_eq!(runs.len(), 5, "{runs:?}");
     assert_eq!(runs[0], json!(["kilowatt", "0"]), "no tick over a cap");
+    assert_eq!(runs[4], json!(["oracle", "0"]), "no tick over a cap");
 
     let png = webdriver(port, "GET", &format!("/session/{session}/screenshot"), None).await;
     let png = base64::engine::general_purpose::STANDARD

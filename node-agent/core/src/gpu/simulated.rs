@@ -125,6 +125,12 @@ impl Curve {
 
     /// Draw and throughput of a power-limit curve under `limit_watts`, and whether the limit holds
     /// the draw below what the workload would take.
+    /// What a GPU running this workload delivers under a power limit, with its clock unlocked: the
+    /// truth a learned curve is compared with.
+    pub fn throughput_under_limit(&self, limit_watts: f64) -> f64 {
+        self.under_power_limit(limit_watts).throughput
+    }
+
     fn under_power_limit(&self, limit_watts: f64) -> Operating {
         let max_throughput = self.points.iter().map(|p| p.throughput).fold(0.0, f64::max);
         // Past the lowest power that reaches the best throughput, more power buys nothing.

@@ -23,7 +23,7 @@ use kilowatt_solver::{MethodChoice, SolveOptions};
 use serde::Serialize;
 
 use crate::faults::Fault;
-use crate::scenario::{Prepared, instant, simulated_boot_id};
+use crate::scenario::{Prepared, Told, instant, simulated_boot_id};
 use kilowatt_operator::controller::timing::{
     self, DEFAULT_ACK_TIMEOUT, LoopTimers, PassOutcome, Timing,
 };
@@ -39,16 +39,19 @@ use kilowatt_operator::store::{Loaded, PlanStore};
 
 mod accounting;
 mod cap_check;
+#[cfg(test)]
+mod learning_bench;
 mod metrics;
 mod nodes;
 mod operator;
 mod report;
+mod work;
 
 pub use cap_check::CUT_GRACE_SECONDS;
 use cap_check::{CheckedCap, budget_watts, effective_caps};
 use nodes::{NodeState, simulated_gpu_uuid};
-use operator::Operator;
-pub use report::{OverCapTick, RunSummary, SeriesPoint};
+use operator::{Learning, Operator};
+pub use report::{LearnedCurveSummary, OverCapTick, RunSummary, SeriesPoint};
 
 /// Simulated seconds per tick: the resolution of the cap check and of the operator's timers.
 pub const TICK_SECONDS: f64 = 0.1;
@@ -69,6 +72,9 @@ pub struct Settings {
     pub resync_seconds: f64,
     /// A point of the time series every this many simulated seconds.
     pub series_every_seconds: f64,
+    /// Whether the Kilowatt run learns curves from the pods' work counters (and explores the
+    /// workloads that opt in).
+    pub learning: bool,
 }
 
 /// Why a simulation could not start.
@@ -96,14 +102,17 @@ pub enum RunKind {
     Uniform,
     Proportional,
     Uncapped,
+    /// Kilowatt told every workload's true profile from the start, learning nothing.
+    Oracle,
 }
 
 impl RunKind {
-    pub const ALL: [RunKind; 4] = [
+    pub const ALL: [RunKind; 5] = [
         RunKind::Kilowatt,
         RunKind::Uniform,
         RunKind::Proportional,
         RunKind::Uncapped,
+        RunKind::Oracle,
     ];
 }
 
@@ -114,6 +123,7 @@ impl RunKind {
             RunKind::Uniform => "uniform",
             RunKind::Proportional => "proportional",
             RunKind::Uncapped => "uncapped",
+            RunKind::Oracle => "oracle",
         }
     }
 }
@@ -153,8 +163,12 @@ pub struct Simulation {
     caps_now: Vec<f64>,
     /// Each node's budgets, as positions.
     chains: Vec<Vec<usize>>,
-    /// The cluster objects since the last change (a workload came or went, a cap was edited).
+    /// The cluster objects since the last change (a workload came or went, a cap was edited), as
+    /// Kilowatt and the baselines are told them, and as the oracle is.
     objects: Objects,
+    objects_truth: Objects,
+    /// How each pod's work counter reads, by `namespace/name`.
+    pod_work: BTreeMap<String, work::PodWork>,
     /// The first instant the cap check counts: one tick, plus the longest `slowApply` delay.
     check_from_seconds: f64,
 }
@@ -168,12 +182,12 @@ struct Objects {
 }
 
 impl Objects {
-    fn at(prepared: &Prepared, t: f64) -> Objects {
+    fn at(prepared: &Prepared, t: f64, told: Told) -> Objects {
         Objects {
             budgets: prepared.budgets(t),
-            profiles: prepared.profiles(),
+            profiles: prepared.profiles(told),
             nodes: prepared.node_objects(t),
-            pods: prepared.pod_objects(t),
+            pods: prepared.pod_objects(t, told),
         }
     }
 }
@@ -240,7 +254,7 @@ impl Simulation {
         let mut runs = Vec::new();
         for kind in RunKind::ALL {
             let method = match kind {
-                RunKind::Kilowatt => Some(settings.solve.method),
+                RunKind::Kilowatt | RunKind::Oracle => Some(settings.solve.method),
                 RunKind::Uniform => Some(MethodChoice::Uniform),
                 RunKind::Proportional => Some(MethodChoice::Proportional),
                 RunKind::Uncapped => None,
@@ -267,6 +281,8 @@ impl Simulation {
                     errors: 0,
                     solve_seconds: Vec::new(),
                     pass_seconds: Vec::new(),
+                    learning: (kind == RunKind::Kilowatt && settings.learning)
+                        .then(Learning::default),
                 }),
             };
             let mut nodes = Vec::new();
@@ -339,6 +355,8 @@ impl Simulation {
                     powered: true,
                     inventory_corrupted: false,
                     last_limit_check: 0.0,
+                    work_counters: Vec::new(),
+                    pod_counters: Default::default(),
                 });
             }
             for node in &mut nodes {
@@ -384,7 +402,22 @@ impl Simulation {
             .collect();
         cap_boundaries.sort_by(f64::total_cmp);
         cap_boundaries.dedup();
-        let objects = Objects::at(&prepared, 0.0);
+        let objects = Objects::at(&prepared, 0.0, Told::Declared);
+        let objects_truth = Objects::at(&prepared, 0.0, Told::Truth);
+        let pod_work = prepared
+            .pods
+            .iter()
+            .map(|pod| {
+                let workload = &prepared.workloads[pod.workload].entry;
+                (
+                    format!("{}/{}", prepared.scenario.namespace, pod.name),
+                    work::PodWork {
+                        noise: workload.measurement_noise,
+                        serves: workload.kind == kilowatt_solver::model::WorkloadKind::Inference,
+                    },
+                )
+            })
+            .collect();
         let slowest_apply = prepared
             .scenario
             .faults
@@ -411,6 +444,8 @@ impl Simulation {
             caps_now,
             chains,
             objects,
+            objects_truth,
+            pod_work,
             check_from_seconds,
         })
     }
@@ -438,7 +473,8 @@ impl Simulation {
             self.caps_now = effective_caps(&self.prepared, t);
         }
         if changed {
-            self.objects = Objects::at(&self.prepared, t);
+            self.objects = Objects::at(&self.prepared, t, Told::Declared);
+            self.objects_truth = Objects::at(&self.prepared, t, Told::Truth);
         }
         for index in 0..self.runs.len() {
             if changed {
@@ -529,6 +565,7 @@ workloads:
             solve: SolveOptions::default(),
             resync_seconds: 60.0,
             series_every_seconds: 10.0,
+            learning: true,
         }
     }
 
@@ -708,7 +745,7 @@ workloads:
         );
         let simulation_view = overview.simulation.expect("simulation progress");
         assert!(simulation_view.finished);
-        assert_eq!(simulation_view.runs.len(), 4);
+        assert_eq!(simulation_view.runs.len(), 5);
         let metrics = simulation.render_metrics().expect("metrics");
         assert!(metrics.contains("kilowatt_budget_allocated_watts{budget=\"row\"}"));
         assert!(

@@ -1,9 +1,11 @@
 //! The simulated nodes: each one's agent core over simulated GPUs, its lease and partitions, the
 //! kubelet's answers about which pod holds each GPU, and the plans delivered to it. No IO.
 
+use super::work::PodCounters;
 use super::*;
 use crate::faults::Fault;
 use crate::scenario::simulated_boot_id;
+use kilowatt_crds::plan::WorkCounter;
 
 /// One node: its agent over simulated GPUs, and its contact with the plan store.
 pub(super) struct NodeState {
@@ -35,6 +37,10 @@ pub(super) struct NodeState {
     /// Whether the inventory registered last was corrupted by a `badInventory` fault.
     pub(super) inventory_corrupted: bool,
     pub(super) last_limit_check: f64,
+    /// The work counters of the plan the agent last received.
+    pub(super) work_counters: Vec<WorkCounter>,
+    /// The simulated pods' counters behind them.
+    pub(super) pod_counters: PodCounters,
 }
 
 impl NodeState {
@@ -107,6 +113,10 @@ impl NodeState {
         now: Duration,
     ) -> Vec<Acknowledgement> {
         self.planned_pods.iter_mut().for_each(|p| *p = None);
+        self.work_counters = plan
+            .as_ref()
+            .map(|p| p.work_counters.clone())
+            .unwrap_or_default();
         for gpu in plan.iter().flat_map(|p| &p.gpus) {
             if let Some(planned) = self.planned_pods.get_mut(gpu.index as usize) {
                 planned.clone_from(&gpu.pod);
@@ -139,10 +149,11 @@ impl Simulation {
             let restarted = node.apply_faults(name, t).is_some();
             let Some(operator) = &run.operator else {
                 if sampled {
-                    node.agent.sample(now, defaults::REPORT_PERIOD);
+                    node.agent.sample(now, defaults::REPORT_PERIOD, &[]);
                 }
                 continue;
             };
+            let learns = operator.learning.is_some();
             let store = &operator.store;
             let partitioned = prepared.partitioned(name, t);
             let mut acknowledgements = Vec::new();
@@ -157,7 +168,7 @@ impl Simulation {
                     node.lease_expired = true;
                 }
                 if sampled {
-                    node.agent.sample(now, defaults::REPORT_PERIOD);
+                    node.agent.sample(now, defaults::REPORT_PERIOD, &[]);
                 }
                 continue;
             }
@@ -232,7 +243,21 @@ impl Simulation {
                     })
                     .count();
                 run.summary.misplanned_gpu_seconds += misplanned as f64 * sample_seconds;
-                let (readings, report) = node.agent.sample(now, defaults::REPORT_PERIOD);
+                // As the agent process: the pods' endpoints are on the node's network, so they
+                // are scraped even when etcd is out of reach. Only a run that learns asks.
+                let answers = if learns {
+                    node.agent.backend_mut().advance(now);
+                    node.pod_counters.scrape(
+                        &node.work_counters,
+                        &node.gpu_holders,
+                        node.agent.backend(),
+                        |pod| self.pod_work.get(pod).copied(),
+                    )
+                } else {
+                    Vec::new()
+                };
+                let scrapes: Vec<_> = node.work_counters.iter().zip(answers).collect();
+                let (readings, report) = node.agent.sample(now, defaults::REPORT_PERIOD, &scrapes);
                 if let Some(telemetry) = &node.telemetry {
                     telemetry.observe_gpus(node.agent.gpus(), &readings, &node.pods_by_uuid);
                 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use kilowatt_operator::controller::caches::machine_of;
+use kilowatt_operator::plan::learning::{self, Candidate, Explorer, Learner};
 use kilowatt_operator::plan::rollout::Machine;
 use kube::ResourceExt;
 /// The operator of a planned run: its store, its fence and its timers, as the reconcile loop keeps them.
@@ -21,34 +22,101 @@ pub(super) struct Operator {
     pub(super) errors: u64,
     pub(super) solve_seconds: Vec<f64>,
     pub(super) pass_seconds: Vec<f64>,
+    /// What the run learns from the pods' work counters; `None`: it plans on what it is told.
+    pub(super) learning: Option<Learning>,
 }
+
+/// A learning run's measured curves and exploration sweeps, as the operator keeps them.
+#[derive(Debug, Default)]
+pub(super) struct Learning {
+    pub(super) learner: Learner,
+    pub(super) explorer: Explorer,
+    /// Pod → workload, from the last pass.
+    workload_of: BTreeMap<String, String>,
+    /// The opted-in workloads as the last pass saw them.
+    candidates: Vec<Candidate>,
+    /// While a sweep holds a workload, the operator passes this often to step it on as windows
+    /// arrive (a report carries them every report period).
+    next_check: f64,
+    /// Each workload's learned-curve error at 30 simulated minutes after it started.
+    pub(super) error_at_30_minutes: BTreeMap<String, Option<f64>>,
+}
+
+/// How often a sweep in progress is stepped.
+const EXPLORE_CHECK_SECONDS: f64 = 10.0;
+/// When the learned curve is compared with the truth, after a workload starts.
+pub(super) const LEARNING_DEADLINE_SECONDS: f64 = 1800.0;
 
 impl Simulation {
     pub(super) fn pass_due(&self, index: usize, t: f64) -> bool {
-        self.runs[index]
-            .operator
-            .as_ref()
-            .is_some_and(|operator| operator.timers.due(loop_time(t)))
+        self.runs[index].operator.as_ref().is_some_and(|operator| {
+            let exploring = operator.learning.as_ref().is_some_and(|l| {
+                t >= l.next_check
+                    && l.candidates.iter().any(|c| {
+                        !matches!(
+                            l.explorer.sweep(&c.workload).map(|s| &s.state),
+                            Some(learning::SweepState::Done { .. })
+                        )
+                    })
+            });
+            exploring || operator.timers.due(loop_time(t))
+        })
     }
     /// One operator pass of run `index` at `t`, as the reconcile loop runs it.
     pub(super) async fn plan(&mut self, index: usize, t: f64) {
         let prepared = self.prepared.clone();
         let now = instant(prepared.start, t);
+        let kind = self.runs[index].kind;
         let Objects {
             budgets,
             profiles,
             nodes,
             pods,
-        } = &self.objects;
-        let is_kilowatt = self.runs[index].kind == RunKind::Kilowatt;
+        } = if kind == RunKind::Oracle {
+            &self.objects_truth
+        } else {
+            &self.objects
+        };
+        let is_kilowatt = kind == RunKind::Kilowatt;
         let Some(operator) = self.runs[index].operator.as_mut() else {
             return;
         };
         operator.passes += 1;
         operator.timers.pass_started(loop_time(t));
+        let mut exploring = BTreeMap::new();
+        if let Some(learning) = &mut operator.learning {
+            if let Ok(views) = operator.store.read_views().await {
+                let workload_of: BTreeMap<&str, &str> = learning
+                    .workload_of
+                    .iter()
+                    .map(|(p, w)| (p.as_str(), w.as_str()))
+                    .collect();
+                let reports = views
+                    .iter()
+                    .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
+                learning.learner.record(reports, &workload_of, now);
+            }
+            exploring = learning
+                .explorer
+                .step(&learning.candidates, &learning.learner, now);
+            learning.next_check = t + EXPLORE_CHECK_SECONDS;
+            for (w, workload) in prepared.workloads.iter().enumerate() {
+                let name = format!("{}/{}", prepared.scenario.namespace, workload.entry.name);
+                if t >= workload.entry.start_seconds + LEARNING_DEADLINE_SECONDS
+                    && !learning.error_at_30_minutes.contains_key(&name)
+                {
+                    let error = learning
+                        .learner
+                        .curve(&name)
+                        .and_then(|c| learned_error(c, &self.curves[w]).map(|e| e.max));
+                    learning.error_at_30_minutes.insert(name, error);
+                }
+            }
+        }
+        let learning = operator.learning.as_ref();
         let translate_at = |inventories: &BTreeMap<String, Inventory>,
                             holds: &BTreeMap<String, NodeHold>| {
-            translate(
+            let mut translation = translate(
                 Cluster {
                     budgets,
                     profiles,
@@ -59,7 +127,11 @@ impl Simulation {
                     window_lead: DEFAULT_WINDOW_LEAD,
                 },
                 now,
-            )
+            );
+            if let Some(learning) = learning {
+                learning::plan_on_learned(&mut translation, &learning.learner, &exploring);
+            }
+            translation
         };
         let solve = operator.solve.clone();
         let outcome = pass::run(
@@ -121,6 +193,15 @@ impl Simulation {
             .collect();
         operator.loaded = Some(outcome.loaded.clone());
         operator.in_force = Some(outcome.in_force.clone());
+        if let Some(learning) = &mut operator.learning {
+            learning.workload_of = learning::workload_of_pods(&outcome.translation)
+                .into_iter()
+                .map(|(p, w)| (p.to_owned(), w.to_owned()))
+                .collect();
+            let opt_ins = learning::explore_opt_ins(pods, &outcome.translation);
+            learning.candidates =
+                learning::candidates(&outcome.translation, &outcome.in_force, &opt_ins);
+        }
         if is_kilowatt {
             let spec_caps = outcome.translation.spec_caps();
             self.metrics.reconciles.inc();
@@ -146,4 +227,38 @@ impl Simulation {
             });
         }
     }
+}
+
+/// How far a learned curve is from the truth at the points it measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct LearnedError {
+    pub(super) points: usize,
+    /// Largest and mean |learned − true| / true over the converged points.
+    pub(super) max: f64,
+    pub(super) mean: f64,
+    pub(super) lowest_watts: f64,
+}
+
+/// The error of `curve`'s converged points against the true curve; `None` without any.
+pub(super) fn learned_error(
+    curve: &learning::LearnedCurve,
+    truth: &kilowatt_agent_core::gpu::simulated::Curve,
+) -> Option<LearnedError> {
+    let errors: Vec<(f64, f64)> = curve
+        .converged_points()
+        .into_iter()
+        .filter_map(|p| {
+            let true_rate = truth.throughput_under_limit(p.power_watts);
+            (true_rate > 0.0).then(|| ((p.throughput - true_rate).abs() / true_rate, p.power_watts))
+        })
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    Some(LearnedError {
+        points: errors.len(),
+        max: errors.iter().map(|e| e.0).fold(0.0, f64::max),
+        mean: errors.iter().map(|e| e.0).sum::<f64>() / errors.len() as f64,
+        lowest_watts: errors.iter().map(|e| e.1).fold(f64::INFINITY, f64::min),
+    })
 }

@@ -35,6 +35,33 @@ pub struct RunSummary {
     /// Each tick at which a budget's enforced limits plus overheads exceeded its cap (the first
     /// 1000), with the faults active then.
     pub over_cap_ticks: Vec<OverCapTick>,
+    /// The largest relative error of any workload's learned curve against its true curve, at the
+    /// points it measured; `None` for a run that learns nothing (or learned no point yet).
+    pub learned_curve_error: Option<f64>,
+    /// Each workload's learned curve against the truth; empty for a run that learns nothing.
+    pub learned_curves: Vec<LearnedCurveSummary>,
+}
+
+/// How far one workload's learned curve is from its true curve.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LearnedCurveSummary {
+    /// `namespace/job`.
+    pub workload: String,
+    /// Limits with enough windows to be planned on.
+    pub points: usize,
+    /// Largest and mean |learned − true| / true over them, at the end of the run.
+    pub max_relative_error: Option<f64>,
+    pub mean_relative_error: Option<f64>,
+    /// The same largest error 30 simulated minutes after the workload started (`None`: it had no
+    /// point then, or the run ended before).
+    pub max_relative_error_at_30_minutes: Option<f64>,
+    pub lowest_measured_watts: Option<f64>,
+    pub windows_accepted: u64,
+    /// Windows that measured demand, not capability (nothing was waiting).
+    pub windows_lower_bound: u64,
+    /// Exploration steps the sweep took.
+    pub exploration_steps: u32,
 }
 
 /// A tick over a cap.
@@ -173,8 +200,46 @@ impl Simulation {
                     summary.pass_errors = operator.errors;
                     summary.median_solve_seconds = median(&operator.solve_seconds);
                     summary.median_pass_seconds = median(&operator.pass_seconds);
+                    if let Some(learning) = &operator.learning {
+                        summary.learned_curves = self.learned_curves(learning);
+                        summary.learned_curve_error = summary
+                            .learned_curves
+                            .iter()
+                            .filter_map(|c| c.max_relative_error)
+                            .reduce(f64::max);
+                    }
                 }
                 summary
+            })
+            .collect()
+    }
+    fn learned_curves(&self, learning: &operator::Learning) -> Vec<LearnedCurveSummary> {
+        self.prepared
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(w, workload)| {
+                let name = format!(
+                    "{}/{}",
+                    self.prepared.scenario.namespace, workload.entry.name
+                );
+                let curve = learning.learner.curve(&name);
+                let error = curve.and_then(|c| operator::learned_error(c, &self.curves[w]));
+                LearnedCurveSummary {
+                    points: error.map_or(0, |e| e.points),
+                    max_relative_error: error.map(|e| e.max),
+                    mean_relative_error: error.map(|e| e.mean),
+                    max_relative_error_at_30_minutes: learning
+                        .error_at_30_minutes
+                        .get(&name)
+                        .copied()
+                        .flatten(),
+                    lowest_measured_watts: error.map(|e| e.lowest_watts),
+                    windows_accepted: curve.map_or(0, |c| c.windows_accepted),
+                    windows_lower_bound: curve.map_or(0, |c| c.windows_lower_bound),
+                    exploration_steps: learning.explorer.sweep(&name).map_or(0, |s| s.steps),
+                    workload: name,
+                }
             })
             .collect()
     }

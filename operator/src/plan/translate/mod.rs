@@ -12,6 +12,7 @@ mod pods;
 mod profiles;
 #[cfg(test)]
 pub(crate) mod tests;
+mod work;
 
 pub use budgets::selector_matches;
 
@@ -38,6 +39,16 @@ pub const JOB_ANNOTATION: &str = "kilowatt.dev/job";
 pub const WEIGHT_ANNOTATION: &str = "kilowatt.dev/weight";
 /// Inference SLO floor in [0, 1]: throughput never planned below this fraction of the best.
 pub const MIN_FRACTION_ANNOTATION: &str = "kilowatt.dev/min-throughput-fraction";
+/// The pod's work counter on its own metrics endpoint: a metric name, optionally with equality label
+/// matchers, e.g. `vllm:generation_tokens_total{model_name="llama"}`; its node's agent scrapes it.
+pub const WORK_METRIC_ANNOTATION: &str = "kilowatt.dev/work-metric";
+/// Port of the pod's metrics endpoint (default 8000).
+pub const WORK_PORT_ANNOTATION: &str = "kilowatt.dev/work-port";
+/// Path of the pod's metrics endpoint (default `/metrics`).
+pub const WORK_PATH_ANNOTATION: &str = "kilowatt.dev/work-path";
+/// A gauge of requests waiting on the same endpoint, e.g. `vllm:num_requests_waiting`: a window
+/// counts as a point of the curve only while it is above zero.
+pub const WORK_WAITING_METRIC_ANNOTATION: &str = "kilowatt.dev/work-waiting-metric";
 /// Node annotation: non-GPU draw of this node in watts, overriding the budget's `nodeOverheadWatts`.
 pub const OVERHEAD_ANNOTATION: &str = "kilowatt.dev/overhead-watts";
 
@@ -134,6 +145,8 @@ pub struct NodeFacts {
     pub hold: Option<NodeHold>,
     /// GPUs the Node has (capacity) beyond those its agent reports, counted at their maximum.
     pub unseen_watts: f64,
+    /// The work counters of its managed pods, for its agent to scrape.
+    pub work_counters: Vec<kilowatt_crds::plan::WorkCounter>,
 }
 
 /// Where a managed pod's curve came from.

@@ -231,6 +231,7 @@ pub(super) fn node_facts(
                 pinned,
                 hold,
                 unseen_watts,
+                work_counters: Vec::new(),
             },
         );
     }

@@ -11,6 +11,7 @@ use kilowatt_solver::model::WorkloadKind;
 use kube::ResourceExt;
 
 use super::nodes::gpu_count;
+use super::work;
 use super::{
     Cluster, JOB_ANNOTATION, MIN_FRACTION_ANNOTATION, NodeFacts, PROFILE_ANNOTATION, PodFacts,
     PodWarning, WEIGHT_ANNOTATION, WORKLOAD_ANNOTATION, object_name, parse_finite,
@@ -103,6 +104,17 @@ pub(super) fn place_pods<'a>(
         }
         if placement == Placement::AwaitingReport {
             awaiting_gpu_report.push(pod_ref.clone());
+        }
+        let gpu_indices: Vec<u32> = chosen
+            .iter()
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        if !gpu_indices.is_empty() {
+            match work::work_counter(pod, gpu_indices) {
+                Ok(Some(counter)) => node.work_counters.push(counter),
+                Ok(None) => {}
+                Err(warning) => facts.warnings.push(warning),
+            }
         }
         let slot_ids: Vec<String> = chosen
             .into_iter()
