@@ -26,6 +26,7 @@ use kilowatt_agent_core::driver::{self, PodName, PowerPeriod};
 use kilowatt_agent_core::gpu::{GpuBackend, GpuError, GpuInfo};
 use kilowatt_agent_core::protocol::{Agent, Command, Event};
 use kilowatt_agent_core::telemetry::Telemetry;
+use kilowatt_agent_core::work::WindowTiming;
 
 use kilowatt_plumbing::errors::error_chain;
 
@@ -56,6 +57,8 @@ pub struct AgentOptions {
     pub sample_period: Duration,
     /// How often the node's measured GPU power is written to etcd for the operator.
     pub report_period: Duration,
+    /// How pods' work-counter windows are cut.
+    pub work_windows: WindowTiming,
     /// The kubelet's pod-resources socket, to attribute GPU power and energy to pods; `None`: no
     /// per-pod metrics.
     pub pod_resources_socket: Option<PathBuf>,
@@ -636,7 +639,10 @@ pub async fn run_with_boot_id_file(
     let mut runner = Runner {
         keys: KeyLayout::new(&options.etcd_prefix),
         // At most one sample period, so that rounds do not fall behind the samples.
-        work: WorkScrapes::new(scrape::SCRAPE_TIMEOUT.min(options.sample_period)),
+        work: WorkScrapes::new(
+            scrape::SCRAPE_TIMEOUT.min(options.sample_period),
+            options.work_windows,
+        ),
         agent,
         options,
         backend,

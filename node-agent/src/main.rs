@@ -107,6 +107,14 @@ struct Args {
     /// status shows it); one etcd write per node per period.
     #[arg(long, default_value_t = defaults::REPORT_PERIOD.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     report_seconds: u64,
+    /// How long a pod's GPUs hold new limits before its work counter's rate is measured (caches,
+    /// batch sizes and clocks settle first).
+    #[arg(long, default_value_t = kilowatt_agent_core::work::WARM_UP.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    work_warm_up_seconds: u64,
+    /// Length of one work-counter measurement window: its rate at one held limit is a point of the
+    /// workload's curve. Longer windows average more noise away; a shorter one gives points sooner.
+    #[arg(long, default_value_t = kilowatt_agent_core::work::WINDOW.as_secs(), value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    work_window_seconds: u64,
     /// The kubelet's pod-resources socket; with it, GPU power and energy are also exported per pod.
     #[arg(long, value_name = "PATH")]
     pod_resources_socket: Option<PathBuf>,
@@ -245,6 +253,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         drift_check: Duration::from_secs(args.drift_check_seconds),
         sample_period: Duration::from_millis(args.sample_ms),
         report_period: Duration::from_secs(args.report_seconds),
+        work_windows: kilowatt_agent_core::work::WindowTiming {
+            warm_up: Duration::from_secs(args.work_warm_up_seconds),
+            window: Duration::from_secs(args.work_window_seconds),
+        },
         pod_resources_socket: args.pod_resources_socket.clone(),
         gpu_resource_name: args.gpu_resource_name.clone(),
     };

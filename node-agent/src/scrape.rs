@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kilowatt_agent_core::gpu::{GpuError, GpuReading};
-use kilowatt_agent_core::work::{WorkCounterError, WorkMeter, read_sample};
+use kilowatt_agent_core::work::{WindowTiming, WorkCounterError, WorkMeter, read_sample};
 use kilowatt_crds::plan::{WorkCounter, WorkWindow};
 use kilowatt_plumbing::errors::error_chain;
 use tokio::sync::mpsc;
@@ -151,13 +151,13 @@ pub struct WorkScrapes {
 }
 
 impl WorkScrapes {
-    /// No counters yet; a round of scrapes takes at most `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// No counters yet; a round of scrapes takes at most `timeout`; windows are cut by `timing`.
+    pub fn new(timeout: Duration, timing: WindowTiming) -> Self {
         let (done, finished) = mpsc::channel(1);
         Self {
             scraper: Scraper::new(timeout),
             counters: Arc::from([]),
-            meter: WorkMeter::default(),
+            meter: WorkMeter::new(timing),
             failing: BTreeMap::new(),
             in_flight: false,
             done,

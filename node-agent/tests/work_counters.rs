@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kilowatt_agent_core::gpu::GpuBackend;
 use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
-use kilowatt_agent_core::work::{WARM_UP, WINDOW, WorkCounterError};
+use kilowatt_agent_core::work::{WARM_UP, WINDOW, WindowTiming, WorkCounterError};
 use kilowatt_crds::plan::WorkCounter;
 use kilowatt_node_agent::scrape::{MAX_ANSWER_BYTES, SCRAPE_TIMEOUT, Scraper, WorkScrapes};
 use tokio::sync::oneshot;
@@ -188,7 +188,7 @@ async fn a_counter_scraped_every_sample_makes_windows_of_its_rate_per_gpu_at_the
 -> anyhow::Result<()> {
     let endpoints = Endpoints::start().await?;
     let mut gpus = node()?;
-    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT);
+    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT, WindowTiming::default());
     // A two-GPU pod at 55.5 tokens per second per GPU, requests always waiting, and a one-GPU pod
     // whose queue empties once mid-window.
     work.follow(vec![
@@ -249,7 +249,7 @@ async fn an_endpoint_that_fails_or_closes_and_a_counter_that_goes_back_discard_t
     let endpoints = Endpoints::start().await?;
     let closing = Endpoints::start().await?;
     let mut gpus = node()?;
-    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT);
+    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT, WindowTiming::default());
     work.follow(vec![
         counter("ml/chat-0", endpoints.url("chat-0"), vec![0, 1]),
         counter("ml/chat-1", closing.url("chat-1"), vec![2]),
@@ -295,7 +295,7 @@ async fn a_pod_the_plan_stops_naming_is_forgotten_and_warms_up_again_when_it_com
 -> anyhow::Result<()> {
     let endpoints = Endpoints::start().await?;
     let mut gpus = node()?;
-    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT);
+    let mut work = WorkScrapes::new(SCRAPE_TIMEOUT, WindowTiming::default());
     let chat0 = counter("ml/chat-0", endpoints.url("chat-0"), vec![0, 1]);
     work.follow(vec![chat0.clone()]);
     let end = (WARM_UP + WINDOW).as_secs();

@@ -27,6 +27,7 @@ pub fn agent_options(
         drift_check: Duration::from_secs(1),
         sample_period: Duration::from_millis(100),
         report_period: Duration::from_secs(1),
+        work_windows: kilowatt_agent_core::work::WindowTiming::default(),
         pod_resources_socket: None,
         gpu_resource_name: "nvidia.com/gpu".into(),
     }

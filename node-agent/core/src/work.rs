@@ -187,15 +187,40 @@ struct PodWindow {
     saturated: Option<bool>,
 }
 
+/// How windows are cut: a warm-up after the settings change, then windows of one length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowTiming {
+    pub warm_up: Duration,
+    pub window: Duration,
+}
+
+impl Default for WindowTiming {
+    fn default() -> Self {
+        WindowTiming {
+            warm_up: WARM_UP,
+            window: WINDOW,
+        }
+    }
+}
+
 /// The windows of every pod of a node, between two power reports.
 #[derive(Debug, Clone, Default)]
 pub struct WorkMeter {
+    timing: WindowTiming,
     pods: BTreeMap<String, PodWindow>,
     done: Vec<WorkWindow>,
     rejected: BTreeMap<Rejected, u32>,
 }
 
 impl WorkMeter {
+    /// A meter cutting windows by `timing` (the default: [`WARM_UP`], then [`WINDOW`]).
+    pub fn new(timing: WindowTiming) -> Self {
+        WorkMeter {
+            timing,
+            ..WorkMeter::default()
+        }
+    }
+
     /// Takes one scrape of `counter`'s pod at `now`, with what its GPUs held then.
     pub fn observe(
         &mut self,
@@ -261,7 +286,7 @@ impl WorkMeter {
         }
         window.last = Some((now, sample.counter));
         window.last_gpu_watts = held.gpu_watts;
-        if now.saturating_sub(window.held_since) < WARM_UP {
+        if now.saturating_sub(window.held_since) < self.timing.warm_up {
             return;
         }
         let Some((started, first)) = window.start else {
@@ -271,7 +296,7 @@ impl WorkMeter {
             return;
         };
         let seconds = now.saturating_sub(started).as_secs_f64();
-        if now.saturating_sub(started) < WINDOW || seconds <= 0.0 || window.gpus == 0 {
+        if now.saturating_sub(started) < self.timing.window || seconds <= 0.0 || window.gpus == 0 {
             return;
         }
         let gpus = f64::from(window.gpus);
