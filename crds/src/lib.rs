@@ -135,6 +135,7 @@ pub struct PowerBudgetStatus {
     printcolumn = r#"{"name":"GPU","type":"string","jsonPath":".spec.gpuModel"}"#,
     printcolumn = r#"{"name":"Unit","type":"string","jsonPath":".spec.throughputUnit"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
+    printcolumn = r#"{"name":"Converged","type":"string","jsonPath":".status.conditions[?(@.type==\"Converged\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -172,14 +173,57 @@ pub struct WorkloadProfilePoint {
     pub throughput: f64,
 }
 
-/// Which pods use a profile.
+/// Which pods use a profile, and what their work counters measured.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadProfileStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<u32>,
+    /// One curve per workload planned on this profile whose pods' work counters reported windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<MeasuredCurve>,
+    /// `Learning` (work windows arrive for some workload on this profile) and `Converged` (every such
+    /// workload has measured points and no exploration sweep in progress).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A workload's throughput curve as its pods' work counters measured it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredCurve {
+    /// The solver workload (`namespace/job` for a job's pods, `namespace/pod` otherwise).
+    pub workload: String,
+    /// Windows that were points of the curve (requests waiting, or no waiting signal).
+    pub windows_accepted: u64,
+    /// Windows without waiting requests: lower bounds only.
+    pub windows_lower_bound: u64,
+    /// By power limit (bins of 5 W), then clock.
+    pub points: Vec<MeasuredPoint>,
+}
+
+/// One bin of a measured curve.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredPoint {
+    /// Mean of the windows' power limits.
+    pub power_watts: f64,
+    #[serde(
+        rename = "smClockMHz",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sm_clock_mhz: Option<u32>,
+    /// Mean work rate per GPU, in the work counter's unit per second.
+    pub throughput: f64,
+    /// Saturated windows averaged into `throughput`; the point is planned on from 3.
+    pub windows: u32,
+    /// Sample standard deviation of those windows' rates.
+    pub spread: f64,
+    /// The highest rate of a window without waiting requests (a lower bound), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_bound: Option<f64>,
+    pub last_measured: Time,
 }
 
 /// The CRD manifests as YAML, with the file name each is committed under in `crds/`.

@@ -34,13 +34,15 @@ use crate::http::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::http::metrics::Metrics;
 use crate::http::web::{Feed, PassRecord};
 use crate::http::{AppState, Health, WhatIfGate, router, serve_https};
+use crate::plan::learning::profile_status::profile_status;
+use crate::plan::learning::{self, Learning};
 use crate::plan::pass::{self, PassError, PassInputs};
 use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::reasons;
 use crate::plan::status::{EventNote, budget_events, budget_status};
 use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
-use crate::store::{Loaded, StoreError};
+use crate::store::{Loaded, PlanStore, StoreError};
 use kilowatt_crds::plan::Inventory;
 
 /// Field manager of the operator's status writes.
@@ -350,6 +352,7 @@ pub async fn start(
         solve_time: None,
         announced: HashSet::new(),
         awaiting_gpu_report: 0,
+        learning: Learning::default(),
     };
     let reconcile_loop = tokio::spawn(reconciler.run(changed, leader_rx, shutdown_rx));
     tracing::info!(%address, "operator started");
@@ -381,6 +384,9 @@ struct Reconciler {
     announced: HashSet<(String, String, String)>,
     /// Pods placed before their agents reported their GPUs, as last logged.
     awaiting_gpu_report: usize,
+    /// Curves learned from the agents' work windows, and exploration sweeps; reset on losing the
+    /// lease (a new leader goes on from what profiles' statuses kept).
+    learning: Learning,
 }
 
 /// What a successful pass tells the loop's timers.
@@ -435,6 +441,7 @@ impl Reconciler {
             if !is_leader {
                 // A replica that becomes leader reads etcd again before it publishes anything.
                 self.loaded = None;
+                self.learning = Learning::default();
                 timers.following();
                 continue;
             }
@@ -477,13 +484,17 @@ impl Reconciler {
     async fn pass(&mut self, leader: &watch::Receiver<bool>) -> Result<PassFindings, PassError> {
         let now = Timestamp::now();
         let caches = self.caches.clone();
+        let exploring = self.learn_before_pass(now).await?;
+        let learner = &self.learning.learner;
         let outcome = pass::run(
             &self.store,
             PassInputs {
                 now,
                 translate: |inventories: &BTreeMap<String, Inventory>,
                             holds: &BTreeMap<String, NodeHold>| {
-                    caches.translate(now, inventories, holds)
+                    let mut translation = caches.translate(now, inventories, holds);
+                    learning::plan_on_learned(&mut translation, learner, &exploring);
+                    translation
                 },
                 ack_timeout: self.options.ack_timeout,
                 machine: |node: &str| self.caches.machine(node),
@@ -497,11 +508,28 @@ impl Reconciler {
             .solve_duration_seconds
             .observe(outcome.solve_seconds);
         self.loaded = Some(outcome.loaded.clone());
+        self.learning.after_pass(
+            &outcome.translation,
+            &outcome.in_force,
+            &self.caches.pods.state(),
+        );
+        self.learning.forget_gone(&outcome.translation);
+        self.metrics.observe_learning(&self.learning, &exploring);
+        // NB: a sweep steps on as its windows arrive, so while one is in progress passes come at
+        // least every EXPLORE_CHECK, as if a schedule boundary were due.
+        let sweep_check = self
+            .learning
+            .sweeping()
+            .then(|| now.checked_add(learning::EXPLORE_CHECK).unwrap_or(now));
+        let next_transition = match (outcome.translation.next_transition, sweep_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let findings = PassFindings {
             raises_held_back: !outcome.held_back.is_empty()
                 || !outcome.awaiting_acknowledgement.is_empty(),
             awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
-            next_transition: outcome.translation.next_transition,
+            next_transition,
         };
         let awaiting = &outcome.translation.awaiting_gpu_report;
         if !awaiting.is_empty() && awaiting.len() != self.awaiting_gpu_report {
@@ -564,6 +592,36 @@ impl Reconciler {
         Ok(findings)
     }
 
+    /// Before a pass: restores curves that profiles' statuses kept and this process does not know,
+    /// takes the windows of the agents' reports and advances the exploration sweeps. Returns each
+    /// exploring workload's cap.
+    async fn learn_before_pass(
+        &mut self,
+        now: Timestamp,
+    ) -> Result<BTreeMap<String, f64>, PassError> {
+        for profile in self.caches.profiles.state() {
+            for measured in profile.status.iter().flat_map(|s| &s.measured) {
+                self.learning.learner.restore(measured);
+            }
+        }
+        let views = self.store.read_views().await?;
+        let reports = views
+            .iter()
+            .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
+        let steps_before = self.learning.explorer.steps_total;
+        let (recorded, exploring) = self.learning.before_pass(reports, now);
+        self.metrics
+            .observe_windows(&recorded, self.learning.explorer.steps_total - steps_before);
+        for (workload, cap) in &exploring {
+            tracing::debug!(
+                workload,
+                cap_watts = cap,
+                "exploring the curve under a lowered cap"
+            );
+        }
+        Ok(exploring)
+    }
+
     async fn write_budget_statuses(
         &mut self,
         translation: &Translation,
@@ -602,19 +660,15 @@ impl Reconciler {
     }
 
     async fn write_profile_statuses(&mut self, translation: &Translation) -> Result<(), PassError> {
+        let now = kube_time(Timestamp::now());
         for profile in self.caches.profiles.state() {
-            let namespace = profile.namespace().unwrap_or_default();
-            let name = profile.name_any();
-            let pods = translation
-                .profile_pods
-                .get(&(namespace.clone(), name.clone()))
-                .copied()
-                .unwrap_or(0);
-            if profile.status.as_ref().and_then(|s| s.pods) == Some(pods) {
+            let next = profile_status(&profile, translation, &self.learning, &now);
+            if profile.status.as_ref() == Some(&next) {
                 continue;
             }
+            let namespace = profile.namespace().unwrap_or_default();
             let api: Api<WorkloadProfile> = Api::namespaced(self.client.clone(), &namespace);
-            apply_status(&api, "WorkloadProfile", &name, json!({ "pods": pods })).await?;
+            apply_status(&api, "WorkloadProfile", &profile.name_any(), json!(next)).await?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput), plans (revision,
 //! gap), solve time, reconcile errors by category, leadership, agent credentials issued (and the etcd
-//! auth writes they cost), what-if requests by outcome. Holds values in memory; no IO.
+//! auth writes they cost), what-if requests by outcome, work windows, learned points and exploration.
+//! Holds values in memory; no IO.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::plan::learning::{Learning, Recorded};
 use crate::plan::published::PublishedPlan;
 
 /// The `category` values of `kilowatt_reconcile_errors_total`.
@@ -40,6 +42,10 @@ pub const WHATIF_OUTCOMES: [&str; 8] = [
     "failed",
 ];
 
+/// The `outcome` values of `kilowatt_work_windows_total` that exist from the start; agents' discard
+/// reasons are added as they come.
+const WORK_WINDOW_OUTCOMES: [&str; 3] = ["accepted", "lowerBound", "unmatched"];
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -65,6 +71,10 @@ pub struct Metrics {
     pub agent_credentials: IntCounterVec,
     pub agent_credential_auth_writes: IntCounter,
     pub whatif_requests: IntCounterVec,
+    pub work_windows: IntCounterVec,
+    pub learned_points: GaugeVec,
+    pub explore_steps: IntCounter,
+    pub explore_cap_watts: GaugeVec,
 }
 
 impl Metrics {
@@ -170,6 +180,35 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            work_windows: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_work_windows_total",
+                    "Work-counter windows the agents reported, by outcome: accepted (a point of a \
+                     curve), lowerBound (no requests waiting), unmatched (a pod in no managed \
+                     workload), or the agent's reason for discarding it (limitChanged, mixedLimits, \
+                     podRestarted, counterReset, scrapeFailed)",
+                ),
+                &["outcome"],
+            )?,
+            learned_points: GaugeVec::new(
+                Opts::new(
+                    "kilowatt_learned_points",
+                    "Measured points of a workload's curve that the plan uses (bins of 5 W with at \
+                     least 3 windows)",
+                ),
+                &["workload"],
+            )?,
+            explore_steps: IntCounter::new(
+                "kilowatt_explore_steps_total",
+                "Exploration steps taken: each lowers one opted-in workload's cap by 25 W",
+            )?,
+            explore_cap_watts: GaugeVec::new(
+                Opts::new(
+                    "kilowatt_explore_cap_watts",
+                    "The cap an exploration sweep holds a workload's GPUs at or under",
+                ),
+                &["workload"],
+            )?,
             registry,
         };
         for collector in [
@@ -185,6 +224,10 @@ impl Metrics {
             Box::new(metrics.agent_credentials.clone()),
             Box::new(metrics.agent_credential_auth_writes.clone()),
             Box::new(metrics.whatif_requests.clone()),
+            Box::new(metrics.work_windows.clone()),
+            Box::new(metrics.learned_points.clone()),
+            Box::new(metrics.explore_steps.clone()),
+            Box::new(metrics.explore_cap_watts.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;
@@ -199,6 +242,9 @@ impl Metrics {
         }
         for outcome in WHATIF_OUTCOMES {
             metrics.whatif_requests.with_label_values(&[outcome]);
+        }
+        for outcome in WORK_WINDOW_OUTCOMES {
+            metrics.work_windows.with_label_values(&[outcome]);
         }
         Ok(metrics)
     }
@@ -269,6 +315,41 @@ impl Metrics {
             .set(i64::from(plan.status == "infeasible"));
         self.managed_pods
             .set(plan.workloads.iter().map(|w| w.pods.len() as i64).sum());
+    }
+
+    /// Counts the windows one pass took from the agents' reports, and the exploration steps it took.
+    pub fn observe_windows(&self, recorded: &Recorded, steps: u64) {
+        for (outcome, count) in [
+            ("accepted", recorded.accepted),
+            ("lowerBound", recorded.lower_bound),
+            ("unmatched", recorded.unmatched),
+        ] {
+            self.work_windows
+                .with_label_values(&[outcome])
+                .inc_by(count);
+        }
+        for (reason, count) in &recorded.rejected {
+            self.work_windows
+                .with_label_values(&[reason])
+                .inc_by(*count);
+        }
+        self.explore_steps.inc_by(steps);
+    }
+
+    /// Sets each workload's learned points and exploration cap; workloads gone are dropped.
+    pub fn observe_learning(&self, learning: &Learning, exploring: &BTreeMap<String, f64>) {
+        self.learned_points.reset();
+        for (workload, curve) in learning.learner.curves() {
+            self.learned_points
+                .with_label_values(&[workload])
+                .set(curve.converged_points().len() as f64);
+        }
+        self.explore_cap_watts.reset();
+        for (workload, cap) in exploring {
+            self.explore_cap_watts
+                .with_label_values(&[workload])
+                .set(*cap);
+        }
     }
 
     /// Every metric family, for merging with others (`kilowatt simulate`).

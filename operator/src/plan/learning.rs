@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::plan::{PowerReport, WorkWindow};
+use kilowatt_crds::{MeasuredCurve, MeasuredPoint};
 use kilowatt_solver::model::ProfilePoint;
 use kube::ResourceExt;
 
@@ -67,6 +69,19 @@ impl LearnedPoint {
     }
 }
 
+/// What one [`Learner::record`] took from the reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Windows that are points of a curve.
+    pub accepted: u64,
+    /// Windows without waiting requests, kept as lower bounds.
+    pub lower_bound: u64,
+    /// Windows of pods in no managed workload.
+    pub unmatched: u64,
+    /// Windows the agents discarded, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
 /// A workload's measured curve.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LearnedCurve {
@@ -115,6 +130,64 @@ impl LearnedCurve {
         };
         point.power_sum += window.power_limit_watts;
         point.power_watts = point.power_sum / n;
+    }
+
+    /// The curve as a WorkloadProfile's status keeps it.
+    pub fn to_status(&self, workload: &str) -> MeasuredCurve {
+        MeasuredCurve {
+            workload: workload.to_owned(),
+            windows_accepted: self.windows_accepted,
+            windows_lower_bound: self.windows_lower_bound,
+            points: self
+                .points
+                .values()
+                .map(|p| MeasuredPoint {
+                    power_watts: round_to(p.power_watts, 1e-3),
+                    sm_clock_mhz: p.sm_clock_mhz,
+                    throughput: round_to(p.throughput, 1e-6),
+                    windows: p.windows,
+                    spread: round_to(p.spread, 1e-6),
+                    lower_bound: (p.lower_bound_windows > 0).then(|| round_to(p.lower_bound, 1e-6)),
+                    last_measured: Time(
+                        Timestamp::from_second(p.last_measured.as_second())
+                            .unwrap_or(p.last_measured),
+                    ),
+                })
+                .collect(),
+        }
+    }
+
+    /// The curve a status kept. Its lower-bound windows come back as one each per point with a
+    /// lower bound: the status keeps only the highest.
+    fn from_status(measured: &MeasuredCurve) -> LearnedCurve {
+        let points = measured
+            .points
+            .iter()
+            .map(|p| {
+                let n = f64::from(p.windows);
+                let point = LearnedPoint {
+                    power_watts: p.power_watts,
+                    sm_clock_mhz: p.sm_clock_mhz,
+                    windows: p.windows,
+                    throughput: p.throughput,
+                    spread: p.spread,
+                    lower_bound_windows: u32::from(p.lower_bound.is_some()),
+                    lower_bound: p.lower_bound.unwrap_or(0.0),
+                    last_measured: p.last_measured.0,
+                    power_sum: p.power_watts * n,
+                    m2: p.spread * p.spread * (n - 1.0).max(0.0),
+                };
+                (
+                    ((p.power_watts / BIN_WATTS).round() as i64, p.sm_clock_mhz),
+                    point,
+                )
+            })
+            .collect();
+        LearnedCurve {
+            points,
+            windows_accepted: measured.windows_accepted,
+            windows_lower_bound: measured.windows_lower_bound,
+        }
     }
 
     /// Every bin, by power then clock.
@@ -234,7 +307,8 @@ impl Learner {
         reports: impl IntoIterator<Item = (&'a str, &'a PowerReport)>,
         workload_of: &BTreeMap<&str, &str>,
         at: Timestamp,
-    ) {
+    ) -> Recorded {
+        let mut recorded = Recorded::default();
         for (node, report) in reports {
             if self.last_report.get(node) == Some(report) {
                 continue;
@@ -242,18 +316,41 @@ impl Learner {
             self.last_report.insert(node.to_owned(), report.clone());
             for (reason, count) in &report.work_windows_rejected {
                 *self.windows_rejected.entry(reason.clone()).or_default() += u64::from(*count);
+                *recorded.rejected.entry(reason.clone()).or_default() += u64::from(*count);
             }
             for window in &report.work_windows {
                 match workload_of.get(window.pod.as_str()) {
-                    Some(workload) => self
-                        .curves
-                        .entry((*workload).to_owned())
-                        .or_default()
-                        .add(window, at),
-                    None => self.windows_unmatched += 1,
+                    Some(workload) => {
+                        self.curves
+                            .entry((*workload).to_owned())
+                            .or_default()
+                            .add(window, at);
+                        if window.saturated == Some(false) {
+                            recorded.lower_bound += 1;
+                        } else {
+                            recorded.accepted += 1;
+                        }
+                    }
+                    None => {
+                        self.windows_unmatched += 1;
+                        recorded.unmatched += 1;
+                    }
                 }
             }
         }
+        recorded
+    }
+
+    /// Restores a workload's curve from what a WorkloadProfile's status kept of it, unless it is
+    /// already known: a new leader (or a restarted operator) goes on from what was measured.
+    pub fn restore(&mut self, measured: &MeasuredCurve) {
+        if self.curves.contains_key(&measured.workload) {
+            return;
+        }
+        self.curves.insert(
+            measured.workload.clone(),
+            LearnedCurve::from_status(measured),
+        );
     }
 
     pub fn curve(&self, workload: &str) -> Option<&LearnedCurve> {
@@ -616,9 +713,95 @@ impl Explorer {
     }
 }
 
+/// How often a pass runs while a sweep holds a workload, to step it on as windows arrive (agents
+/// report every few seconds; a level converges after [`MIN_WINDOWS`] 30 s windows).
+pub const EXPLORE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a planning loop keeps between passes to learn curves: the learner, the sweeps, and what the
+/// last pass said about pods and opted-in workloads.
+#[derive(Debug, Default)]
+pub struct Learning {
+    pub learner: Learner,
+    pub explorer: Explorer,
+    /// Pod → workload, from the last pass.
+    workload_of: BTreeMap<String, String>,
+    /// The opted-in workloads as the last pass saw them.
+    candidates: Vec<Candidate>,
+}
+
+impl Learning {
+    /// Before a pass: takes the windows of the agents' reports and advances the sweeps. Returns what
+    /// was taken and each exploring workload's cap, for [`plan_on_learned`].
+    pub fn before_pass<'a>(
+        &mut self,
+        reports: impl IntoIterator<Item = (&'a str, &'a PowerReport)>,
+        now: Timestamp,
+    ) -> (Recorded, BTreeMap<String, f64>) {
+        let workload_of: BTreeMap<&str, &str> = self
+            .workload_of
+            .iter()
+            .map(|(p, w)| (p.as_str(), w.as_str()))
+            .collect();
+        let recorded = self.learner.record(reports, &workload_of, now);
+        let exploring = self.explorer.step(&self.candidates, &self.learner, now);
+        (recorded, exploring)
+    }
+
+    /// After a pass: remembers its pods and opted-in workloads.
+    pub fn after_pass(
+        &mut self,
+        translation: &Translation,
+        in_force: &PublishedPlan,
+        pods: &[Arc<Pod>],
+    ) {
+        self.workload_of = workload_of_pods(translation)
+            .into_iter()
+            .map(|(p, w)| (p.to_owned(), w.to_owned()))
+            .collect();
+        let opt_ins = explore_opt_ins(pods, translation);
+        self.candidates = candidates(translation, in_force, &opt_ins);
+    }
+
+    /// Forgets the curves of workloads the translation no longer plans (their profiles' statuses
+    /// keep what was measured).
+    pub fn forget_gone(&mut self, translation: &Translation) {
+        let workloads: BTreeSet<&str> = translation
+            .problem
+            .workloads
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect();
+        self.learner.retain(&workloads);
+    }
+
+    /// Whether some opted-in workload's sweep is not done, so passes should come every
+    /// [`EXPLORE_CHECK`].
+    pub fn sweeping(&self) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| self.sweep_in_progress(&c.workload))
+    }
+
+    /// Whether `workload` is opted in to exploration and its sweep is not done.
+    pub fn sweep_in_progress(&self, workload: &str) -> bool {
+        self.candidates.iter().any(|c| c.workload == workload)
+            && !matches!(
+                self.explorer.sweep(workload).map(|s| &s.state),
+                Some(SweepState::Done { .. })
+            )
+    }
+}
+
+/// `value` rounded to a multiple of `step`, so statuses do not change with float noise.
+fn round_to(value: f64, step: f64) -> f64 {
+    (value / step).round() * step
+}
+
 fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
     to.duration_since(from).as_secs_f64().max(0.0)
 }
+
+pub mod profile_status;
 
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ pub struct EventNote {
     pub note: String,
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: bool,
     reason: &str,

@@ -10,6 +10,7 @@ mod dashboards;
 mod faults;
 mod helm;
 mod image;
+mod learning;
 mod operator;
 mod promql;
 mod rollout;

@@ -3,7 +3,7 @@
 
 use super::*;
 use kilowatt_operator::controller::caches::machine_of;
-use kilowatt_operator::plan::learning::{self, Candidate, Explorer, Learner};
+use kilowatt_operator::plan::learning;
 use kilowatt_operator::plan::rollout::Machine;
 use kube::ResourceExt;
 /// The operator of a planned run: its store, its fence and its timers, as the reconcile loop keeps them.
@@ -26,39 +26,27 @@ pub(super) struct Operator {
     pub(super) learning: Option<Learning>,
 }
 
-/// A learning run's measured curves and exploration sweeps, as the operator keeps them.
+/// A learning run's measured curves and exploration sweeps, as the operator keeps them, and when
+/// its next sweep check is due.
 #[derive(Debug, Default)]
 pub(super) struct Learning {
-    pub(super) learner: Learner,
-    pub(super) explorer: Explorer,
-    /// Pod → workload, from the last pass.
-    workload_of: BTreeMap<String, String>,
-    /// The opted-in workloads as the last pass saw them.
-    candidates: Vec<Candidate>,
-    /// While a sweep holds a workload, the operator passes this often to step it on as windows
-    /// arrive (a report carries them every report period).
+    pub(super) state: learning::Learning,
+    /// While a sweep is in progress the operator passes every [`learning::EXPLORE_CHECK`] to step
+    /// it on as windows arrive (a report carries them every report period).
     next_check: f64,
     /// Each workload's learned-curve error at 30 simulated minutes after it started.
     pub(super) error_at_30_minutes: BTreeMap<String, Option<f64>>,
 }
-
-/// How often a sweep in progress is stepped.
-const EXPLORE_CHECK_SECONDS: f64 = 10.0;
 /// When the learned curve is compared with the truth, after a workload starts.
 pub(super) const LEARNING_DEADLINE_SECONDS: f64 = 1800.0;
 
 impl Simulation {
     pub(super) fn pass_due(&self, index: usize, t: f64) -> bool {
         self.runs[index].operator.as_ref().is_some_and(|operator| {
-            let exploring = operator.learning.as_ref().is_some_and(|l| {
-                t >= l.next_check
-                    && l.candidates.iter().any(|c| {
-                        !matches!(
-                            l.explorer.sweep(&c.workload).map(|s| &s.state),
-                            Some(learning::SweepState::Done { .. })
-                        )
-                    })
-            });
+            let exploring = operator
+                .learning
+                .as_ref()
+                .is_some_and(|l| t >= l.next_check && l.state.sweeping());
             exploring || operator.timers.due(loop_time(t))
         })
     }
@@ -85,27 +73,19 @@ impl Simulation {
         operator.timers.pass_started(loop_time(t));
         let mut exploring = BTreeMap::new();
         if let Some(learning) = &mut operator.learning {
-            if let Ok(views) = operator.store.read_views().await {
-                let workload_of: BTreeMap<&str, &str> = learning
-                    .workload_of
-                    .iter()
-                    .map(|(p, w)| (p.as_str(), w.as_str()))
-                    .collect();
-                let reports = views
-                    .iter()
-                    .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
-                learning.learner.record(reports, &workload_of, now);
-            }
-            exploring = learning
-                .explorer
-                .step(&learning.candidates, &learning.learner, now);
-            learning.next_check = t + EXPLORE_CHECK_SECONDS;
+            let views = operator.store.read_views().await.unwrap_or_default();
+            let reports = views
+                .iter()
+                .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
+            exploring = learning.state.before_pass(reports, now).1;
+            learning.next_check = t + learning::EXPLORE_CHECK.as_secs_f64();
             for (w, workload) in prepared.workloads.iter().enumerate() {
                 let name = format!("{}/{}", prepared.scenario.namespace, workload.entry.name);
                 if t >= workload.entry.start_seconds + LEARNING_DEADLINE_SECONDS
                     && !learning.error_at_30_minutes.contains_key(&name)
                 {
                     let error = learning
+                        .state
                         .learner
                         .curve(&name)
                         .and_then(|c| learned_error(c, &self.curves[w]).map(|e| e.max));
@@ -129,7 +109,7 @@ impl Simulation {
                 now,
             );
             if let Some(learning) = learning {
-                learning::plan_on_learned(&mut translation, &learning.learner, &exploring);
+                learning::plan_on_learned(&mut translation, &learning.state.learner, &exploring);
             }
             translation
         };
@@ -194,13 +174,9 @@ impl Simulation {
         operator.loaded = Some(outcome.loaded.clone());
         operator.in_force = Some(outcome.in_force.clone());
         if let Some(learning) = &mut operator.learning {
-            learning.workload_of = learning::workload_of_pods(&outcome.translation)
-                .into_iter()
-                .map(|(p, w)| (p.to_owned(), w.to_owned()))
-                .collect();
-            let opt_ins = learning::explore_opt_ins(pods, &outcome.translation);
-            learning.candidates =
-                learning::candidates(&outcome.translation, &outcome.in_force, &opt_ins);
+            learning
+                .state
+                .after_pass(&outcome.translation, &outcome.in_force, pods);
         }
         if is_kilowatt {
             let spec_caps = outcome.translation.spec_caps();

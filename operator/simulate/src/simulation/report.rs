@@ -223,7 +223,7 @@ impl Simulation {
                     "{}/{}",
                     self.prepared.scenario.namespace, workload.entry.name
                 );
-                let curve = learning.learner.curve(&name);
+                let curve = learning.state.learner.curve(&name);
                 let error = curve.and_then(|c| operator::learned_error(c, &self.curves[w]));
                 LearnedCurveSummary {
                     points: error.map_or(0, |e| e.points),
@@ -237,7 +237,7 @@ impl Simulation {
                     lowest_measured_watts: error.map(|e| e.lowest_watts),
                     windows_accepted: curve.map_or(0, |c| c.windows_accepted),
                     windows_lower_bound: curve.map_or(0, |c| c.windows_lower_bound),
-                    exploration_steps: learning.explorer.sweep(&name).map_or(0, |s| s.steps),
+                    exploration_steps: learning.state.explorer.sweep(&name).map_or(0, |s| s.steps),
                     workload: name,
                 }
             })

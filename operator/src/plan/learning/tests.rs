@@ -295,3 +295,120 @@ fn a_sweep_stops_above_the_slo_floor_and_pauses_when_its_hourly_cost_is_spent() 
         explorer.sweep("ml/train")
     );
 }
+
+#[test]
+fn a_profiles_status_shows_its_workloads_measured_curves_and_whether_they_converged() {
+    use crate::plan::translate::tests::{budget, node, pod, profile, run};
+    use crate::plan::translate::{PROFILE_ANNOTATION, WORKLOAD_ANNOTATION};
+    use profile_status::{CONVERGED, LEARNING, profile_status};
+    use serde_json::json;
+    let profiles = [profile("chat-curve", None), profile("idle-curve", None)];
+    let translation = run(
+        &[budget(
+            "rack",
+            json!({"capWatts": 20000.0, "nodeSelector": {}}),
+        )],
+        &profiles,
+        &[node("n1", json!({}), "8")],
+        &[pod(
+            "chat-0",
+            "n1",
+            8,
+            json!({WORKLOAD_ANNOTATION: "inference", PROFILE_ANNOTATION: "chat-curve"}),
+        )],
+    );
+    let workload = translation.pods[0].workload.clone().expect("managed");
+    let now = Time(at(100));
+    let condition = |status: &kilowatt_crds::WorkloadProfileStatus, type_: &str| {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition");
+        (c.status.clone(), c.reason.clone())
+    };
+    let mut learning = Learning::default();
+    let before = profile_status(&profiles[0], &translation, &learning, &now);
+    assert_eq!(before.pods, Some(1));
+    assert!(before.measured.is_empty());
+    assert_eq!(
+        condition(&before, LEARNING),
+        ("False".into(), "NoWindows".into())
+    );
+    assert_eq!(
+        condition(&before, CONVERGED),
+        ("False".into(), "NoWindows".into())
+    );
+    let unused = profile_status(&profiles[1], &translation, &learning, &now);
+    assert_eq!(
+        condition(&unused, LEARNING),
+        ("False".into(), "NotInUse".into())
+    );
+
+    let workloads = workload_of_pods(&translation);
+    let windows = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|&rate| window("ml/chat-0", 650.0, rate, Some(true)))
+            .collect::<Vec<_>>()
+    };
+    learning.learner.record(
+        [("n1", &report(windows(&[98.0, 102.0]), 1.0))],
+        &workloads,
+        at(60),
+    );
+    let two = profile_status(&profiles[0], &translation, &learning, &now);
+    assert_eq!(
+        condition(&two, LEARNING),
+        ("True".into(), "Measuring".into())
+    );
+    assert_eq!(
+        condition(&two, CONVERGED),
+        ("False".into(), "TooFewWindows".into())
+    );
+
+    learning.learner.record(
+        [("n1", &report(windows(&[100.0]), 2.0))],
+        &workloads,
+        at(90),
+    );
+    let three = profile_status(&profiles[0], &translation, &learning, &now);
+    assert_eq!(
+        condition(&three, CONVERGED),
+        ("True".into(), "Measured".into())
+    );
+    let [curve] = three.measured.as_slice() else {
+        panic!("one measured curve: {:?}", three.measured);
+    };
+    assert_eq!(curve.workload, workload);
+    assert_eq!(curve.windows_accepted, 3);
+    let [point] = curve.points.as_slice() else {
+        panic!("one point: {:?}", curve.points);
+    };
+    assert_eq!((point.power_watts, point.windows), (650.0, 3));
+    assert!((point.throughput - 100.0).abs() < 1e-9, "{point:?}");
+    assert!((point.spread - 2.0).abs() < 1e-6, "{point:?}");
+    assert_eq!(point.last_measured, Time(at(90)));
+
+    // A new leader restores the curve from the status and plans on it as the old one did.
+    let mut restored = Learner::default();
+    restored.restore(curve);
+    let declared = points(&[(200.0, 1.0), (700.0, 2.0)]);
+    assert_eq!(
+        restored.curve(&workload).map(|c| c.merged(&declared)),
+        learning
+            .learner
+            .curve(&workload)
+            .map(|c| c.merged(&declared))
+    );
+    // A window arriving after the restore is averaged in as if the curve had never left.
+    let more = BTreeMap::from([("ml/chat-0", workload.as_str())]);
+    restored.record([("n1", &report(windows(&[104.0]), 3.0))], &more, at(120));
+    let point = &restored.curve(&workload).expect("curve").converged_points()[0];
+    assert_eq!(point.windows, 4);
+    assert!((point.throughput - 101.0).abs() < 1e-9, "{point:?}");
+    assert!(
+        (point.spread - (20.0f64 / 3.0).sqrt()).abs() < 1e-6,
+        "{point:?}"
+    );
+}

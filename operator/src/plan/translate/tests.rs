@@ -43,7 +43,7 @@ pub(crate) fn pod(name: &str, node: &str, gpus: u32, annotations: Value) -> Arc<
     )
 }
 
-fn profile(name: &str, selector: Option<Value>) -> Arc<WorkloadProfile> {
+pub(crate) fn profile(name: &str, selector: Option<Value>) -> Arc<WorkloadProfile> {
     let mut spec = json!({"gpuModel": "H100-SXM", "throughputUnit": "tokens/s", "points": [
         {"powerWatts": 200.0, "throughput": 1.0}, {"powerWatts": 700.0, "throughput": 2.0}]});
     if let Some(selector) = selector {
@@ -69,7 +69,7 @@ pub(crate) fn two_node_fleet(budgets: &[Arc<PowerBudget>]) -> Translation {
     run(budgets, &[], &nodes, &pods)
 }
 
-fn run(
+pub(crate) fn run(
     budgets: &[Arc<PowerBudget>],
     profiles: &[Arc<WorkloadProfile>],
     nodes: &[Arc<Node>],
