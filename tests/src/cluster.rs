@@ -64,6 +64,7 @@ pub fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> Operat
         solve: SolveOptions::default(),
         whatif_time_limit: Duration::from_secs(10),
         whatif_auth: kilowatt_operator::controller::WhatIfAuth::BeyondLoopback,
+        prometheus: None,
     }
 }
 /// Starts an operator replica in this process, authorised as the operator's ServiceAccount.

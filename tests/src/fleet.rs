@@ -136,6 +136,23 @@ impl OperatorProcess {
         Self::start_with_lease(plane, etcd_endpoint, log, 3)
     }
 
+    /// With more `kilowatt operator` arguments.
+    pub fn start_with_args(
+        plane: &ControlPlane,
+        etcd_endpoint: &str,
+        log: &Path,
+        args: &[String],
+    ) -> OperatorProcess {
+        Self::spawn(
+            &plane.kubeconfig,
+            "fault-operator",
+            etcd_endpoint,
+            log,
+            3,
+            args,
+        )
+    }
+
     pub fn start_with_lease(
         plane: &ControlPlane,
         etcd_endpoint: &str,
@@ -159,6 +176,17 @@ impl OperatorProcess {
         log: &Path,
         lease_seconds: u32,
     ) -> OperatorProcess {
+        Self::spawn(kubeconfig, identity, etcd_endpoint, log, lease_seconds, &[])
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        identity: &str,
+        etcd_endpoint: &str,
+        log: &Path,
+        lease_seconds: u32,
+        args: &[String],
+    ) -> OperatorProcess {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -177,6 +205,7 @@ impl OperatorProcess {
             ])
             .args(["--lease-seconds", &lease_seconds.to_string()])
             .args(["--debounce-ms", "100", "--resync-seconds", "2"])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -221,18 +221,20 @@ impl WorkMeter {
         }
     }
 
-    /// Takes one scrape of `counter`'s pod at `now`, with what its GPUs held then.
+    /// Takes one sample of `pod`'s counter at `now` (`None`: reading it failed), with what its GPUs
+    /// held then; `uid` tells a replaced pod of the same name.
     pub fn observe(
         &mut self,
-        counter: &WorkCounter,
+        pod: &str,
+        uid: Option<&str>,
         now: Duration,
         held: HeldSettings,
-        sample: Result<WorkSample, WorkCounterError>,
+        sample: Option<WorkSample>,
     ) {
         let mixed = held.max_limit_watts - held.min_limit_watts > SAME_LIMIT_WATTS;
         let limit = held.max_limit_watts;
         let fresh = || PodWindow {
-            uid: counter.uid.clone(),
+            uid: uid.map(str::to_owned),
             limit_watts: limit,
             sm_clock_mhz: held.sm_clock_mhz,
             gpus: held.gpus,
@@ -243,9 +245,9 @@ impl WorkMeter {
             last_gpu_watts: held.gpu_watts,
             saturated: None,
         };
-        let window = self.pods.entry(counter.pod.clone()).or_insert_with(fresh);
+        let window = self.pods.entry(pod.to_owned()).or_insert_with(fresh);
         let mut discard = None;
-        if window.uid != counter.uid {
+        if window.uid.as_deref() != uid {
             discard = Some(Rejected::PodRestarted);
         } else if mixed {
             discard = Some(Rejected::MixedLimits);
@@ -263,8 +265,8 @@ impl WorkMeter {
             return;
         }
         let sample = match sample {
-            Ok(sample) => sample,
-            Err(_) => {
+            Some(sample) => sample,
+            None => {
                 if window.start.take().is_some() {
                     *self.rejected.entry(Rejected::ScrapeFailed).or_default() += 1;
                 }
@@ -301,7 +303,7 @@ impl WorkMeter {
         }
         let gpus = f64::from(window.gpus);
         self.done.push(WorkWindow {
-            pod: counter.pod.clone(),
+            pod: pod.to_owned(),
             power_limit_watts: window.limit_watts,
             sm_clock_mhz: window.sm_clock_mhz,
             gpus: window.gpus,
@@ -332,9 +334,9 @@ impl WorkMeter {
             };
             let sample = answer
                 .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|text| read_sample(text, counter));
-            self.observe(counter, now, held, sample);
+                .ok()
+                .and_then(|text| read_sample(text, counter).ok());
+            self.observe(&counter.pod, counter.uid.as_deref(), now, held, sample);
         }
     }
 
@@ -431,6 +433,17 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         Ok(WorkSample { counter, waiting })
     }
 
+    /// One scrape of `spec`'s pod, as `observe_scrapes` takes it.
+    fn observe(
+        meter: &mut WorkMeter,
+        spec: &WorkCounter,
+        now: Duration,
+        held: HeldSettings,
+        sample: Result<WorkSample, WorkCounterError>,
+    ) {
+        meter.observe(&spec.pod, spec.uid.as_deref(), now, held, sample.ok());
+    }
+
     /// Scrapes once a second from `from` to `to` seconds at `rate` per GPU (2 GPUs), the counter going
     /// on from `base`; returns its last value.
     fn scrape(
@@ -445,7 +458,8 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         for s in from..=to {
             value = base + 2.0 * rate * (s + 1 - from) as f64;
             let waiting = spec.waiting_metric.as_ref().map(|_| 1.0);
-            meter.observe(
+            observe(
+                meter,
                 spec,
                 Duration::from_secs(s),
                 held(limit),
@@ -492,7 +506,8 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         let mut replaced = spec.clone();
         replaced.uid = Some("u2".into());
         scrape(&mut meter, &spec, (71, 110), 350.0, 40.0, end);
-        meter.observe(
+        observe(
+            &mut meter,
             &replaced,
             Duration::from_secs(111),
             held(350.0),
@@ -511,7 +526,8 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         let mut meter = WorkMeter::default();
         for s in 0..=40u64 {
             let waiting = if s == 30 { 0.0 } else { 3.0 };
-            meter.observe(
+            observe(
+                &mut meter,
                 &spec,
                 Duration::from_secs(s),
                 held(300.0),
@@ -528,7 +544,8 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         let spec = counter(None);
         let mut meter = WorkMeter::default();
         scrape(&mut meter, &spec, (0, 20), 300.0, 10.0, 0.0);
-        meter.observe(
+        observe(
+            &mut meter,
             &spec,
             Duration::from_secs(21),
             held(300.0),
@@ -540,7 +557,13 @@ vllm:e2e_request_latency_seconds_count{model_name=\"llama\"} 3";
         let mut mixed = held(300.0);
         mixed.min_limit_watts = 250.0;
         for s in 22..100 {
-            meter.observe(&spec, Duration::from_secs(s), mixed, sample(s as f64, None));
+            observe(
+                &mut meter,
+                &spec,
+                Duration::from_secs(s),
+                mixed,
+                sample(s as f64, None),
+            );
         }
         let (windows, rejected) = meter.take();
         assert!(windows.is_empty());

@@ -277,6 +277,25 @@ pub struct OperatorArgs {
     /// Log format on stderr.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// A Prometheus server (http:// or https://) on which the work queries of pods annotated
+    /// kilowatt.dev/work-query are evaluated, to learn their curves; without it those pods are
+    /// planned on their declared curves.
+    #[arg(long, value_name = "URL")]
+    pub prometheus_url: Option<String>,
+    /// The CA of an https:// --prometheus-url (PEM); default: the system's roots.
+    #[arg(long, value_name = "FILE", requires = "prometheus_url")]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// How often every queried pod's work query is evaluated.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub prometheus_sample_seconds: u64,
+    /// How long a pod's GPUs hold new limits before its queried rate is measured; Prometheus lags a
+    /// scrape interval behind, so this should be longer than one.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub prometheus_warm_up_seconds: u64,
+    /// Length of one measurement window of a queried pod: several scrape intervals, since the
+    /// counter's value changes only when Prometheus scrapes it.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub prometheus_window_seconds: u64,
 }
 
 impl OperatorArgs {

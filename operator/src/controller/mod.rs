@@ -34,6 +34,7 @@ use crate::http::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::http::metrics::Metrics;
 use crate::http::web::{Feed, PassRecord};
 use crate::http::{AppState, Health, WhatIfGate, router, serve_https};
+use crate::measure::{PromqlSource, QueriedPod, QueryMeter};
 use crate::plan::learning::profile_status::profile_status;
 use crate::plan::learning::{self, Learning};
 use crate::plan::pass::{self, PassError, PassInputs};
@@ -43,6 +44,7 @@ use crate::plan::status::{EventNote, budget_events, budget_status};
 use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use crate::store::{Loaded, PlanStore, StoreError};
+use kilowatt_agent_core::work::WindowTiming;
 use kilowatt_crds::plan::Inventory;
 
 /// Field manager of the operator's status writes.
@@ -81,6 +83,93 @@ pub struct OperatorOptions {
     pub whatif_time_limit: Duration,
     /// Which listeners authorize what-if callers.
     pub whatif_auth: WhatIfAuth,
+    /// Where pods' `kilowatt.dev/work-query` counters are read; `None`: those pods are not measured.
+    pub prometheus: Option<PrometheusQueries>,
+}
+
+/// How the operator reads work counters from Prometheus.
+#[derive(Clone)]
+pub struct PrometheusQueries {
+    pub source: PromqlSource,
+    /// How often every queried pod is sampled.
+    pub sample_period: Duration,
+    /// How the samples are cut into windows. NB: Prometheus holds a counter's value from its last
+    /// scrape, so warm-up and window should be several scrape intervals long.
+    pub windows: WindowTiming,
+}
+
+impl std::fmt::Debug for PrometheusQueries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrometheusQueries")
+            .field("sample_period", &self.sample_period)
+            .field("windows", &self.windows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reconcile loop's side of the Prometheus sampler: it says which pods to query and takes the
+/// windows.
+struct QueriedWork {
+    pods: watch::Sender<Vec<(String, QueriedPod)>>,
+    meter: Arc<std::sync::Mutex<QueryMeter>>,
+}
+
+/// Samples every queried pod each `sample_period` into the meter, logging pods whose query starts
+/// to fail (or fails differently) and those that read again. Runs until aborted.
+async fn sample_work_queries(
+    queries: PrometheusQueries,
+    store: EtcdPlanStore,
+    pods: watch::Receiver<Vec<(String, QueriedPod)>>,
+    meter: Arc<std::sync::Mutex<QueryMeter>>,
+) {
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(queries.sample_period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: BTreeMap<String, &'static str> = BTreeMap::new();
+    loop {
+        tick.tick().await;
+        let pods = pods.borrow().clone();
+        if pods.is_empty() {
+            continue;
+        }
+        let views = match store.read_views().await {
+            Ok(views) => views,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "cannot read the agents' acknowledgements for the work queries; skipping this sample");
+                continue;
+            }
+        };
+        let samples: BTreeMap<String, _> = queries
+            .source
+            .samples(
+                &pods
+                    .iter()
+                    .map(|(_, p)| (p.pod.as_str(), &p.queries))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .into_iter()
+            .collect();
+        for (pod, sample) in &samples {
+            match sample {
+                Ok(_) => {
+                    if failing.remove(pod).is_some() {
+                        tracing::info!(%pod, "the pod's work query reads again");
+                    }
+                }
+                Err(error) => {
+                    if failing.insert(pod.clone(), error.category()) != Some(error.category()) {
+                        tracing::warn!(%pod, error = %error_chain(error), "the pod's work query fails; its windows are discarded until it reads again");
+                    }
+                }
+            }
+        }
+        failing.retain(|pod, _| samples.contains_key(pod));
+        meter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(&pods, &views, &samples, started.elapsed());
+    }
 }
 
 /// Which listeners ask what-if callers for a token and their access.
@@ -285,6 +374,18 @@ pub async fn start(
         &metrics,
         options.window_lead,
     );
+    let queried = options.prometheus.clone().map(|queries| {
+        let (pods, pods_rx) = watch::channel(Vec::new());
+        let meter = Arc::new(std::sync::Mutex::new(QueryMeter::new(queries.windows)));
+        tracing::info!(sample_period = ?queries.sample_period, windows = ?queries.windows, "reading work queries from Prometheus");
+        tasks.spawn(sample_work_queries(
+            queries,
+            store.clone(),
+            pods_rx,
+            meter.clone(),
+        ));
+        QueriedWork { pods, meter }
+    });
     let feed = Feed::new("operator");
     let state = AppState {
         feed: feed.clone(),
@@ -353,6 +454,7 @@ pub async fn start(
         announced: HashSet::new(),
         awaiting_gpu_report: 0,
         learning: Learning::default(),
+        queried,
     };
     let reconcile_loop = tokio::spawn(reconciler.run(changed, leader_rx, shutdown_rx));
     tracing::info!(%address, "operator started");
@@ -387,6 +489,8 @@ struct Reconciler {
     /// Curves learned from the agents' work windows, and exploration sweeps; reset on losing the
     /// lease (a new leader goes on from what profiles' statuses kept).
     learning: Learning,
+    /// With `--prometheus-url`: the sampler of pods' work queries.
+    queried: Option<QueriedWork>,
 }
 
 /// What a successful pass tells the loop's timers.
@@ -442,6 +546,9 @@ impl Reconciler {
                 // A replica that becomes leader reads etcd again before it publishes anything.
                 self.loaded = None;
                 self.learning = Learning::default();
+                if let Some(queried) = &self.queried {
+                    queried.pods.send_replace(Vec::new());
+                }
                 timers.following();
                 continue;
             }
@@ -514,6 +621,18 @@ impl Reconciler {
             &self.caches.pods.state(),
         );
         self.learning.forget_gone(&outcome.translation);
+        if let Some(queried) = &self.queried {
+            queried.pods.send_replace(
+                outcome
+                    .translation
+                    .nodes
+                    .iter()
+                    .flat_map(|(node, facts)| {
+                        facts.work_queries.iter().map(|p| (node.clone(), p.clone()))
+                    })
+                    .collect(),
+            );
+        }
         self.metrics.observe_learning(&self.learning, &exploring);
         // NB: a sweep steps on as its windows arrive, so while one is in progress passes come at
         // least every EXPLORE_CHECK, as if a schedule boundary were due.
@@ -608,6 +727,15 @@ impl Reconciler {
         let reports = views
             .iter()
             .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
+        if let Some(queried) = &self.queried {
+            let (windows, rejected) = queried
+                .meter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let recorded = self.learning.record_queried(&windows, &rejected, now);
+            self.metrics.observe_windows(&recorded, 0);
+        }
         let steps_before = self.learning.explorer.steps_total;
         let (recorded, exploring) = self.learning.before_pass(reports, now);
         self.metrics

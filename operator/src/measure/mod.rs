@@ -1,14 +1,18 @@
 //! Where a managed pod's work counter comes from when the operator reads it, not the pod's node
 //! agent: a PromQL expression named by the pod's annotations, evaluated against a Prometheus server
 //! (`--prometheus-url`), for stacks that already ship their metrics there. This module reads the
-//! annotations (pure); [`promql`] evaluates them (network IO). The samples are the agent core's
+//! annotations (pure); [`promql`] evaluates them (network IO); [`meter`] cuts the samples into
+//! windows (pure). The samples are the agent core's
 //! [`WorkSample`](kilowatt_agent_core::work::WorkSample), so the same windowing
 //! ([`WorkMeter`](kilowatt_agent_core::work::WorkMeter)) turns them into curve points.
 
+pub mod meter;
 pub mod promql;
 
 use std::collections::BTreeMap;
 
+pub use kilowatt_agent_core::work::WindowTiming;
+pub use meter::{QueriedPod, QueryMeter};
 pub use promql::{PromqlError, PromqlSource};
 
 /// A PromQL expression whose instant value is the pod's work counter, e.g.

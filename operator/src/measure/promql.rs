@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kilowatt_agent_core::work::WorkSample;
 use prometheus_http_query::response::Data;
 use rustls_platform_verifier::BuilderVerifierExt;
@@ -205,15 +204,20 @@ impl PromqlSource {
     }
 
     /// Every pod's sample, a few queries at a time, in the order given.
-    pub async fn samples<'a>(
+    // NB: batches of joined futures rather than a buffered stream of closures: the stream's future
+    // is not provably `Send` for borrowed items, and the operator samples in a spawned task.
+    pub async fn samples(
         &self,
-        pods: impl IntoIterator<Item = (&'a str, &'a WorkQueries)>,
+        pods: &[(&str, &WorkQueries)],
     ) -> Vec<(String, Result<WorkSample, PromqlError>)> {
-        futures::stream::iter(pods)
-            .map(|(pod, queries)| async move { (pod.to_owned(), self.sample(queries).await) })
-            .buffered(CONCURRENT_QUERIES)
-            .collect()
-            .await
+        let mut samples = Vec::with_capacity(pods.len());
+        for batch in pods.chunks(CONCURRENT_QUERIES) {
+            let answers =
+                futures::future::join_all(batch.iter().map(|(_, queries)| self.sample(queries)))
+                    .await;
+            samples.extend(batch.iter().map(|(pod, _)| (*pod).to_owned()).zip(answers));
+        }
+        samples
     }
 }
 

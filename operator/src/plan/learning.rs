@@ -82,6 +82,17 @@ pub struct Recorded {
     pub rejected: BTreeMap<String, u64>,
 }
 
+impl Recorded {
+    fn add(&mut self, other: Recorded) {
+        self.accepted += other.accepted;
+        self.lower_bound += other.lower_bound;
+        self.unmatched += other.unmatched;
+        for (reason, count) in other.rejected {
+            *self.rejected.entry(reason).or_default() += count;
+        }
+    }
+}
+
 /// A workload's measured curve.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LearnedCurve {
@@ -314,27 +325,47 @@ impl Learner {
                 continue;
             }
             self.last_report.insert(node.to_owned(), report.clone());
-            for (reason, count) in &report.work_windows_rejected {
-                *self.windows_rejected.entry(reason.clone()).or_default() += u64::from(*count);
-                *recorded.rejected.entry(reason.clone()).or_default() += u64::from(*count);
-            }
-            for window in &report.work_windows {
-                match workload_of.get(window.pod.as_str()) {
-                    Some(workload) => {
-                        self.curves
-                            .entry((*workload).to_owned())
-                            .or_default()
-                            .add(window, at);
-                        if window.saturated == Some(false) {
-                            recorded.lower_bound += 1;
-                        } else {
-                            recorded.accepted += 1;
-                        }
+            let taken = self.record_windows(
+                &report.work_windows,
+                &report.work_windows_rejected,
+                workload_of,
+                at,
+            );
+            recorded.add(taken);
+        }
+        recorded
+    }
+
+    /// Takes `windows` and the counts of windows discarded (by reason) from a source other than an
+    /// agent's report: the operator's own Prometheus queries.
+    pub fn record_windows(
+        &mut self,
+        windows: &[WorkWindow],
+        rejected: &BTreeMap<String, u32>,
+        workload_of: &BTreeMap<&str, &str>,
+        at: Timestamp,
+    ) -> Recorded {
+        let mut recorded = Recorded::default();
+        for (reason, count) in rejected {
+            *self.windows_rejected.entry(reason.clone()).or_default() += u64::from(*count);
+            *recorded.rejected.entry(reason.clone()).or_default() += u64::from(*count);
+        }
+        for window in windows {
+            match workload_of.get(window.pod.as_str()) {
+                Some(workload) => {
+                    self.curves
+                        .entry((*workload).to_owned())
+                        .or_default()
+                        .add(window, at);
+                    if window.saturated == Some(false) {
+                        recorded.lower_bound += 1;
+                    } else {
+                        recorded.accepted += 1;
                     }
-                    None => {
-                        self.windows_unmatched += 1;
-                        recorded.unmatched += 1;
-                    }
+                }
+                None => {
+                    self.windows_unmatched += 1;
+                    recorded.unmatched += 1;
                 }
             }
         }
@@ -745,6 +776,23 @@ impl Learning {
         let recorded = self.learner.record(reports, &workload_of, now);
         let exploring = self.explorer.step(&self.candidates, &self.learner, now);
         (recorded, exploring)
+    }
+
+    /// Takes the windows the operator cut from its own Prometheus queries (see
+    /// [`crate::measure::QueryMeter`]), for the pods of the last pass.
+    pub fn record_queried(
+        &mut self,
+        windows: &[WorkWindow],
+        rejected: &BTreeMap<String, u32>,
+        now: Timestamp,
+    ) -> Recorded {
+        let workload_of: BTreeMap<&str, &str> = self
+            .workload_of
+            .iter()
+            .map(|(p, w)| (p.as_str(), w.as_str()))
+            .collect();
+        self.learner
+            .record_windows(windows, rejected, &workload_of, now)
     }
 
     /// After a pass: remembers its pods and opted-in workloads.

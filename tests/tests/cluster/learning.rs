@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use kilowatt_crds::WorkloadProfile;
 use kilowatt_node_agent::gpu::settings_file::StoredSettings;
+use kilowatt_tests::prometheus::PrometheusServer;
 use kilowatt_tests::*;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -105,11 +106,32 @@ fn condition(status: &kilowatt_crds::WorkloadProfileStatus, type_: &str) -> (Str
         .unwrap_or_default()
 }
 
+/// Where the serving pod's work counter is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CounterSource {
+    /// Its node's agent scrapes the pod (`kilowatt.dev/work-metric`).
+    Agent,
+    /// The operator queries a real Prometheus that scrapes the pod (`kilowatt.dev/work-query`).
+    Prometheus,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor() {
+    explore_and_check(CounterSource::Agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn exploration_measures_the_curve_from_prometheus_queries() {
+    explore_and_check(CounterSource::Prometheus).await;
+}
+
+async fn explore_and_check(source: CounterSource) {
     let (plane, admin) = prepared_cluster().await;
     let etcd = Etcd::start().await.expect("plan etcd starts");
-    let dir = test_dir("learning");
+    let dir = test_dir(match source {
+        CounterSource::Agent => "learning",
+        CounterSource::Prometheus => "learning-promql",
+    });
     for node in ["n1", "n2"] {
         gpu_node(
             &admin,
@@ -148,18 +170,44 @@ async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor()
         .map(|n| NodeUnderTest::new(n, &dir, &etcd.endpoint, None))
         .collect();
     let port = serve_work_counter(nodes[0].settings.clone()).await;
-    gpu_pod(
-        &admin,
-        "chat",
-        "n1",
-        GPUS,
-        json!({"kilowatt.dev/workload": "inference", "kilowatt.dev/profile": "chat-curve",
-               "kilowatt.dev/weight": "4", "kilowatt.dev/min-throughput-fraction": SLO_FLOOR.to_string(),
-               "kilowatt.dev/explore": "true", "kilowatt.dev/work-metric": "test_tokens_total",
-               "kilowatt.dev/work-waiting-metric": "test_requests_waiting",
-               "kilowatt.dev/work-port": port.to_string()}),
-    )
-    .await;
+    let mut annotations = json!({"kilowatt.dev/workload": "inference",
+        "kilowatt.dev/profile": "chat-curve", "kilowatt.dev/weight": "4",
+        "kilowatt.dev/min-throughput-fraction": SLO_FLOOR.to_string(), "kilowatt.dev/explore": "true"});
+    let mut operator_args: Vec<String> = Vec::new();
+    let prometheus = match source {
+        CounterSource::Agent => {
+            annotations["kilowatt.dev/work-metric"] = json!("test_tokens_total");
+            annotations["kilowatt.dev/work-waiting-metric"] = json!("test_requests_waiting");
+            annotations["kilowatt.dev/work-port"] = json!(port.to_string());
+            None
+        }
+        CounterSource::Prometheus => {
+            annotations["kilowatt.dev/work-query"] = json!("sum(test_tokens_total)");
+            annotations["kilowatt.dev/work-waiting-query"] = json!("sum(test_requests_waiting)");
+            let server = PrometheusServer::start(
+                &dir,
+                &format!(
+                    "  - job_name: chat\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+                ),
+            );
+            // NB: Prometheus scrapes every second, so a 15 s window's ends are each up to 1 s
+            // stale; consecutive windows share their ends, so a point's mean is within about 2 %.
+            operator_args = [
+                "--prometheus-url",
+                &server.url(),
+                "--prometheus-sample-seconds",
+                "1",
+                "--prometheus-warm-up-seconds",
+                "3",
+                "--prometheus-window-seconds",
+                "15",
+            ]
+            .map(String::from)
+            .to_vec();
+            Some(server)
+        }
+    };
+    gpu_pod(&admin, "chat", "n1", GPUS, annotations).await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(admin.clone(), "ml");
     within(
         "pod IP",
@@ -187,7 +235,12 @@ async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor()
             .to_vec();
         node.start_agent();
     }
-    let operator = OperatorProcess::start(&plane, &etcd.endpoint, &dir.join("operator.log"));
+    let operator = OperatorProcess::start_with_args(
+        &plane,
+        &etcd.endpoint,
+        &dir.join("operator.log"),
+        &operator_args,
+    );
     let store = plan_store(&etcd.endpoint).await;
     settled(&store, &nodes, &["n1", "n2"], "first plan enforced").await;
     // Its GPUs start at their floors; the SLO floor holds from the first raise on.
@@ -215,7 +268,7 @@ async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor()
     let seen_exploring = Arc::new(AtomicBool::new(false));
     let status = eventually(
         "the sweep measured the curve and stopped",
-        Duration::from_secs(300),
+        Duration::from_secs(420),
         || {
             let chat = nodes[0].limits();
             chat_lowest = chat.iter().copied().fold(chat_lowest, f64::min);
@@ -271,10 +324,19 @@ async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor()
         .filter(|p| p.windows >= 3)
         .map(|p| p.power_watts)
         .collect();
+    let errors: Vec<String> = curve
+        .points
+        .iter()
+        .filter(|p| p.windows >= 3)
+        .map(|p| {
+            let truth = true_rate(p.power_watts);
+            format!("{:+.2} %", 100.0 * (p.throughput - truth) / truth)
+        })
+        .collect();
     let _ = writeln!(
         std::io::stderr(),
-        "learning: measured {measured:?} W; the serving pod held {chat_lowest}–{chat_highest} W, \
-         the trainer up to {train_highest} W"
+        "learning ({source:?}): measured {measured:?} W, off the truth by {errors:?}; the serving pod \
+         held {chat_lowest}–{chat_highest} W, the trainer up to {train_highest} W"
     );
     let (lowest, highest) = measured
         .iter()
@@ -312,6 +374,7 @@ async fn exploration_measures_the_curve_within_the_cap_and_above_the_slo_floor()
 
     drop(sampler);
     operator.kill();
+    drop(prometheus);
     drop(nodes);
     drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);

@@ -106,7 +106,7 @@ async fn a_pods_work_query_reads_its_counter_and_waiting_gauge_from_a_real_prome
     );
     let samples = within(
         "both samples",
-        source.samples([("ml/chat-0", &chat), ("ml/chat-1", &half)]),
+        source.samples(&[("ml/chat-0", &chat), ("ml/chat-1", &half)]),
     )
     .await;
     let pods: Vec<&str> = samples.iter().map(|(pod, _)| pod.as_str()).collect();

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kilowatt_operator::controller::deadline::client_with_deadline;
-use kilowatt_operator::controller::{self, HttpsListener, OperatorOptions, WhatIfAuth};
+use kilowatt_operator::controller::{
+    self, HttpsListener, OperatorOptions, PrometheusQueries, WhatIfAuth,
+};
+use kilowatt_operator::measure::{PromqlSource, WindowTiming};
 use kilowatt_operator::store::etcd::EtcdCredentials;
 use kilowatt_plumbing::{logging, signals, tls};
 
@@ -31,6 +34,18 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let etcd_tls = tls::etcd_tls(&args.etcd_endpoints, &args.etcd_tls)?;
+    let prometheus = match &args.prometheus_url {
+        Some(url) => Some(PrometheusQueries {
+            source: PromqlSource::new(url, args.prometheus_ca_file.as_deref())
+                .with_context(|| format!("cannot use --prometheus-url {url}"))?,
+            sample_period: std::time::Duration::from_secs(args.prometheus_sample_seconds),
+            windows: WindowTiming {
+                warm_up: std::time::Duration::from_secs(args.prometheus_warm_up_seconds),
+                window: std::time::Duration::from_secs(args.prometheus_window_seconds),
+            },
+        }),
+        None => None,
+    };
     let https = match (&args.tls_listen, &args.tls_cert_file, &args.tls_key_file) {
         (Some(listen), Some(cert), Some(key)) => Some(HttpsListener {
             listen: *listen,
@@ -61,6 +76,7 @@ fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             "always" => WhatIfAuth::Always,
             _ => WhatIfAuth::BeyondLoopback,
         },
+        prometheus,
     };
     let kube_timeout = std::time::Duration::from_secs(args.kube_timeout_seconds);
     super::runtime()?.block_on(async {

@@ -147,6 +147,8 @@ pub struct NodeFacts {
     pub unseen_watts: f64,
     /// The work counters of its managed pods, for its agent to scrape.
     pub work_counters: Vec<kilowatt_crds::plan::WorkCounter>,
+    /// Its managed pods whose work counter the operator reads from Prometheus.
+    pub work_queries: Vec<crate::measure::QueriedPod>,
 }
 
 /// Where a managed pod's curve came from.

@@ -232,6 +232,7 @@ pub(super) fn node_facts(
                 hold,
                 unseen_watts,
                 work_counters: Vec::new(),
+                work_queries: Vec::new(),
             },
         );
     }

@@ -110,9 +110,13 @@ pub(super) fn place_pods<'a>(
             .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
             .collect();
         if !gpu_indices.is_empty() {
-            match work::work_counter(pod, gpu_indices) {
+            match work::work_counter(pod, gpu_indices.clone()) {
                 Ok(Some(counter)) => node.work_counters.push(counter),
-                Ok(None) => {}
+                Ok(None) => match work::work_queries(pod, gpu_indices) {
+                    Ok(Some(queried)) => node.work_queries.push(queried),
+                    Ok(None) => {}
+                    Err(warning) => facts.warnings.push(warning),
+                },
                 Err(warning) => facts.warnings.push(warning),
             }
         }

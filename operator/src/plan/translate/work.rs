@@ -12,6 +12,7 @@ use super::{
     PodWarning, WORK_METRIC_ANNOTATION, WORK_PATH_ANNOTATION, WORK_PORT_ANNOTATION,
     WORK_WAITING_METRIC_ANNOTATION,
 };
+use crate::measure::{QueriedPod, WorkQueries};
 use crate::plan::reasons;
 
 /// The port scraped when the pod does not name one (vLLM's and SGLang's default serving port).
@@ -87,6 +88,25 @@ pub(super) fn work_counter(pod: &Pod, gpus: Vec<u32>) -> Result<Option<WorkCount
         labels,
         waiting_metric,
         gpus,
+    }))
+}
+
+/// The pod's work queries over its GPUs `gpus`, for the operator to evaluate on Prometheus;
+/// `Ok(None)` when it names none. A pod that names a work counter too is scraped by its agent
+/// instead ([`work_counter`] comes first).
+pub(super) fn work_queries(pod: &Pod, gpus: Vec<u32>) -> Result<Option<QueriedPod>, PodWarning> {
+    let queries = WorkQueries::of_pod(pod.annotations()).map_err(|error| PodWarning {
+        reason: reasons::MALFORMED_ANNOTATION,
+        message: format!(
+            "{error}; the pod's throughput is not measured until it is fixed (its GPUs are planned \
+             as usual)"
+        ),
+    })?;
+    Ok(queries.map(|queries| QueriedPod {
+        pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+        uid: pod.uid(),
+        gpus,
+        queries,
     }))
 }
 
