@@ -52,6 +52,22 @@ pub struct PowerBudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1e10))]
     pub safety_margin_watts: Option<f64>,
+    /// Efficiency policy: absent, the plan gets the most throughput the caps allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencyPolicy>,
+}
+
+/// How much throughput the workloads under a budget may give up for less GPU power.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EfficiencyPolicy {
+    /// A fraction in [0, 1): the workloads under this budget keep at least `1 − maxSlowdown` of the
+    /// weighted normalized throughput the max-throughput plan gives them, and within that the plan
+    /// uses the least GPU power. Every budget that sets it holds at once, each against its own
+    /// max-throughput throughput; `0` is the max-throughput plan.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    #[x_kube(validation = Rule::new("self < 1.0").message("maxSlowdown must be below 1"))]
+    pub max_slowdown: f64,
 }
 
 /// A window with its own cap: either an absolute interval (a demand-response event) or a daily one.
@@ -111,6 +127,9 @@ pub struct PowerBudgetStatus {
     /// Weighted throughput of the workloads under this budget over their best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalized_throughput: Option<f64>,
+    /// With `spec.efficiency`: what the policy saved and cost against the max-throughput plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencyStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_plan_revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +139,20 @@ pub struct PowerBudgetStatus {
     /// `Ready`, `Infeasible`, `Conflict`, `Degraded`, `CapEnforced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A budget's efficiency policy in the plan in force, against the max-throughput plan of the same
+/// pass.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EfficiencyStatus {
+    /// The `maxSlowdown` planned with.
+    pub max_slowdown: f64,
+    /// GPU limits under this budget in the max-throughput plan minus in the plan in force (W).
+    pub saved_watts: f64,
+    /// The share of the max-throughput plan's weighted normalized throughput under this budget that
+    /// the plan in force gives up: 0 to `maxSlowdown`.
+    pub throughput_cost: f64,
 }
 
 /// A workload's measured throughput against its power limit (or locked SM clock).

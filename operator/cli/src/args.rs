@@ -312,6 +312,7 @@ impl OperatorArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["cap_watts", "max_slowdown"])))]
 pub struct WhatifArgs {
     /// Base URL of the operator's HTTP endpoints.
     #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
@@ -319,9 +320,14 @@ pub struct WhatifArgs {
     /// PowerBudget to change.
     #[arg(long, value_name = "NAME")]
     pub budget: String,
-    /// The cap to try, in watts (the budget's safety margin still applies).
+    /// The cap to try, in watts (the budget's safety margin still applies); default: its effective
+    /// cap.
     #[arg(long, value_name = "WATTS")]
-    pub cap_watts: f64,
+    pub cap_watts: Option<f64>,
+    /// The efficiency policy to try on the budget: its `maxSlowdown`, a fraction in [0, 1) (0: the
+    /// max-throughput plan); default: its spec's.
+    #[arg(long, value_name = "FRACTION")]
+    pub max_slowdown: Option<f64>,
     /// Print the operator's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,

@@ -1,7 +1,7 @@
-//! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput), plans (revision,
-//! gap), solve time, reconcile errors by category, leadership, agent credentials issued (and the etcd
-//! auth writes they cost), what-if requests by outcome, work windows, learned points and exploration.
-//! Holds values in memory; no IO.
+//! The operator's Prometheus metrics: budgets (cap, allocation, headroom, throughput, and what an
+//! efficiency policy saved and cost), plans (revision, gap), solve time, reconcile errors by
+//! category, leadership, agent credentials issued (and the etcd auth writes they cost), what-if
+//! requests by outcome, work windows, learned points and exploration. Holds values in memory; no IO.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +75,9 @@ pub struct Metrics {
     pub learned_points: GaugeVec,
     pub explore_steps: IntCounter,
     pub explore_cap_watts: GaugeVec,
+    /// Budgets with `efficiency.maxSlowdown` only (see [`Metrics::observe_efficiency`]).
+    pub budget_efficiency_saved_watts: GaugeVec,
+    pub budget_efficiency_throughput_cost: GaugeVec,
 }
 
 impl Metrics {
@@ -209,6 +212,14 @@ impl Metrics {
                 ),
                 &["workload"],
             )?,
+            budget_efficiency_saved_watts: budget(
+                "kilowatt_budget_efficiency_saved_watts",
+                "GPU limits under a PowerBudget with efficiency.maxSlowdown in the max-throughput plan minus in the plan in force",
+            )?,
+            budget_efficiency_throughput_cost: budget(
+                "kilowatt_budget_efficiency_throughput_cost",
+                "Share of the max-throughput plan's weighted normalized throughput under a PowerBudget with efficiency.maxSlowdown that the plan in force gives up (0..maxSlowdown)",
+            )?,
             registry,
         };
         for collector in [
@@ -315,6 +326,25 @@ impl Metrics {
             .set(i64::from(plan.status == "infeasible"));
         self.managed_pods
             .set(plan.workloads.iter().map(|w| w.pods.len() as i64).sum());
+        self.observe_efficiency(plan);
+    }
+
+    /// Sets the efficiency gauges of the budgets with a policy in `plan`; the others have none.
+    fn observe_efficiency(&self, plan: &PublishedPlan) {
+        self.budget_efficiency_saved_watts.reset();
+        self.budget_efficiency_throughput_cost.reset();
+        for b in &plan.budgets {
+            let Some(efficiency) = &b.efficiency else {
+                continue;
+            };
+            let label = [b.name.as_str()];
+            self.budget_efficiency_saved_watts
+                .with_label_values(&label)
+                .set(efficiency.saved_watts);
+            self.budget_efficiency_throughput_cost
+                .with_label_values(&label)
+                .set(efficiency.throughput_cost);
+        }
     }
 
     /// Counts the windows one pass took from the agents' reports, and the exploration steps it took.
@@ -362,5 +392,72 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::published::{BudgetSummary, EfficiencyStatus, test_plan};
+
+    fn summary(name: &str, efficiency: Option<EfficiencyStatus>) -> BudgetSummary {
+        BudgetSummary {
+            name: name.into(),
+            parent: None,
+            effective_cap_watts: 10000.0,
+            planning_cap_watts: 10000.0,
+            allocated_watts: 8000.0,
+            headroom_watts: 2000.0,
+            nodes: 1,
+            gpus: 8,
+            normalized_throughput: 0.98,
+            open_windows: Vec::new(),
+            efficiency,
+        }
+    }
+
+    #[test]
+    fn only_budgets_with_a_policy_export_what_it_saved_and_cost() {
+        let metrics = Metrics::new().expect("metrics register");
+        let efficiency = EfficiencyStatus {
+            max_slowdown: 0.02,
+            saved_watts: 1500.0,
+            throughput_cost: 0.0195,
+        };
+        let plan = test_plan(
+            3,
+            vec![summary("facility", Some(efficiency)), summary("rack", None)],
+            Vec::new(),
+            Default::default(),
+        );
+        let none = BTreeMap::new();
+        let bools = BTreeMap::new();
+        metrics.observe_plan(&plan, &none, &none, &none, &bools);
+        let text = metrics.render().expect("renders");
+        assert!(
+            text.contains("kilowatt_budget_efficiency_saved_watts{budget=\"facility\"} 1500"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kilowatt_budget_efficiency_throughput_cost{budget=\"facility\"} 0.0195"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("efficiency_saved_watts{budget=\"rack\"}"),
+            "{text}"
+        );
+
+        let without = test_plan(
+            4,
+            vec![summary("facility", None)],
+            Vec::new(),
+            Default::default(),
+        );
+        metrics.observe_plan(&without, &none, &none, &none, &bools);
+        let text = metrics.render().expect("renders");
+        assert!(
+            !text.contains("efficiency_saved_watts{"),
+            "a removed policy drops its series"
+        );
     }
 }

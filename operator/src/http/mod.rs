@@ -272,9 +272,11 @@ async fn whatif(
         Ok(Err(e @ WhatIfError::UnknownBudget(_))) => {
             ("invalid", error(StatusCode::NOT_FOUND, e.to_string()))
         }
-        Ok(Err(e @ WhatIfError::InvalidCap(_))) => {
-            ("invalid", error(StatusCode::BAD_REQUEST, e.to_string()))
-        }
+        Ok(Err(
+            e @ (WhatIfError::InvalidCap(_)
+            | WhatIfError::InvalidSlowdown(_)
+            | WhatIfError::NothingAsked),
+        )) => ("invalid", error(StatusCode::BAD_REQUEST, e.to_string())),
         Ok(Err(e)) => (
             "failed",
             error(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),

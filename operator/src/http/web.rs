@@ -425,6 +425,7 @@ mod tests {
             gpus: 8,
             normalized_throughput: 1.0,
             open_windows: windows.iter().map(|w| (*w).to_owned()).collect(),
+            efficiency: None,
         }
     }
 

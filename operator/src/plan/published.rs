@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 
 use kilowatt_solver::model::WorkloadKind;
+use kilowatt_solver::plan::BudgetEfficiency;
 use kilowatt_solver::{Method, Plan, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::translate::{ProfileSource, Translation};
 
+pub use kilowatt_crds::EfficiencyStatus;
 pub use kilowatt_crds::plan::{GpuTarget, KeyLayout, NodePlan};
 
 /// A budget's numbers in a plan.
@@ -32,6 +34,10 @@ pub struct BudgetSummary {
     /// Names of open schedule windows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_windows: Vec<String>,
+    /// For a budget with `efficiency.maxSlowdown`: the watts the policy saved and the throughput it
+    /// cost against the max-throughput plan of the same solve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efficiency: Option<EfficiencyStatus>,
 }
 
 /// A workload's setting in a plan.
@@ -165,6 +171,21 @@ fn method_name(method: Method) -> &'static str {
         Method::Uniform => "uniform",
         Method::Proportional => "proportional",
         Method::Safe => "safe",
+    }
+}
+
+/// A policy budget's saving and cost, from the solver's report: the cost is the share of the
+/// reference's throughput under the budget given up (0 when the reference has none).
+pub fn efficiency_status(budget: &BudgetEfficiency) -> EfficiencyStatus {
+    let throughput_cost = if budget.reference_throughput > 0.0 {
+        (1.0 - budget.throughput / budget.reference_throughput).max(0.0)
+    } else {
+        0.0
+    };
+    EfficiencyStatus {
+        max_slowdown: budget.max_slowdown,
+        saved_watts: budget.saved_watts,
+        throughput_cost,
     }
 }
 
@@ -307,6 +328,12 @@ pub fn build(
             profile,
         });
     }
+    let efficiency: BTreeMap<&str, EfficiencyStatus> = plan
+        .efficiency
+        .iter()
+        .flat_map(|e| &e.budgets)
+        .map(|b| (b.name.as_str(), efficiency_status(b)))
+        .collect();
     let budgets = translation
         .budgets
         .iter()
@@ -328,6 +355,7 @@ pub fn build(
                     1.0
                 },
                 open_windows: facts.effective.open_windows.clone(),
+                efficiency: efficiency.get(name.as_str()).cloned(),
             }
         })
         .collect();
@@ -406,6 +434,51 @@ mod tests {
         assert!(rack.normalized_throughput > 0.0 && rack.normalized_throughput < 1.0);
         assert_eq!(plan.workloads.len(), 2);
         assert!(plan.nodes["n1"].gpus.iter().all(|g| g.floor_watts == 200.0));
+    }
+
+    #[test]
+    fn a_policy_budget_carries_its_saving_and_cost_and_the_others_none() {
+        let budgets = [
+            budget(
+                "facility",
+                json!({"capWatts": 30000.0, "efficiency": {"maxSlowdown": 0.05}}),
+            ),
+            budget(
+                "rack",
+                json!({"capWatts": 20000.0, "parent": "facility", "nodeSelector": {}}),
+            ),
+        ];
+        let translation = two_node_fleet(&budgets);
+        let plan = published(&translation, 1, None);
+        let summary = |name: &str| {
+            plan.budgets
+                .iter()
+                .find(|b| b.name == name)
+                .expect("budget")
+                .clone()
+        };
+        let efficiency = summary("facility")
+            .efficiency
+            .expect("the policy's figures");
+        assert_eq!(efficiency.max_slowdown, 0.05);
+        assert!(efficiency.saved_watts > 100.0, "{efficiency:?}");
+        assert!(
+            efficiency.throughput_cost > 0.0 && efficiency.throughput_cost <= 0.05 + 1e-9,
+            "{efficiency:?}"
+        );
+        assert_eq!(summary("rack").efficiency, None);
+        let without_policy = [
+            budget("facility", json!({"capWatts": 30000.0})),
+            budgets[1].clone(),
+        ];
+        let reference = published(&two_node_fleet(&without_policy), 1, None);
+        let saved = reference
+            .budgets
+            .iter()
+            .find(|b| b.name == "facility")
+            .map(|b| b.allocated_watts - summary("facility").allocated_watts)
+            .expect("facility");
+        assert!((saved - efficiency.saved_watts).abs() < 1e-3, "{saved}");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub const INVALID_INVENTORY: &str = "InvalidInventory";
 pub const UNSEEN_GPUS: &str = "UnseenGpus";
 /// Budget issue: `capWatts` is above what the solver accepts; the solver's maximum is planned.
 pub const CAP_OUT_OF_RANGE: &str = "CapOutOfRange";
+/// Budget issue: `efficiency.maxSlowdown` is outside [0, 1); the budget is planned without the policy.
+pub const INVALID_EFFICIENCY: &str = "InvalidEfficiency";
 /// Budget issue or pod warning: an annotation does not parse.
 pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";
 

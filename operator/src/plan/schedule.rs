@@ -147,6 +147,7 @@ mod tests {
             node_overhead_watts: None,
             schedule,
             safety_margin_watts: None,
+            efficiency: None,
         }
     }
 

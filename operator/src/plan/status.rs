@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kilowatt_crds::PowerBudgetStatus;
+use kilowatt_crds::{EfficiencyStatus, PowerBudgetStatus};
 
 use crate::plan::published::PublishedPlan;
 use crate::plan::reasons;
@@ -227,6 +227,13 @@ pub fn budget_status(
         nodes: Some(facts.nodes),
         gpus: Some(facts.gpus),
         normalized_throughput: summary.map(|s| (s.normalized_throughput * 1e6).round() / 1e6),
+        efficiency: summary
+            .and_then(|s| s.efficiency.as_ref())
+            .map(|e| EfficiencyStatus {
+                max_slowdown: e.max_slowdown,
+                saved_watts: milliwatt_precision(e.saved_watts),
+                throughput_cost: (e.throughput_cost * 1e6).round() / 1e6,
+            }),
         last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
         last_solve_time: solve_time.cloned(),
         observed_generation: generation,
@@ -355,6 +362,7 @@ mod tests {
                 open_windows: Vec::new(),
             },
             safety_margin_watts: 0.0,
+            max_slowdown: None,
             planning_cap_watts: 10000.0,
             pinned_watts: 0.0,
             floor_watts: 0.0,
@@ -391,6 +399,7 @@ mod tests {
                 gpus: 16,
                 normalized_throughput: 0.9,
                 open_windows: Vec::new(),
+                efficiency: None,
             }],
             workloads: Vec::new(),
             nodes: Default::default(),
@@ -600,5 +609,32 @@ mod tests {
         );
         assert_eq!(stored(status.measured_watts), status.measured_watts);
         assert_eq!(status.normalized_throughput, Some(0.990071));
+    }
+
+    #[test]
+    fn a_policy_budget_shows_what_it_saved_and_cost_and_others_show_nothing() {
+        let facts = facts();
+        let t0 = time("2026-11-28T12:00:00Z");
+        let status = |plan: &PublishedPlan| {
+            budget_status("rack", &facts, Some(plan), None, None, None, None, &t0)
+        };
+        assert_eq!(status(&plan(false)).efficiency, None);
+        let mut with_policy = plan(false);
+        with_policy.budgets[0].efficiency = Some(EfficiencyStatus {
+            max_slowdown: 0.02,
+            saved_watts: 1_234.567_890_123,
+            throughput_cost: 0.019_999_97,
+        });
+        assert_eq!(
+            status(&with_policy).efficiency,
+            Some(EfficiencyStatus {
+                max_slowdown: 0.02,
+                saved_watts: 1234.568,
+                throughput_cost: 0.02,
+            })
+        );
+        let json = serde_json::to_value(status(&with_policy)).expect("serialises");
+        assert_eq!(json["efficiency"]["savedWatts"], 1234.568);
+        assert_eq!(json["efficiency"]["throughputCost"], 0.02);
     }
 }

@@ -193,6 +193,7 @@ mod tests {
                 gpus: 128,
                 normalized_throughput: 0.95,
                 open_windows: Vec::new(),
+                efficiency: None,
             })
             .collect();
         test_plan(7, budgets, workloads, plans)

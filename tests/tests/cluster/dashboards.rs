@@ -219,6 +219,13 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let socket = dir.join("kubelet.sock");
     let kubelet = serve_kubelet(&socket);
     fleet(&admin).await;
+    // One budget with an efficiency policy, so that its panel's series exist.
+    patch_budget(
+        &admin,
+        "rack-b",
+        serde_json::json!({"efficiency": {"maxSlowdown": 0.02}}),
+    )
+    .await;
     let profile = |name: &str| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/profiles")

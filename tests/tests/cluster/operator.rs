@@ -294,7 +294,8 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
         &base,
         &WhatIfRequest {
             budget: "rack-a".into(),
-            cap_watts: 6000.0,
+            cap_watts: Some(6000.0),
+            max_slowdown: None,
         },
         &Credentials::default(),
     )
@@ -310,7 +311,8 @@ async fn operator_plans_a_budget_tree_and_follows_caps_schedules_and_pods() {
         &base,
         &WhatIfRequest {
             budget: "nowhere".into(),
-            cap_watts: 1.0,
+            cap_watts: Some(1.0),
+            max_slowdown: None,
         },
         &Credentials::default(),
     )

@@ -122,6 +122,7 @@ fn plan_of_100000_gpus(revision: u64) -> PublishedPlan {
             gpus: 128,
             normalized_throughput: 0.95,
             open_windows: Vec::new(),
+            efficiency: None,
         })
         .collect();
     PublishedPlan {

@@ -1,5 +1,5 @@
-//! `kilowatt whatif`: asks a running operator what a budget would lose or gain at another cap. Does
-//! file (the token) and network IO.
+//! `kilowatt whatif`: asks a running operator what a budget would lose or gain at another cap or
+//! efficiency policy. Does file (the token) and network IO.
 
 use std::process::ExitCode;
 
@@ -41,6 +41,7 @@ fn answer(args: &WhatifArgs) -> u8 {
     let request = WhatIfRequest {
         budget: args.budget.clone(),
         cap_watts: args.cap_watts,
+        max_slowdown: args.max_slowdown,
     };
     let token = match token(args) {
         Ok(token) => token,

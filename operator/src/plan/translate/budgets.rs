@@ -57,6 +57,20 @@ pub(super) fn budget_forest(
             .filter(|m| m.is_finite())
             .unwrap_or(0.0)
             .clamp(0.0, MAX_CAP_WATTS);
+        let max_slowdown = match &spec.efficiency {
+            Some(policy) if !(0.0..1.0).contains(&policy.max_slowdown) => {
+                issues.push(BudgetIssue {
+                    reason: reasons::INVALID_EFFICIENCY,
+                    message: format!(
+                        "efficiency.maxSlowdown {} is outside [0, 1); this budget is planned for \
+                         maximum throughput",
+                        policy.max_slowdown
+                    ),
+                });
+                None
+            }
+            other => other.as_ref().map(|policy| policy.max_slowdown),
+        };
         let parent = match &spec.parent {
             Some(parent) if !by_name.contains_key(parent) => {
                 issues.push(BudgetIssue {
@@ -79,6 +93,7 @@ pub(super) fn budget_forest(
                 planning_cap_watts: (effective.cap_watts - margin).max(0.0),
                 effective,
                 safety_margin_watts: margin,
+                max_slowdown,
                 pinned_watts: 0.0,
                 floor_watts: 0.0,
                 held: Vec::new(),

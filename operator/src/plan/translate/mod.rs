@@ -99,6 +99,9 @@ pub struct BudgetFacts {
     pub node_overhead_watts: Option<f64>,
     pub effective: EffectiveCap,
     pub safety_margin_watts: f64,
+    /// The spec's `efficiency.maxSlowdown` when it is in [0, 1) (else an issue and `None`): the
+    /// solver's `Budget::max_slowdown`.
+    pub max_slowdown: Option<f64>,
     /// Effective cap minus safety margin: what the plan must fit under.
     pub planning_cap_watts: f64,
     /// Floors and overheads of conflicting nodes, and what held nodes may enforce, held outside the
@@ -267,7 +270,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
                 name: name.clone(),
                 cap_watts: (f.planning_cap_watts - f.pinned_watts).max(0.0),
                 parent: f.parent.clone(),
-                max_slowdown: None,
+                max_slowdown: f.max_slowdown,
             })
             .collect(),
         nodes: nodes

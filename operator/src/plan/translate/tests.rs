@@ -564,6 +564,60 @@ fn the_crds_bounds_are_the_solvers_bounds() {
 }
 
 #[test]
+fn efficiency_max_slowdown_becomes_the_solvers_budget_policy_and_its_schema_bounds_it() {
+    let budgets = [
+        budget(
+            "facility",
+            json!({"capWatts": 30000.0, "efficiency": {"maxSlowdown": 0.02}}),
+        ),
+        budget(
+            "rack",
+            json!({"capWatts": 20000.0, "parent": "facility", "nodeSelector": {}}),
+        ),
+    ];
+    let t = two_node_fleet(&budgets);
+    let policy = |name: &str| {
+        t.problem
+            .budgets
+            .iter()
+            .find(|b| b.name == name)
+            .expect("budget")
+            .max_slowdown
+    };
+    assert_eq!(policy("facility"), Some(0.02));
+    assert_eq!(policy("rack"), None);
+    assert!(t.budgets["facility"].issues.is_empty());
+    let plan = kilowatt_solver::solve(&t.problem, &SolveOptions::default()).expect("solves");
+    let efficiency = plan.efficiency.expect("the policy is reported");
+    assert_eq!(efficiency.budgets[0].name, "facility");
+    assert!(efficiency.saved_watts > 0.0, "{efficiency:?}");
+
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(PowerBudget::crd()).expect("the CRD serialises");
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["efficiency"]["properties"]["maxSlowdown"];
+    assert_eq!(field["minimum"].as_f64(), Some(0.0));
+    assert_eq!(field["x-kubernetes-validations"][0]["rule"], "self < 1.0");
+}
+
+#[test]
+fn a_max_slowdown_outside_zero_to_one_is_planned_without_the_policy_and_named() {
+    for bad in [1.0, -0.1, 7.0] {
+        let budgets = [budget(
+            "rack",
+            json!({"capWatts": 20000.0, "nodeSelector": {}, "efficiency": {"maxSlowdown": bad}}),
+        )];
+        let t = two_node_fleet(&budgets);
+        let rack = &t.budgets["rack"];
+        assert_eq!(rack.max_slowdown, None, "{bad}");
+        assert_eq!(rack.issues[0].reason, reasons::INVALID_EFFICIENCY);
+        assert!(rack.issues[0].message.contains("maxSlowdown"), "{bad}");
+        assert_eq!(t.problem.budgets[0].max_slowdown, None);
+        assert!(kilowatt_solver::solve(&t.problem, &SolveOptions::default()).is_ok());
+    }
+}
+
+#[test]
 fn a_cap_above_the_solvers_range_is_planned_at_its_maximum_and_named() {
     let budgets = [budget(
         "rack",
