@@ -130,12 +130,18 @@ pub struct SimulateArgs {
     /// and explore nothing (the "before" of learning; the oracle run is unaffected).
     #[arg(long)]
     pub no_learning: bool,
+    /// Sets `efficiency.maxSlowdown` to this fraction in [0, 1) on every root budget of the
+    /// scenario: Kilowatt may give up that share of the max-throughput plan's throughput for the
+    /// least GPU power (uniform and proportional capping ignore it).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_slowdown)]
+    pub max_slowdown: Option<f64>,
 }
 
 impl SimulateArgs {
     pub fn request(&self) -> SimulateRequest {
         SimulateRequest {
             scenario: self.scenario.clone(),
+            max_slowdown: self.max_slowdown,
             duration_seconds: self.duration,
             speed: self.speed,
             port: (!self.no_serve).then_some(self.port),
@@ -400,6 +406,15 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_slowdown(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a fraction in [0, 1)"))
+    }
+}
+
 fn parse_positive_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 {
@@ -444,6 +459,9 @@ pub struct BenchSolverArgs {
     /// Let multi-node training gangs span racks and rows.
     #[arg(long)]
     pub cross_rack_gangs: bool,
+    /// The facility's `maxSlowdown` in the `auto+maxSlowdown` row, a fraction in [0, 1).
+    #[arg(long, default_value_t = kilowatt_solver_bench::bench::POLICY_MAX_SLOWDOWN, value_parser = parse_slowdown, value_name = "FRACTION")]
+    pub max_slowdown: f64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Timed runs per method (the median is reported).
@@ -494,6 +512,8 @@ impl BenchSolverArgs {
             &self.lp_max_gpus.to_string(),
             "--lp-time-limit",
             &self.lp_time_limit.to_string(),
+            "--max-slowdown",
+            &self.max_slowdown.to_string(),
         ]
         .map(str::to_owned)
         .into();

@@ -496,6 +496,9 @@ fn simulate_names_what_is_wrong_with_a_scenario_and_exits_1() {
     let speed = kilowatt(&["simulate", "--speed", "0"], None);
     assert_eq!(speed.status.code(), Some(1));
     assert!(stderr(&speed).contains("must be above zero"));
+    let slowdown = kilowatt(&["simulate", "--no-serve", "--max-slowdown", "1"], None);
+    assert_eq!(slowdown.status.code(), Some(1));
+    assert!(stderr(&slowdown).contains("must be a fraction in [0, 1)"));
     let help = kilowatt(&["simulate", "--help"], None);
     let help = String::from_utf8_lossy(&help.stdout);
     for needle in [
@@ -506,6 +509,7 @@ fn simulate_names_what_is_wrong_with_a_scenario_and_exits_1() {
         "--json",
         "--plot",
         "--hold",
+        "--max-slowdown",
         "Exit codes",
     ] {
         assert!(help.contains(needle), "help lacks {needle}:\n{help}");

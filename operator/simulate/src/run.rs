@@ -38,6 +38,8 @@ pub enum Speed {
 pub struct SimulateRequest {
     /// `None`: the built-in scenario.
     pub scenario: Option<PathBuf>,
+    /// Sets `efficiency.maxSlowdown` on every root budget of the scenario.
+    pub max_slowdown: Option<f64>,
     /// Overrides the scenario's duration.
     pub duration_seconds: Option<f64>,
     pub speed: Speed,
@@ -82,6 +84,8 @@ pub enum SimulateRunError {
 pub struct Headline {
     pub cap_violations: u64,
     pub energy_joules: f64,
+    /// CO₂ of the GPU energy, with the scenario's `carbonIntensity`.
+    pub carbon_grams: Option<f64>,
     pub normalized_throughput: f64,
 }
 
@@ -90,6 +94,7 @@ impl From<&RunSummary> for Headline {
         Headline {
             cap_violations: run.cap_violations,
             energy_joules: run.energy_joules,
+            carbon_grams: run.carbon_grams,
             normalized_throughput: run.normalized_throughput,
         }
     }
@@ -108,6 +113,8 @@ pub struct Report {
     /// its cap; a cut cap is checked from `cutGraceSeconds` after it fell.
     pub cap_violations: u64,
     pub energy_joules: f64,
+    /// CO₂ of Kilowatt's GPU energy, with the scenario's `carbonIntensity`.
+    pub carbon_grams: Option<f64>,
     pub normalized_throughput: f64,
     pub uniform: Headline,
     pub proportional: Headline,
@@ -145,6 +152,7 @@ pub fn report(simulation: &Simulation, wall_seconds: f64) -> Report {
         gpus: prepared.gpu_count(),
         cap_violations: kilowatt.cap_violations,
         energy_joules: kilowatt.energy_joules,
+        carbon_grams: kilowatt.carbon_grams,
         normalized_throughput: kilowatt.normalized_throughput,
         uniform: uniform.into(),
         proportional: proportional.into(),
@@ -187,8 +195,8 @@ pub fn render_summary(report: &Report) -> String {
         report.wall_seconds
     );
     text.push_str(&format!(
-        "{:<12} {:>12} {:>14} {:>18} {:>10} {:>10}\n",
-        "run", "throughput", "GPU energy", "ticks over cap", "revisions", "worst cut"
+        "{:<12} {:>12} {:>14} {:>14} {:>18} {:>10} {:>10}\n",
+        "run", "throughput", "GPU energy", "carbon", "ticks over cap", "revisions", "worst cut"
     ));
     for run in &report.runs {
         let cut = if run.name == "uncapped" {
@@ -196,11 +204,15 @@ pub fn render_summary(report: &Report) -> String {
         } else {
             format!("{:.1} s", run.worst_cut_enforced_seconds)
         };
+        let carbon = run
+            .carbon_grams
+            .map_or_else(|| "–".to_owned(), |g| format!("{:.1} kg", g / 1000.0));
         text.push_str(&format!(
-            "{:<12} {:>12.4} {:>10.1} kWh {:>8} of {:<7} {:>10} {:>10}\n",
+            "{:<12} {:>12.4} {:>10.1} kWh {:>14} {:>8} of {:<7} {:>10} {:>10}\n",
             run.name,
             run.normalized_throughput,
             run.energy_joules / 3.6e6,
+            carbon,
             run.cap_violations,
             run.cap_checks,
             run.plan_revisions,
@@ -353,10 +365,13 @@ async fn metrics(State(text): State<MetricsText>) -> impl IntoResponse {
 
 /// Loads the scenario the request names (or the built-in one) and checks it.
 pub fn prepare(request: &SimulateRequest) -> Result<Prepared, ScenarioError> {
-    let (scenario, origin) = match &request.scenario {
+    let (mut scenario, origin) = match &request.scenario {
         Some(path) => (Scenario::load(path)?, path.display().to_string()),
         None => (Scenario::builtin()?, "built-in".to_owned()),
     };
+    if let Some(max_slowdown) = request.max_slowdown {
+        scenario.set_root_max_slowdown(max_slowdown);
+    }
     scenario.prepare(&origin)
 }
 

@@ -56,6 +56,27 @@ pub struct Scenario {
     /// Agent crashes, reboots, stuck or slow GPUs, corrupt inventories, NotReady kubelets.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Grams of CO₂ per kWh over simulated time, a step function from `atSeconds: 0`; empty: no
+    /// run reports `carbonGrams`.
+    #[serde(default)]
+    pub carbon_intensity: Vec<CarbonIntensityPoint>,
+}
+
+/// From `atSeconds` until the next point, each kWh of GPU energy emits `gramsPerKWh` of CO₂.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CarbonIntensityPoint {
+    pub at_seconds: f64,
+    #[serde(rename = "gramsPerKWh")]
+    pub grams_per_kwh: f64,
+}
+
+/// A budget's efficiency policy, as `PowerBudget.spec.efficiency`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EfficiencyEntry {
+    /// In [0, 1): the share of the max-throughput plan's throughput the budget may give up.
+    pub max_slowdown: f64,
 }
 
 fn default_namespace() -> String {
@@ -80,6 +101,9 @@ pub struct BudgetEntry {
     pub node_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub windows: Vec<WindowEntry>,
+    /// `spec.efficiency` of the PowerBudget.
+    #[serde(default)]
+    pub efficiency: Option<EfficiencyEntry>,
 }
 
 /// A schedule window, as offsets from the scenario's start.
@@ -311,6 +335,14 @@ impl Scenario {
         Scenario::parse(BUILTIN, "built-in")
     }
 
+    /// Sets `efficiency.maxSlowdown` on every root budget (`kilowatt simulate --max-slowdown`);
+    /// checked with the rest in [`Scenario::prepare`].
+    pub fn set_root_max_slowdown(&mut self, max_slowdown: f64) {
+        for budget in self.budgets.iter_mut().filter(|b| b.parent.is_none()) {
+            budget.efficiency = Some(EfficiencyEntry { max_slowdown });
+        }
+    }
+
     /// Checks the scenario and places its pods.
     pub fn prepare(self, origin: &str) -> Result<Prepared, ScenarioError> {
         let invalid = |message: String| ScenarioError::Invalid {
@@ -322,6 +354,7 @@ impl Scenario {
         let nodes = self.nodes(&chains).map_err(invalid)?;
         let (workloads, pods) = self.place_workloads(&nodes).map_err(invalid)?;
         self.check_timeline(&nodes).map_err(invalid)?;
+        self.check_carbon_intensity().map_err(invalid)?;
         Ok(Prepared {
             scenario: self,
             origin: origin.to_owned(),
@@ -358,6 +391,14 @@ impl Scenario {
                 return Err(format!(
                     "budget {}: capWatts must be zero or more",
                     budget.name
+                ));
+            }
+            if let Some(efficiency) = &budget.efficiency
+                && !(0.0..1.0).contains(&efficiency.max_slowdown)
+            {
+                return Err(format!(
+                    "budget {}: efficiency.maxSlowdown must be a fraction in [0, 1), not {}",
+                    budget.name, efficiency.max_slowdown
                 ));
             }
             for window in &budget.windows {
@@ -593,6 +634,36 @@ impl Scenario {
         Ok((workloads, pods))
     }
 
+    /// The carbon intensity starts at 0 s, goes forward in time and is finite and not negative.
+    fn check_carbon_intensity(&self) -> Result<(), String> {
+        let points = &self.carbon_intensity;
+        if let Some(first) = points.first()
+            && first.at_seconds != 0.0
+        {
+            return Err(format!(
+                "carbonIntensity: the first point must be at atSeconds 0 (the step function starts \
+                 there), not {}",
+                first.at_seconds
+            ));
+        }
+        for (i, point) in points.iter().enumerate() {
+            if !(point.grams_per_kwh.is_finite() && point.grams_per_kwh >= 0.0) {
+                return Err(format!(
+                    "carbonIntensity[{i}]: gramsPerKWh must be zero or more, not {}",
+                    point.grams_per_kwh
+                ));
+            }
+            if i > 0 && !ordered(points[i - 1].at_seconds, point.at_seconds) {
+                return Err(format!(
+                    "carbonIntensity[{i}]: atSeconds {} must be after the point before it ({})",
+                    point.at_seconds,
+                    points[i - 1].at_seconds
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Cap changes name budgets of the scenario and partitions its nodes, at sensible times.
     fn check_timeline(&self, nodes: &[SimNode]) -> Result<(), String> {
         for change in &self.cap_changes {
@@ -671,6 +742,17 @@ impl Prepared {
         caps
     }
 
+    /// Grams of CO₂ per kWh at `seconds`: the last `carbonIntensity` point at or before it; `None`
+    /// when the scenario gives none.
+    pub fn carbon_intensity_at(&self, seconds: f64) -> Option<f64> {
+        self.scenario
+            .carbon_intensity
+            .iter()
+            .take_while(|p| p.at_seconds <= seconds)
+            .last()
+            .map(|p| p.grams_per_kwh)
+    }
+
     /// The PowerBudgets as they stand at `seconds`.
     pub fn budgets(&self, seconds: f64) -> Vec<Arc<PowerBudget>> {
         let caps = self.spec_caps(seconds);
@@ -700,6 +782,9 @@ impl Prepared {
                 }
                 if let Some(margin) = b.safety_margin_watts {
                     spec["safetyMarginWatts"] = json!(margin);
+                }
+                if let Some(efficiency) = &b.efficiency {
+                    spec["efficiency"] = json!({"maxSlowdown": efficiency.max_slowdown});
                 }
                 serde_json::from_value(json!({
                     "apiVersion": "kilowatt.dev/v1alpha1", "kind": "PowerBudget",
@@ -1056,6 +1141,18 @@ nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDI
                 "workloads: []\npartitions: [{node: x, startSeconds: 1, endSeconds: 2}]",
                 "x is not a node",
             ),
+            (
+                "workloads: []\ncarbonIntensity: [{atSeconds: 10, gramsPerKWh: 250}]",
+                "the first point must be at atSeconds 0",
+            ),
+            (
+                "workloads: []\ncarbonIntensity: [{atSeconds: 0, gramsPerKWh: 250}, {atSeconds: 0, gramsPerKWh: 300}]",
+                "carbonIntensity[1]: atSeconds 0 must be after",
+            ),
+            (
+                "workloads: []\ncarbonIntensity: [{atSeconds: 0, gramsPerKWh: -1}]",
+                "carbonIntensity[0]: gramsPerKWh must be zero or more",
+            ),
         ];
         for (tail, expected) in cases {
             let error = Scenario::parse(&format!("{base}{tail}"), "test")
@@ -1066,5 +1163,83 @@ nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDI
         }
         let syntax = Scenario::parse("name: t\nbogus: 1\n", "test").expect_err("unknown field");
         assert!(syntax.to_string().contains("bogus"), "{syntax}");
+    }
+
+    const POLICY_SCENARIO: &str = r#"
+name: t
+start: "2026-12-01T00:00:00Z"
+durationSeconds: 100
+budgets:
+  - {name: facility, capWatts: 150000}
+  - {name: rack, parent: facility, capWatts: 10000, nodeLabels: {rack: r}, efficiency: {maxSlowdown: 0.1}}
+nodeGroups: [{prefix: n, count: 1, labels: {rack: r}, gpus: 4, gpuProduct: NVIDIA-H100-80GB-HBM3}]
+workloads: []
+carbonIntensity:
+  - {atSeconds: 0, gramsPerKWh: 250}
+  - {atSeconds: 3600, gramsPerKWh: 520}
+"#;
+
+    fn max_slowdowns(p: &Prepared) -> Vec<(String, Option<f64>)> {
+        p.budgets(0.0)
+            .iter()
+            .map(|b| {
+                (
+                    b.metadata.name.clone().unwrap_or_default(),
+                    b.spec.efficiency.as_ref().map(|e| e.max_slowdown),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn efficiency_becomes_the_power_budgets_spec_and_the_flag_sets_it_on_every_root() {
+        let as_written = Scenario::parse(POLICY_SCENARIO, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid");
+        assert_eq!(
+            max_slowdowns(&as_written),
+            [
+                ("facility".to_owned(), None),
+                ("rack".to_owned(), Some(0.1))
+            ]
+        );
+        let mut flagged = Scenario::parse(POLICY_SCENARIO, "test").expect("parses");
+        flagged.set_root_max_slowdown(0.02);
+        let flagged = flagged.prepare("test").expect("valid");
+        assert_eq!(
+            max_slowdowns(&flagged),
+            [
+                ("facility".to_owned(), Some(0.02)),
+                ("rack".to_owned(), Some(0.1))
+            ]
+        );
+        for bad in [1.0, -0.5] {
+            let mut scenario = Scenario::parse(POLICY_SCENARIO, "test").expect("parses");
+            scenario.set_root_max_slowdown(bad);
+            let error = scenario.prepare("test").expect_err("out of range");
+            assert!(
+                error.to_string().contains(
+                    "budget facility: efficiency.maxSlowdown must be a fraction in [0, 1)"
+                ),
+                "{error}"
+            );
+        }
+        let unknown = POLICY_SCENARIO.replace("maxSlowdown: 0.1", "maxSlowdown: 0.1, bands: 2");
+        let error = Scenario::parse(&unknown, "test").expect_err("unknown field");
+        assert!(error.to_string().contains("bands"), "{error}");
+    }
+
+    #[test]
+    fn carbon_intensity_is_a_step_function_of_simulated_time() {
+        let p = Scenario::parse(POLICY_SCENARIO, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid");
+        assert_eq!(p.carbon_intensity_at(0.0), Some(250.0));
+        assert_eq!(p.carbon_intensity_at(3599.9), Some(250.0));
+        assert_eq!(p.carbon_intensity_at(3600.0), Some(520.0));
+        assert_eq!(p.carbon_intensity_at(1e6), Some(520.0));
+        assert_eq!(prepared().carbon_intensity_at(0.0), None);
     }
 }

@@ -117,6 +117,9 @@ pub struct RunView {
     pub name: String,
     pub normalized_throughput: f64,
     pub energy_joules: f64,
+    /// CO₂ of that energy, when the scenario gives a carbon intensity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carbon_grams: Option<f64>,
     pub samples_over_cap: u64,
 }
 

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kilowatt_solver_bench::bench::{
-    BenchSettings, CurveSource, POLICY_MAX_SLOWDOWN, SizeResult, bench_solver, render_chart,
-    render_table,
+    BenchSettings, CurveSource, SizeResult, bench_solver, render_chart, render_table,
 };
 
 use crate::args::BenchSolverArgs;
@@ -64,7 +63,7 @@ fn bench_in_process(args: &BenchSolverArgs) -> anyhow::Result<Vec<SizeResult>> {
         milp_time_limit_seconds: args.milp_time_limit,
         lp_max_gpus: args.lp_max_gpus,
         lp_time_limit_seconds: args.lp_time_limit,
-        max_slowdown: POLICY_MAX_SLOWDOWN,
+        max_slowdown: args.max_slowdown,
     };
     bench_solver(&settings)
 }

@@ -140,6 +140,9 @@ struct Run {
     throughput_weight: f64,
     /// Throughput at the last tick, for the series.
     instant_throughput: f64,
+    /// CO₂ of the GPU energy up to the last carbon-intensity change, and that energy.
+    carbon_grams: f64,
+    energy_at_intensity_change_joules: f64,
     summary: RunSummary,
 }
 
@@ -159,6 +162,8 @@ pub struct Simulation {
     metrics: Metrics,
     /// Instants at which some budget's effective cap changes (windows, edits), ascending.
     cap_boundaries: Vec<f64>,
+    /// Instants at which the carbon intensity changes, after 0.
+    intensity_changes: Vec<f64>,
     /// The effective caps since the last boundary passed, by budget position.
     caps_now: Vec<f64>,
     /// Each node's budgets, as positions.
@@ -386,6 +391,8 @@ impl Simulation {
                 throughput_weighted: 0.0,
                 throughput_weight: 0.0,
                 instant_throughput: 0.0,
+                carbon_grams: 0.0,
+                energy_at_intensity_change_joules: 0.0,
             });
         }
         let change_times = prepared.change_times();
@@ -402,6 +409,13 @@ impl Simulation {
             .collect();
         cap_boundaries.sort_by(f64::total_cmp);
         cap_boundaries.dedup();
+        let intensity_changes = prepared
+            .scenario
+            .carbon_intensity
+            .iter()
+            .map(|p| p.at_seconds)
+            .filter(|&at| at > 0.0)
+            .collect();
         let objects = Objects::at(&prepared, 0.0, Told::Declared);
         let objects_truth = Objects::at(&prepared, 0.0, Told::Truth);
         let pod_work = prepared
@@ -441,6 +455,7 @@ impl Simulation {
             feed,
             metrics: Metrics::new()?,
             cap_boundaries,
+            intensity_changes,
             caps_now,
             chains,
             objects,
@@ -469,6 +484,10 @@ impl Simulation {
         self.ticks += 1;
         let t = self.now_seconds();
         let changed = self.change_times.iter().any(|c| before < *c && *c <= t);
+        let intensity_changed = self
+            .intensity_changes
+            .iter()
+            .any(|c| before < *c && *c <= t);
         if self.cap_boundaries.iter().any(|c| before < *c && *c <= t) {
             self.caps_now = effective_caps(&self.prepared, t);
         }
@@ -486,6 +505,9 @@ impl Simulation {
             self.step_agents(index, before, t);
             self.check_caps(index, t);
             self.account_throughput(index);
+            if intensity_changed {
+                self.account_carbon(index, before);
+            }
         }
         let every = self.settings.series_every_seconds.max(TICK_SECONDS);
         if (t / every).floor() > (before / every).floor() || self.finished() {
@@ -533,7 +555,14 @@ mod tests {
     use crate::scenario::Scenario;
 
     fn small_scenario(tail: &str) -> Prepared {
-        let text = format!(
+        Scenario::parse(&small_scenario_text(tail), "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid")
+    }
+
+    fn small_scenario_text(tail: &str) -> String {
+        format!(
             r#"
 name: small
 start: "2026-12-01T00:00:00Z"
@@ -552,11 +581,7 @@ workloads:
   - {{name: train, kind: training, profile: llm-pretrain-h100, pods: 2, gpusPerPod: 4, nodeLabels: {{rack: "1"}}}}
   - {{name: serve, kind: inference, profile: llm-serve-h100, pods: 4, gpusPerPod: 2, nodeLabels: {{rack: "2"}}}}
 {tail}"#
-        );
-        Scenario::parse(&text, "test")
-            .expect("parses")
-            .prepare("test")
-            .expect("valid")
+        )
     }
 
     fn settings(duration_seconds: f64) -> Settings {
@@ -608,6 +633,70 @@ workloads:
         );
         assert!(kilowatt.plan_revisions >= 3, "{kilowatt:?}");
         assert_eq!(simulation.series().len(), 12);
+    }
+
+    #[tokio::test]
+    async fn a_max_slowdown_on_the_root_saves_energy_within_its_throughput_allowance() {
+        let plain = run_to_end(small_scenario(""), 120.0).await.summaries();
+        let mut scenario = Scenario::parse(&small_scenario_text(""), "test").expect("parses");
+        scenario.set_root_max_slowdown(0.05);
+        let policy = run_to_end(scenario.prepare("test").expect("valid"), 120.0)
+            .await
+            .summaries();
+        let (before, after) = (&plain[0], &policy[0]);
+        assert_eq!(after.cap_violations, 0, "{after:?}");
+        assert!(
+            after.energy_joules < 0.97 * before.energy_joules,
+            "energy {} -> {}",
+            before.energy_joules,
+            after.energy_joules
+        );
+        assert!(
+            after.normalized_throughput >= 0.95 * before.normalized_throughput - 1e-3,
+            "throughput {} -> {}",
+            before.normalized_throughput,
+            after.normalized_throughput
+        );
+        assert!(after.normalized_throughput < before.normalized_throughput);
+        // Uniform capping ignores the policy.
+        assert_eq!(policy[1].energy_joules, plain[1].energy_joules);
+        assert_eq!(after.carbon_grams, None, "no carbon intensity, no carbon");
+    }
+
+    #[tokio::test]
+    async fn carbon_is_each_stretch_of_energy_at_the_intensity_over_it() {
+        let prepared = small_scenario(
+            "carbonIntensity: [{atSeconds: 0, gramsPerKWh: 250}, {atSeconds: 60, gramsPerKWh: 520}]\n",
+        );
+        let mut simulation = Simulation::new(prepared, settings(120.0), Feed::new("simulate"))
+            .expect("simulation starts");
+        let mut energy_at_change = None;
+        while !simulation.finished() {
+            simulation.step().await;
+            if energy_at_change.is_none() && simulation.now_seconds() >= 60.0 - 1e-9 {
+                energy_at_change = Some(
+                    simulation
+                        .summaries()
+                        .iter()
+                        .map(|s| s.energy_joules)
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        let energy_at_change = energy_at_change.expect("the run passed 60 s");
+        for (run, first) in simulation.summaries().iter().zip(energy_at_change) {
+            let expected = (first * 250.0 + (run.energy_joules - first) * 520.0) / 3.6e6;
+            let carbon = run.carbon_grams.expect("a carbon intensity, so carbon");
+            assert!(first > 0.0 && run.energy_joules > first, "{run:?}");
+            assert!(
+                (carbon - expected).abs() <= 1e-9 * expected,
+                "{}: {carbon} g, expected {expected} g",
+                run.name
+            );
+        }
+        let overview = simulation.feed.overview();
+        let runs = overview.simulation.expect("simulation progress").runs;
+        assert!(runs.iter().all(|r| r.carbon_grams.is_some()), "{runs:?}");
     }
 
     #[tokio::test]

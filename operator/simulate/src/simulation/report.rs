@@ -14,6 +14,9 @@ pub struct RunSummary {
     pub normalized_throughput: f64,
     /// GPU energy from the simulated GPUs' counters (node overheads not included).
     pub energy_joules: f64,
+    /// CO₂ of that energy: each stretch between changes of the scenario's `carbonIntensity` at the
+    /// intensity over it (to the tick); `None` without a carbon intensity.
+    pub carbon_grams: Option<f64>,
     /// Ticks checked, and ticks at which some budget's enforced limits plus overheads exceeded its cap.
     pub cap_checks: u64,
     pub cap_violations: u64,
@@ -160,6 +163,7 @@ impl Simulation {
                 name: s.name.to_owned(),
                 normalized_throughput: s.normalized_throughput,
                 energy_joules: s.energy_joules,
+                carbon_grams: s.carbon_grams,
                 samples_over_cap: s.cap_violations,
             })
             .collect();
@@ -184,16 +188,8 @@ impl Simulation {
                 } else {
                     0.0
                 };
-                summary.energy_joules = run
-                    .nodes
-                    .iter()
-                    .map(|node| {
-                        let backend = node.agent.backend();
-                        (0..node.agent.gpus().len() as u32)
-                            .filter_map(|i| backend.read(i).ok().and_then(|r| r.energy_joules))
-                            .sum::<f64>()
-                    })
-                    .sum();
+                summary.energy_joules = accounting::energy_joules(run);
+                summary.carbon_grams = self.carbon_grams(run, summary.energy_joules);
                 if let Some(operator) = &run.operator {
                     summary.plan_revisions = operator.publishes;
                     summary.passes = operator.passes;
