@@ -454,6 +454,13 @@ fn simulate_reports_json_with_every_cap_kept_and_writes_the_chart() {
         "no capping breaks the caps"
     );
     assert_eq!(report["runs"][0]["capChecks"], 6000);
+    // The built-in scenario's first hour is at 250 gCO2/kWh.
+    for run in report["runs"].as_array().expect("runs") {
+        let energy = run["energyJoules"].as_f64().expect("energy");
+        let carbon = run["carbonGrams"].as_f64().expect("carbon");
+        let expected = energy / 3.6e6 * 250.0;
+        assert!((carbon - expected).abs() <= 1e-9 * expected, "{run}");
+    }
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(
         svg.starts_with("<svg") && svg.contains("Power of budget facility"),

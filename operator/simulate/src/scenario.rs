@@ -1240,6 +1240,15 @@ carbonIntensity:
         assert_eq!(p.carbon_intensity_at(3599.9), Some(250.0));
         assert_eq!(p.carbon_intensity_at(3600.0), Some(520.0));
         assert_eq!(p.carbon_intensity_at(1e6), Some(520.0));
-        assert_eq!(prepared().carbon_intensity_at(0.0), None);
+        let without = POLICY_SCENARIO
+            .split("carbonIntensity:")
+            .next()
+            .expect("the scenario's head");
+        let none = Scenario::parse(without, "test")
+            .expect("parses")
+            .prepare("test")
+            .expect("valid");
+        assert_eq!(none.carbon_intensity_at(0.0), None);
+        assert_eq!(prepared().carbon_intensity_at(4000.0), Some(520.0));
     }
 }
