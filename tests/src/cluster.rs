@@ -67,6 +67,17 @@ pub fn options(plane: &ControlPlane, identity: &str, resync: Duration) -> Operat
         prometheus: None,
     }
 }
+/// The status and reason of the condition `type_` among `conditions`; empty strings without it.
+pub fn condition_status(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> (String, String) {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
 /// Starts an operator replica in this process, authorised as the operator's ServiceAccount.
 pub async fn start_operator(
     plane: &ControlPlane,

@@ -128,22 +128,33 @@ pub struct HeldSettings {
 /// them has no reading of its limit. NB: the clock is not read back (locked-clock curves are planned
 /// as declared), so windows are told apart by power limit alone.
 pub fn held_by(gpus: &[u32], readings: &[Result<GpuReading, GpuError>]) -> Option<HeldSettings> {
-    let mut held = HeldSettings {
-        min_limit_watts: f64::INFINITY,
-        max_limit_watts: f64::NEG_INFINITY,
-        sm_clock_mhz: None,
-        gpus: 0,
-        gpu_watts: 0.0,
-    };
+    let mut limits = Vec::with_capacity(gpus.len());
+    let mut gpu_watts = 0.0;
     for &index in gpus {
         let reading = readings.get(index as usize)?.as_ref().ok()?;
-        let limit = reading.power_limit_watts?;
-        held.min_limit_watts = held.min_limit_watts.min(limit);
-        held.max_limit_watts = held.max_limit_watts.max(limit);
-        held.gpu_watts += reading.power_watts.unwrap_or(0.0);
-        held.gpus += 1;
+        limits.push(reading.power_limit_watts?);
+        gpu_watts += reading.power_watts.unwrap_or(0.0);
     }
-    (held.gpus > 0).then_some(held)
+    HeldSettings::of_limits(&limits, gpu_watts)
+}
+
+impl HeldSettings {
+    /// What GPUs holding `limits` (no clock read back) hold together, drawing `gpu_watts`; `None`
+    /// for no GPUs.
+    pub fn of_limits(limits: &[f64], gpu_watts: f64) -> Option<HeldSettings> {
+        let (min, max) = limits
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), w| {
+                (lo.min(*w), hi.max(*w))
+            });
+        Some(HeldSettings {
+            min_limit_watts: min,
+            max_limit_watts: max,
+            sm_clock_mhz: None,
+            gpus: u32::try_from(limits.len()).ok().filter(|n| *n > 0)?,
+            gpu_watts,
+        })
+    }
 }
 
 /// Why a window was discarded; the names are the report's keys and the metric's label values.

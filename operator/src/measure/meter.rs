@@ -27,26 +27,14 @@ pub struct QueriedPod {
 /// among its GPUs by count (Prometheus does not say which GPU drew what).
 pub fn held_by_acknowledgement(gpus: &[u32], view: &AgentView) -> Option<HeldSettings> {
     view.inventory.as_ref()?;
-    let limits = &view.ack.as_ref()?.power_limits_watts;
-    let mut held = HeldSettings {
-        min_limit_watts: f64::INFINITY,
-        max_limit_watts: f64::NEG_INFINITY,
-        sm_clock_mhz: None,
-        gpus: 0,
-        gpu_watts: 0.0,
-    };
-    for &index in gpus {
-        let limit = *limits.get(index as usize)?;
-        held.min_limit_watts = held.min_limit_watts.min(limit);
-        held.max_limit_watts = held.max_limit_watts.max(limit);
-        held.gpus += 1;
-    }
-    if held.gpus == 0 {
-        return None;
-    }
+    let node_limits = &view.ack.as_ref()?.power_limits_watts;
+    let limits: Vec<f64> = gpus
+        .iter()
+        .map(|&index| node_limits.get(index as usize).copied())
+        .collect::<Option<_>>()?;
     let node_watts = view.power.as_ref().map_or(0.0, |p| p.gpu_watts);
-    held.gpu_watts = node_watts * f64::from(held.gpus) / limits.len().max(1) as f64;
-    Some(held)
+    let share = limits.len() as f64 / node_limits.len().max(1) as f64;
+    HeldSettings::of_limits(&limits, node_watts * share)
 }
 
 /// The windows of every queried pod, between two passes.

@@ -286,12 +286,7 @@ async fn status_of(admin: &kube::Client, budget: &str) -> Result<PowerBudgetStat
 }
 
 fn condition_of(status: &PowerBudgetStatus, type_: &str) -> (String, String) {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-        .unwrap_or_default()
+    condition_status(&status.conditions, type_)
 }
 
 /// Waits until `budget`'s status says its limits are brought under `cap` (`CapEnforced` True) and

@@ -98,12 +98,7 @@ async fn profile_status(
 }
 
 fn condition(status: &kilowatt_crds::WorkloadProfileStatus, type_: &str) -> (String, String) {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-        .unwrap_or_default()
+    condition_status(&status.conditions, type_)
 }
 
 /// Where the serving pod's work counter is read.

@@ -95,12 +95,7 @@ async fn budget_status(admin: &Client, name: &str) -> Option<PowerBudgetStatus> 
 }
 
 fn condition(status: &PowerBudgetStatus, type_: &str) -> (String, String) {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-        .unwrap_or_default()
+    condition_status(&status.conditions, type_)
 }
 
 /// Waits until `check` accepts budget `name`'s status.
