@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kilowatt_node_agent::pod_resources::proto::pod_resources_lister_server::{
@@ -18,6 +17,7 @@ use kilowatt_node_agent::pod_resources::proto::{
     ListPodResourcesResponse, PodResources,
 };
 use kilowatt_operator::store::PlanStore;
+use kilowatt_tests::prometheus::PrometheusServer;
 use kilowatt_tests::*;
 use kilowatt_tests::{Etcd, eventually};
 use serde_json::Value;
@@ -96,8 +96,7 @@ fn serve_kubelet(socket: &Path) -> tokio::task::JoinHandle<()> {
 /// Prometheus scraping the operator and every agent each second, with each agent's node as a label
 /// (as the chart's relabelling does from the pod's node name).
 struct Prometheus {
-    child: Child,
-    address: std::net::SocketAddr,
+    server: PrometheusServer,
 }
 
 impl Prometheus {
@@ -111,39 +110,23 @@ impl Prometheus {
                 )
             })
             .collect();
-        let config = format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n\
-             \x20 - job_name: kilowatt-operator\n\
-             \x20   static_configs:\n\
-             \x20     - targets: ['{operator}']\n\
-             \x20 - job_name: kilowatt-agent\n\
-             \x20   static_configs:\n{agents}"
+        let server = PrometheusServer::start(
+            dir,
+            &format!(
+                "\x20 - job_name: kilowatt-operator\n\
+                 \x20   static_configs:\n\
+                 \x20     - targets: ['{operator}']\n\
+                 \x20 - job_name: kilowatt-agent\n\
+                 \x20   static_configs:\n{agents}"
+            ),
         );
-        let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, config).expect("prometheus config");
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("prometheus").display()
-            ))
-            .arg(format!("--web.listen-address={address}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect(
-                "prometheus starts (Debian package `prometheus`; scripts/setup.sh installs it)",
-            );
-        Prometheus { child, address }
+        Prometheus { server }
     }
 
     /// The result vector of an instant query, or why there is none.
     async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         let (status, body) = http_exchange(
-            self.address,
+            self.server.address,
             &format!(
                 // NB: HTTP/1.0, so that the answer is not chunked.
                 "GET /api/v1/query?query={} HTTP/1.0\r\nHost: test\r\n\r\n",
@@ -160,13 +143,6 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -330,7 +306,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
     let prometheus = Prometheus::start(&dir, operator.address, &nodes);
     eventually("Prometheus listens", Duration::from_secs(60), || async {
-        tokio::net::TcpStream::connect(prometheus.address)
+        tokio::net::TcpStream::connect(prometheus.server.address)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
