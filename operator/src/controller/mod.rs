@@ -498,6 +498,7 @@ struct PassFindings {
     raises_held_back: bool,
     awaiting_gpu_report: bool,
     next_transition: Option<Timestamp>,
+    sweeping: bool,
 }
 
 fn until(deadline: Timestamp) -> Duration {
@@ -523,6 +524,7 @@ impl Reconciler {
             debounce: self.options.debounce,
             resync: self.options.resync,
             awaiting_report_recheck: pass::AWAITING_GPU_REPORT_RECHECK,
+            sweep_recheck: learning::EXPLORE_CHECK,
         });
         let mut first = true;
         loop {
@@ -565,6 +567,7 @@ impl Reconciler {
                             raises_held_back: findings.raises_held_back,
                             awaiting_gpu_report: findings.awaiting_gpu_report,
                             next_transition: findings.next_transition.map(|at| now + until(at)),
+                            sweeping: findings.sweeping,
                         },
                     );
                 }
@@ -634,21 +637,12 @@ impl Reconciler {
             );
         }
         self.metrics.observe_learning(&self.learning, &exploring);
-        // NB: a sweep steps on as its windows arrive, so while one is in progress passes come at
-        // least every EXPLORE_CHECK, as if a schedule boundary were due.
-        let sweep_check = self
-            .learning
-            .sweeping()
-            .then(|| now.checked_add(learning::EXPLORE_CHECK).unwrap_or(now));
-        let next_transition = match (outcome.translation.next_transition, sweep_check) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         let findings = PassFindings {
             raises_held_back: !outcome.held_back.is_empty()
                 || !outcome.awaiting_acknowledgement.is_empty(),
             awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
-            next_transition,
+            next_transition: outcome.translation.next_transition,
+            sweeping: self.learning.sweeping(),
         };
         let awaiting = &outcome.translation.awaiting_gpu_report;
         if !awaiting.is_empty() && awaiting.len() != self.awaiting_gpu_report {

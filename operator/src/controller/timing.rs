@@ -40,6 +40,9 @@ pub struct Timing {
     pub resync: Duration,
     /// Pods placed before their node's agent reported their GPUs are looked at again this often.
     pub awaiting_report_recheck: Duration,
+    /// While an exploration sweep is in progress, the loop passes this often to step it on as its
+    /// windows arrive.
+    pub sweep_recheck: Duration,
 }
 
 /// What a finished pass tells the loop about the next one.
@@ -51,6 +54,8 @@ pub struct PassOutcome {
     pub awaiting_gpu_report: bool,
     /// The next schedule boundary of any budget, as time since the loop started.
     pub next_transition: Option<Duration>,
+    /// Some exploration sweep is in progress.
+    pub sweeping: bool,
 }
 
 /// The loop's timers.
@@ -118,9 +123,11 @@ impl LoopTimers {
         let reports = outcome
             .awaiting_gpu_report
             .then_some(self.timing.awaiting_report_recheck);
+        let sweep = outcome.sweeping.then_some(self.timing.sweep_recheck);
         self.retry_at = rollout
             .into_iter()
             .chain(reports)
+            .chain(sweep)
             .min()
             .map(|in_| now + in_);
     }
@@ -150,6 +157,7 @@ mod tests {
         debounce: Duration::from_millis(500),
         resync: Duration::from_secs(60),
         awaiting_report_recheck: Duration::from_secs(5),
+        sweep_recheck: Duration::from_secs(10),
     };
 
     fn ms(millis: u64) -> Duration {
@@ -229,6 +237,19 @@ mod tests {
             },
         );
         assert_eq!(timers.next_pass(), ms(6_000));
+        timers.pass_started(ms(6_000));
+        timers.pass_finished(
+            ms(6_000),
+            PassOutcome {
+                sweeping: true,
+                ..PassOutcome::default()
+            },
+        );
+        assert_eq!(
+            timers.next_pass(),
+            ms(16_000),
+            "a sweep in progress is stepped on"
+        );
     }
 
     #[test]

@@ -278,6 +278,7 @@ impl Simulation {
                         debounce: timing::DEFAULT_DEBOUNCE,
                         resync: Duration::from_secs_f64(settings.resync_seconds),
                         awaiting_report_recheck: pass::AWAITING_GPU_REPORT_RECHECK,
+                        sweep_recheck: kilowatt_operator::plan::learning::EXPLORE_CHECK,
                     }),
                     budgets_of: BTreeMap::new(),
                     overheads: BTreeMap::new(),

@@ -26,14 +26,10 @@ pub(super) struct Operator {
     pub(super) learning: Option<Learning>,
 }
 
-/// A learning run's measured curves and exploration sweeps, as the operator keeps them, and when
-/// its next sweep check is due.
+/// A learning run's measured curves and exploration sweeps, as the operator keeps them.
 #[derive(Debug, Default)]
 pub(super) struct Learning {
     pub(super) state: learning::Learning,
-    /// While a sweep is in progress the operator passes every [`learning::EXPLORE_CHECK`] to step
-    /// it on as windows arrive (a report carries them every report period).
-    next_check: f64,
     /// Each workload's learned-curve error at 30 simulated minutes after it started.
     pub(super) error_at_30_minutes: BTreeMap<String, Option<f64>>,
 }
@@ -42,13 +38,10 @@ pub(super) const LEARNING_DEADLINE_SECONDS: f64 = 1800.0;
 
 impl Simulation {
     pub(super) fn pass_due(&self, index: usize, t: f64) -> bool {
-        self.runs[index].operator.as_ref().is_some_and(|operator| {
-            let exploring = operator
-                .learning
-                .as_ref()
-                .is_some_and(|l| t >= l.next_check && l.state.sweeping());
-            exploring || operator.timers.due(loop_time(t))
-        })
+        self.runs[index]
+            .operator
+            .as_ref()
+            .is_some_and(|operator| operator.timers.due(loop_time(t)))
     }
     /// One operator pass of run `index` at `t`, as the reconcile loop runs it.
     pub(super) async fn plan(&mut self, index: usize, t: f64) {
@@ -78,7 +71,6 @@ impl Simulation {
                 .iter()
                 .filter_map(|(node, view)| Some((node.as_str(), view.power.as_ref()?)));
             exploring = learning.state.before_pass(reports, now).1;
-            learning.next_check = t + learning::EXPLORE_CHECK.as_secs_f64();
             for (w, workload) in prepared.workloads.iter().enumerate() {
                 let name = format!("{}/{}", prepared.scenario.namespace, workload.entry.name);
                 if t >= workload.entry.start_seconds + LEARNING_DEADLINE_SECONDS
@@ -152,6 +144,11 @@ impl Simulation {
             let millis = at.as_millisecond() - prepared.start.as_millisecond();
             Duration::from_millis(u64::try_from(millis).unwrap_or(0))
         });
+        if let Some(learning) = &mut operator.learning {
+            learning
+                .state
+                .after_pass(&outcome.translation, &outcome.in_force, pods);
+        }
         operator.timers.pass_finished(
             loop_time(t),
             PassOutcome {
@@ -159,6 +156,10 @@ impl Simulation {
                     || !outcome.awaiting_acknowledgement.is_empty(),
                 awaiting_gpu_report: !outcome.translation.awaiting_gpu_report.is_empty(),
                 next_transition,
+                sweeping: operator
+                    .learning
+                    .as_ref()
+                    .is_some_and(|l| l.state.sweeping()),
             },
         );
         if outcome.published.is_some() {
@@ -173,11 +174,7 @@ impl Simulation {
             .collect();
         operator.loaded = Some(outcome.loaded.clone());
         operator.in_force = Some(outcome.in_force.clone());
-        if let Some(learning) = &mut operator.learning {
-            learning
-                .state
-                .after_pass(&outcome.translation, &outcome.in_force, pods);
-        }
+
         if is_kilowatt {
             let spec_caps = outcome.translation.spec_caps();
             self.metrics.reconciles.inc();
