@@ -167,6 +167,7 @@ pub struct EfficiencyStatus {
     status = "WorkloadProfileStatus",
     printcolumn = r#"{"name":"GPU","type":"string","jsonPath":".spec.gpuModel"}"#,
     printcolumn = r#"{"name":"Unit","type":"string","jsonPath":".spec.throughputUnit"}"#,
+    printcolumn = r#"{"name":"Job","type":"string","jsonPath":".spec.job","priority":1}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods"}"#,
     printcolumn = r#"{"name":"Converged","type":"string","jsonPath":".status.conditions[?(@.type==\"Converged\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -186,6 +187,12 @@ pub struct WorkloadProfileSpec {
     /// Pods this profile applies to, besides those naming it in `kilowatt.dev/profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// The job this profile is for: the pods in its namespace whose job (`kilowatt.dev/job`, else
+    /// their controller's name, else their own name) is this use it, unless they name a profile or a
+    /// selector matches them. The operator sets it on the profiles it creates for jobs it learns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub job: Option<String>,
 }
 
 /// One measured point.

@@ -89,6 +89,7 @@ pub fn parse(text: &str) -> Result<ProfileFile, ProfileFileError> {
             throughput_unit: fields.throughput_unit,
             points: fields.points,
             selector: None,
+            job: None,
         },
     })
 }

@@ -607,20 +607,7 @@ impl Scenario {
                 Some(profile) => profile.spec.clone(),
                 None => {
                     let model = first_model.unwrap_or(gpu_models::UNKNOWN);
-                    let (_, points) = gpu_models::default_profile(entry.kind, &model);
-                    WorkloadProfileSpec {
-                        gpu_model: model.name.to_owned(),
-                        throughput_unit: "work/s".to_owned(),
-                        points: points
-                            .into_iter()
-                            .map(|p| kilowatt_crds::WorkloadProfilePoint {
-                                power_watts: p.power_watts,
-                                sm_clock_mhz: p.sm_clock_mhz,
-                                throughput: p.throughput,
-                            })
-                            .collect(),
-                        selector: None,
-                    }
+                    gpu_models::default_profile_spec(entry.kind, &model, None)
                 }
             };
             workloads.push(SimWorkload {

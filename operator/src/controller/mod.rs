@@ -20,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::{PowerBudget, WorkloadProfile};
 use kilowatt_plumbing::errors::error_chain;
 use kilowatt_solver::SolveOptions;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -35,6 +35,7 @@ use crate::http::metrics::Metrics;
 use crate::http::web::{Feed, PassRecord};
 use crate::http::{AppState, Health, WhatIfGate, router, serve_https};
 use crate::measure::{PromqlSource, QueriedPod, QueryMeter};
+use crate::plan::learning::job_profiles::job_profiles;
 use crate::plan::learning::profile_status::profile_status;
 use crate::plan::learning::{self, Learning};
 use crate::plan::pass::{self, PassError, PassInputs};
@@ -701,6 +702,7 @@ impl Reconciler {
         )
         .await?;
         self.write_profile_statuses(&outcome.translation).await?;
+        self.create_job_profiles(&outcome.translation).await;
         self.announce_pods(&outcome.translation).await;
         Ok(findings)
     }
@@ -795,6 +797,79 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Creates a WorkloadProfile for each job on a default curve whose work counter reported, so that
+    /// its learned curve outlives this leader (see [`job_profiles`]). A failed create is logged,
+    /// counted and tried again next pass; it never fails the pass, whose plan is already published.
+    async fn create_job_profiles(&mut self, translation: &Translation) {
+        let found = job_profiles(
+            translation,
+            &self.learning,
+            &self.caches.pods.state(),
+            &self.caches.profiles.state(),
+        );
+        let params = PostParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        for profile in found.create {
+            let namespace = profile.namespace().unwrap_or_default();
+            let job = profile.spec.job.clone().unwrap_or_default();
+            let api: Api<WorkloadProfile> = Api::namespaced(self.client.clone(), &namespace);
+            match api.create(&params, &profile).await {
+                Ok(created) => {
+                    self.metrics.job_profiles_created.inc();
+                    let name = created.name_any();
+                    tracing::info!(
+                        namespace,
+                        name,
+                        job,
+                        "created a WorkloadProfile to keep the job's learned curve"
+                    );
+                    let note = EventNote {
+                        warning: false,
+                        reason: reasons::PROFILE_CREATED.to_owned(),
+                        note: format!(
+                            "made for job {job}, which ran on the built-in default curve: its \
+                             status keeps the curve the job's work counter measures, and its pods \
+                             are planned on it; it is deleted with the job"
+                        ),
+                    };
+                    self.record(&note, &created.object_ref(&())).await;
+                }
+                // NB: made by an earlier pass that the watch has not delivered yet.
+                Err(kube::Error::Api(response)) if response.code == 409 => {}
+                Err(error) => {
+                    self.metrics
+                        .reconcile_errors
+                        .with_label_values(&["kube"])
+                        .inc();
+                    tracing::warn!(namespace, job, error = %error_chain(&error), "could not create a WorkloadProfile for a learned job");
+                }
+            }
+        }
+        for (workload, name) in found.name_taken {
+            let note = EventNote {
+                warning: true,
+                reason: reasons::PROFILE_NAME_TAKEN.to_owned(),
+                note: format!(
+                    "the WorkloadProfile {name} that would keep job {workload}'s learned curve \
+                     exists and is not made for the job (spec.job); the curve is kept in memory \
+                     only, and a new leader learns it again. Rename that profile, or set its \
+                     spec.job, or name a profile in kilowatt.dev/profile"
+                ),
+            };
+            let pods: Vec<(String, String, String)> = translation
+                .pods
+                .iter()
+                .filter(|p| p.workload.as_deref() == Some(workload.as_str()))
+                .filter_map(|p| Some((p.uid.clone()?, p.namespace.clone(), p.name.clone())))
+                .collect();
+            for (uid, namespace, name) in pods {
+                self.announce(uid, namespace, name, note.clone()).await;
+            }
+        }
+    }
+
     /// Warning events for pods with problems and a Normal event for pods on a default profile, each
     /// once per operator run.
     async fn announce_pods(&mut self, translation: &Translation) {
@@ -821,28 +896,37 @@ impl Reconciler {
                     warning: false,
                     reason: reasons::DEFAULT_PROFILE.to_owned(),
                     note: format!(
-                        "no WorkloadProfile is named by kilowatt.dev/profile or selects this pod; it is \
-                         planned with the built-in {name} curve (illustrative, not a measurement)"
+                        "no WorkloadProfile is named by kilowatt.dev/profile, selects this pod or is \
+                         made for its job; it is planned with the built-in {name} curve \
+                         (illustrative, not a measurement). Once its work counter reports, the \
+                         operator makes a profile for its job that keeps the learned curve"
                     ),
                 });
             }
-            let reference = ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Pod".to_owned()),
-                name: Some(pod.name.clone()),
-                namespace: Some(pod.namespace.clone()),
-                uid: Some(uid.clone()),
-                ..ObjectReference::default()
-            };
             for note in notes {
-                if self
-                    .announced
-                    .insert((uid.clone(), note.reason.clone(), note.note.clone()))
-                {
-                    self.record(&note, &reference).await;
-                }
+                self.announce(uid.clone(), pod.namespace.clone(), pod.name.clone(), note)
+                    .await;
             }
         }
+    }
+
+    /// Records `note` on the pod, unless this operator run already did.
+    async fn announce(&mut self, uid: String, namespace: String, name: String, note: EventNote) {
+        if !self
+            .announced
+            .insert((uid.clone(), note.reason.clone(), note.note.clone()))
+        {
+            return;
+        }
+        let reference = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            name: Some(name),
+            namespace: Some(namespace),
+            uid: Some(uid),
+            ..ObjectReference::default()
+        };
+        self.record(&note, &reference).await;
     }
 
     async fn record(&self, note: &EventNote, reference: &ObjectReference) {

@@ -75,6 +75,7 @@ pub struct Metrics {
     pub learned_points: GaugeVec,
     pub explore_steps: IntCounter,
     pub explore_cap_watts: GaugeVec,
+    pub job_profiles_created: IntCounter,
     /// Budgets with `efficiency.maxSlowdown` only (see [`Metrics::observe_efficiency`]).
     pub budget_efficiency_saved_watts: GaugeVec,
     pub budget_efficiency_throughput_cost: GaugeVec,
@@ -212,6 +213,10 @@ impl Metrics {
                 ),
                 &["workload"],
             )?,
+            job_profiles_created: IntCounter::new(
+                "kilowatt_job_profiles_created_total",
+                "WorkloadProfiles the operator created to keep the learned curves of jobs that had none",
+            )?,
             budget_efficiency_saved_watts: budget(
                 "kilowatt_budget_efficiency_saved_watts",
                 "GPU limits under a PowerBudget with efficiency.maxSlowdown in the max-throughput plan minus in the plan in force",
@@ -239,6 +244,7 @@ impl Metrics {
             Box::new(metrics.learned_points.clone()),
             Box::new(metrics.explore_steps.clone()),
             Box::new(metrics.explore_cap_watts.clone()),
+            Box::new(metrics.job_profiles_created.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;

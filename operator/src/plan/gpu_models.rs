@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use kilowatt_solver::model::{ProfilePoint, WorkloadKind};
 
 use kilowatt_crds::profile_file::{self, EXAMPLE_PROFILES, ProfileKind};
+use kilowatt_crds::{WorkloadProfilePoint, WorkloadProfileSpec};
 
 /// The node label GPU feature discovery sets to the GPU product name, e.g. `NVIDIA-H100-80GB-HBM3`.
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
@@ -85,7 +86,7 @@ pub fn workload_kind(kind: ProfileKind) -> WorkloadKind {
 }
 
 /// A profile's points in the solver's terms.
-pub fn solver_points(points: &[kilowatt_crds::WorkloadProfilePoint]) -> Vec<ProfilePoint> {
+pub fn solver_points(points: &[WorkloadProfilePoint]) -> Vec<ProfilePoint> {
     points
         .iter()
         .map(|p| ProfilePoint {
@@ -94,6 +95,31 @@ pub fn solver_points(points: &[kilowatt_crds::WorkloadProfilePoint]) -> Vec<Prof
             sm_clock_mhz: p.sm_clock_mhz,
         })
         .collect()
+}
+
+/// The default curve of `kind` on `model` as the spec of a WorkloadProfile for one job (`job`), in
+/// the built-in curves' unit (`work/s`): what the operator writes when it starts keeping a job's
+/// learned curve, and what simulate plans a workload without a profile on.
+pub fn default_profile_spec(
+    kind: WorkloadKind,
+    model: &GpuModel,
+    job: Option<String>,
+) -> WorkloadProfileSpec {
+    let (_, points) = default_profile(kind, model);
+    WorkloadProfileSpec {
+        gpu_model: model.name.to_owned(),
+        throughput_unit: "work/s".to_owned(),
+        points: points
+            .into_iter()
+            .map(|p| WorkloadProfilePoint {
+                power_watts: p.power_watts,
+                sm_clock_mhz: p.sm_clock_mhz,
+                throughput: p.throughput,
+            })
+            .collect(),
+        selector: None,
+        job,
+    }
 }
 
 static EXAMPLE_CURVES: LazyLock<Vec<ExampleCurve>> = LazyLock::new(|| {

@@ -849,6 +849,7 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
     to.duration_since(from).as_secs_f64().max(0.0)
 }
 
+pub mod job_profiles;
 pub mod profile_status;
 
 #[cfg(test)]

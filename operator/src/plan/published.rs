@@ -315,6 +315,7 @@ pub fn build(
             .map_or_else(String::new, |source| match source {
                 ProfileSource::Named(n)
                 | ProfileSource::Selected(n)
+                | ProfileSource::ForJob(n)
                 | ProfileSource::Default(n) => n.clone(),
             });
         workloads.push(WorkloadSummary {

@@ -78,3 +78,7 @@ pub const GANG_MISMATCH: &str = "GangMismatch";
 pub const GPUS_NOT_IN_INVENTORY: &str = "GpusNotInInventory";
 /// Pod event: the pod runs on the default profile of its kind and GPU model.
 pub const DEFAULT_PROFILE: &str = "DefaultProfile";
+/// WorkloadProfile event: the operator made the profile to keep a job's learned curve.
+pub const PROFILE_CREATED: &str = "ProfileCreated";
+/// Pod warning: the name of the profile that would keep its job's learned curve is taken.
+pub const PROFILE_NAME_TAKEN: &str = "ProfileNameTaken";

@@ -2,7 +2,9 @@
 //! serving pod whose work counter follows a true curve that its WorkloadProfile gets wrong, a
 //! trainer beside it under one rack cap, and the cap sampler. The sweep lowers the serving pod's
 //! limit step by step, its agent measures each level, the learned points land in the profile's
-//! status, the watts the sweep frees go to the trainer, and no cap or SLO floor is ever broken.
+//! status, the watts the sweep frees go to the trainer, and no cap or SLO floor is ever broken. The
+//! trainer, on the default curve with a work counter, gets a profile made for its job whose status
+//! keeps its curve across an operator restart.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,14 +218,30 @@ async fn explore_and_check(source: CounterSource) {
     )
     .await
     .expect("pod status patched");
+    // The trainer runs on the default curve and its agent scrapes its counter: the operator makes
+    // it a profile to keep what it learns.
+    let train_port = serve_work_counter(nodes[1].settings.clone()).await;
     gpu_pod(
         &admin,
         "train",
         "n2",
         GPUS,
-        json!({"kilowatt.dev/workload": "training"}),
+        json!({"kilowatt.dev/workload": "training", "kilowatt.dev/work-metric": "test_tokens_total",
+               "kilowatt.dev/work-port": train_port.to_string()}),
     )
     .await;
+    within(
+        "pod IP",
+        pods.patch_status(
+            "train",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}),
+            ),
+        ),
+    )
+    .await
+    .expect("pod status patched");
     for node in &mut nodes {
         node.extra_args = ["--work-window-seconds", "5", "--work-warm-up-seconds", "2"]
             .map(String::from)
@@ -366,6 +384,80 @@ async fn explore_and_check(source: CounterSource) {
     assert!(value("kilowatt_explore_steps_total") >= 2.0);
     assert!(value("kilowatt_learned_points{") >= 2.0);
     assert!(value("kilowatt_work_windows_total{outcome=\"accepted\"}") >= 6.0);
+    assert_eq!(value("kilowatt_job_profiles_created_total"), 1.0);
+
+    // The trainer's profile, made for its job and owned by its pod, keeps its learned curve; a new
+    // operator goes on from it rather than from nothing.
+    let train_uid = within("trainer pod", pods.get("train"))
+        .await
+        .expect("trainer pod")
+        .metadata
+        .uid
+        .expect("uid");
+    let before = eventually("the trainer's profile has its curve", SETTLE, || {
+        let profiles = profiles.clone();
+        let train_uid = train_uid.clone();
+        async move {
+            let made = profiles
+                .get("train-learned")
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(made.spec.job.as_deref(), Some("train"));
+            assert_eq!(made.spec.gpu_model, "H100-SXM");
+            let owners = made.metadata.owner_references.clone().unwrap_or_default();
+            assert_eq!(
+                owners
+                    .iter()
+                    .map(|o| (o.kind.as_str(), o.uid.as_str()))
+                    .collect::<Vec<_>>(),
+                [("Pod", train_uid.as_str())]
+            );
+            let status = made.status.ok_or("no status yet")?;
+            match status.measured.as_slice() {
+                [curve] if curve.workload == "ml/train" && curve.windows_accepted > 0 => {
+                    Ok((status.pods, curve.windows_accepted))
+                }
+                other => Err(format!("measured: {other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(before.0, Some(1));
+    operator.kill();
+    let operator = OperatorProcess::start_with_args(
+        &plane,
+        &etcd.endpoint,
+        &dir.join("operator-2.log"),
+        &operator_args,
+    );
+    eventually(
+        "a new operator restores the trainer's curve",
+        SETTLE,
+        || {
+            let profiles = profiles.clone();
+            async move {
+                let made = profiles
+                    .get("train-learned")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let accepted = made
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.measured)
+                    .map(|c| c.windows_accepted)
+                    .sum::<u64>();
+                if accepted > before.1 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{accepted} windows, {} before the restart",
+                        before.1
+                    ))
+                }
+            }
+        },
+    )
+    .await;
 
     drop(sampler);
     operator.kill();

@@ -37,7 +37,9 @@ pub fn profile_status(
         .iter()
         .filter(|p| p.namespace == namespace)
         .filter(|p| match &p.profile {
-            Some(ProfileSource::Named(n) | ProfileSource::Selected(n)) => *n == name,
+            Some(
+                ProfileSource::Named(n) | ProfileSource::Selected(n) | ProfileSource::ForJob(n),
+            ) => *n == name,
             _ => false,
         })
         .filter_map(|p| p.workload.as_deref())

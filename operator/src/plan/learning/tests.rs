@@ -412,3 +412,130 @@ fn a_profiles_status_shows_its_workloads_measured_curves_and_whether_they_conver
         "{point:?}"
     );
 }
+
+#[test]
+fn a_learned_job_without_a_profile_gets_one_owned_by_its_controller_or_else_its_pods() {
+    use crate::plan::translate::tests::{budget, node, pod, profile, run};
+    use crate::plan::translate::{JOB_ANNOTATION, WORKLOAD_ANNOTATION};
+    use job_profiles::{MADE_FOR_JOB_LABEL, job_profiles, profile_name};
+    use serde_json::json;
+    let owned_by = |name: &str, controller: &str| {
+        let mut p = (*pod(name, "n1", 2, json!({WORKLOAD_ANNOTATION: "inference"}))).clone();
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: controller.into(),
+                uid: format!("uid-{controller}"),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        ]);
+        Arc::new(p)
+    };
+    let pods = [
+        owned_by("chat-a", "chat"),
+        owned_by("chat-b", "chat"),
+        pod(
+            "bare-0",
+            "n1",
+            2,
+            json!({WORKLOAD_ANNOTATION: "training", JOB_ANNOTATION: "Bare Job"}),
+        ),
+        pod(
+            "bare-1",
+            "n1",
+            2,
+            json!({WORKLOAD_ANNOTATION: "training", JOB_ANNOTATION: "Bare Job"}),
+        ),
+    ];
+    let budgets = [budget(
+        "rack",
+        json!({"capWatts": 20000.0, "nodeSelector": {}}),
+    )];
+    let nodes = [node("n1", json!({}), "8")];
+    let translation = run(&budgets, &[], &nodes, &pods);
+    let mut learning = Learning::default();
+    // Nothing measured yet: nothing to keep.
+    let found = job_profiles(&translation, &learning, &pods, &[]);
+    assert!(found.create.is_empty() && found.name_taken.is_empty());
+    let workloads = BTreeMap::from([("ml/chat-a", "ml/chat"), ("ml/bare-0", "ml/Bare Job")]);
+    learning.learner.record(
+        [(
+            "n1",
+            &report(
+                vec![
+                    window("ml/chat-a", 400.0, 90.0, Some(true)),
+                    window("ml/bare-0", 400.0, 50.0, None),
+                ],
+                1.0,
+            ),
+        )],
+        &workloads,
+        at(0),
+    );
+    let found = job_profiles(&translation, &learning, &pods, &[]);
+    assert!(found.name_taken.is_empty());
+    let by_job: BTreeMap<&str, &kilowatt_crds::WorkloadProfile> = found
+        .create
+        .iter()
+        .map(|p| (p.spec.job.as_deref().expect("job"), p))
+        .collect();
+    assert_eq!(by_job.len(), 2);
+    let chat = by_job["chat"];
+    assert_eq!(chat.metadata.name.as_deref(), Some("chat-learned"));
+    assert_eq!(chat.metadata.namespace.as_deref(), Some("ml"));
+    assert_eq!(chat.labels()[MADE_FOR_JOB_LABEL], "true");
+    let owners = chat.owner_references();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("ReplicaSet", "uid-chat")
+    );
+    assert_eq!(owners[0].block_owner_deletion, None);
+    assert_eq!(chat.spec.gpu_model, "H100-SXM");
+    let (_, default_points) = crate::plan::gpu_models::default_profile(
+        kilowatt_solver::model::WorkloadKind::Inference,
+        &translation.unprofiled["ml/chat"].model,
+    );
+    assert_eq!(
+        crate::plan::gpu_models::solver_points(&chat.spec.points),
+        default_points
+    );
+    // Bare pods with a job annotation: every pod owns the profile, and the name is made valid.
+    let bare = by_job["Bare Job"];
+    let name = bare.metadata.name.as_deref().expect("name");
+    assert!(
+        name.starts_with("bare-job-") && name.ends_with("-learned"),
+        "{name}"
+    );
+    let mut owner_uids: Vec<&str> = bare
+        .owner_references()
+        .iter()
+        .map(|o| o.uid.as_str())
+        .collect();
+    owner_uids.sort_unstable();
+    assert_eq!(owner_uids, ["uid-bare-0", "uid-bare-1"]);
+    // A profile of another job already holding the name: nothing is created for that job.
+    let squatter = profile("chat-learned", None);
+    let found = job_profiles(&translation, &learning, &pods, &[squatter]);
+    assert_eq!(
+        found.name_taken,
+        vec![("ml/chat".to_owned(), "chat-learned".to_owned())]
+    );
+    assert_eq!(found.create.len(), 1);
+    // Made-up names stay valid object names whatever the job is called.
+    for job in ["Bare Job", "x".repeat(300).as_str(), "---", "a.b", "UPPER"] {
+        let name = profile_name(job);
+        assert!(name.len() <= 253, "{name}");
+        assert!(
+            name.split('.').all(|l| !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')),
+            "{name}"
+        );
+    }
+    assert_ne!(profile_name("A b"), profile_name("a-b"));
+}

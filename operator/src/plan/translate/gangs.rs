@@ -10,7 +10,7 @@ use kilowatt_solver::model::{self, ProfilePoint, WorkloadKind};
 
 use super::pods::{PlacedPod, pod_intent};
 use super::profiles::resolve_profile;
-use super::{NodeFacts, PodFacts, PodWarning, ProfileSource};
+use super::{NodeFacts, PodFacts, PodWarning, ProfileSource, UnprofiledJob};
 use crate::plan::reasons;
 
 /// A gang being assembled from its pods.
@@ -22,6 +22,8 @@ struct Gang {
     points: Vec<ProfilePoint>,
     gpus: Vec<String>,
     pods: Vec<String>,
+    /// Where a profile made for the job would live and what it would start from.
+    unprofiled: UnprofiledJob,
 }
 
 /// Gangs as their pods join them, and every pod's facts in the order they came.
@@ -37,6 +39,7 @@ pub(super) struct Joined {
     pub workloads: Vec<model::Workload>,
     pub workload_pods: BTreeMap<String, Vec<String>>,
     pub pods: Vec<PodFacts>,
+    pub unprofiled: BTreeMap<String, UnprofiledJob>,
     pub profile_pods: BTreeMap<(String, String), u32>,
 }
 
@@ -80,7 +83,10 @@ impl Gangs {
                 return;
             }
         };
-        if let ProfileSource::Named(name) | ProfileSource::Selected(name) = &source {
+        if let ProfileSource::Named(name)
+        | ProfileSource::Selected(name)
+        | ProfileSource::ForJob(name) = &source
+        {
             *self
                 .profile_pods
                 .entry((namespace.clone(), name.clone()))
@@ -117,6 +123,12 @@ impl Gangs {
             points,
             gpus: Vec::new(),
             pods: Vec::new(),
+            unprofiled: UnprofiledJob {
+                namespace: namespace.clone(),
+                job: intent.job.clone(),
+                kind: intent.kind,
+                model,
+            },
         });
         let agrees = gang.kind == intent.kind
             && gang.weight == intent.weight
@@ -145,12 +157,16 @@ impl Gangs {
     /// The gangs with GPUs as solver workloads; a pod whose gang has none is unmanaged.
     pub fn finish(mut self) -> Joined {
         let mut workload_pods = BTreeMap::new();
+        let mut unprofiled = BTreeMap::new();
         let workloads = self
             .gangs
             .into_iter()
             .filter(|(_, g)| !g.gpus.is_empty())
             .map(|(name, gang)| {
                 workload_pods.insert(name.clone(), gang.pods);
+                if matches!(gang.profile, ProfileSource::Default(_)) {
+                    unprofiled.insert(name.clone(), gang.unprofiled);
+                }
                 model::Workload {
                     name,
                     kind: gang.kind,
@@ -175,6 +191,7 @@ impl Gangs {
             workload_pods,
             pods: self.pods,
             profile_pods: self.profile_pods,
+            unprofiled,
         }
     }
 }

@@ -161,8 +161,22 @@ pub enum ProfileSource {
     Named(String),
     /// A WorkloadProfile whose selector matches the pod.
     Selected(String),
+    /// A WorkloadProfile made for the pod's job (`spec.job`).
+    ForJob(String),
     /// The built-in default for its kind and GPU model.
     Default(String),
+}
+
+/// A job planned on a built-in default curve: where a WorkloadProfile made for it would live and
+/// what it would start from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnprofiledJob {
+    pub namespace: String,
+    /// `kilowatt.dev/job`, else the pods' controller, else the pod's name.
+    pub job: String,
+    pub kind: model::WorkloadKind,
+    /// The GPU model of its first pod's node.
+    pub model: GpuModel,
 }
 
 /// A problem with one pod's annotations or placement; becomes a Warning event on the pod.
@@ -198,6 +212,8 @@ pub struct Translation {
     pub profile_pods: BTreeMap<(String, String), u32>,
     /// Pods of each solver workload, as `namespace/name`.
     pub workload_pods: BTreeMap<String, Vec<String>>,
+    /// Solver workloads planned on a built-in default curve.
+    pub unprofiled: BTreeMap<String, UnprofiledJob>,
     /// The next instant a schedule window opens or closes.
     pub next_transition: Option<Timestamp>,
     /// Pods, as `namespace/name`, on nodes whose agents report which pods hold their GPUs, that the
@@ -261,6 +277,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         workload_pods,
         pods,
         profile_pods,
+        unprofiled,
     } = gangs.finish();
 
     let problem = model::Problem {
@@ -302,6 +319,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         pods,
         profile_pods,
         workload_pods,
+        unprofiled,
         next_transition,
         awaiting_gpu_report,
     }

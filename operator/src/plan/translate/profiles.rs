@@ -1,5 +1,6 @@
 //! Profile selection: which curve a managed pod runs on — the WorkloadProfile it names, else the first
-//! whose selector matches it, else the built-in default for its kind and GPU model. Pure.
+//! whose selector matches it, else the first made for its job, else the built-in default for its kind
+//! and GPU model. Pure.
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use crate::plan::gpu_models::{self, GpuModel};
 use crate::plan::reasons;
 
 /// The curve a managed pod runs on: the profile it names, else the first (by name) whose selector
-/// matches it, else the default for its kind and GPU model.
+/// matches it, else the first (by name) whose `job` is the pod's, else the default for its kind and
+/// GPU model.
 pub(super) fn resolve_profile(
     profiles: &[Arc<WorkloadProfile>],
     pod: &Pod,
@@ -48,9 +50,18 @@ pub(super) fn resolve_profile(
             .as_ref()
             .is_some_and(|s| selector_matches(s, pod.labels()).unwrap_or(false))
     });
-    Ok(match selected {
-        Some(profile) => (
+    if let Some(profile) = selected {
+        return Ok((
             ProfileSource::Selected(profile.name_any()),
+            points_of(profile),
+        ));
+    }
+    let for_job = in_namespace
+        .iter()
+        .find(|p| p.spec.job.as_deref() == Some(intent.job.as_str()));
+    Ok(match for_job {
+        Some(profile) => (
+            ProfileSource::ForJob(profile.name_any()),
             points_of(profile),
         ),
         None => {

@@ -775,3 +775,62 @@ fn an_invalid_selector_operator_selects_nothing_and_says_why() {
     assert_eq!(t.budgets["rack"].issues[0].reason, "InvalidNodeSelector");
     assert!(t.budgets["rack"].issues[0].message.contains("Near"));
 }
+
+#[test]
+fn a_profile_made_for_a_job_comes_after_selectors_and_before_the_default() {
+    let for_job = |name: &str, job: &str, selector: Option<Value>| {
+        let mut profile = (*profile(name, selector)).clone();
+        profile.spec.job = Some(job.to_owned());
+        Arc::new(profile)
+    };
+    let profiles = [
+        for_job("chat-learned", "chat", None),
+        profile("by-selector", Some(json!({"matchLabels": {"app": "sel"}}))),
+        for_job("sel-learned", "sel", None),
+    ];
+    let t = run(
+        &[budget(
+            "rack",
+            json!({"capWatts": 20000.0, "nodeSelector": {}}),
+        )],
+        &profiles,
+        &[node("n1", json!({}), "8")],
+        &[
+            pod(
+                "chat-0",
+                "n1",
+                2,
+                json!({WORKLOAD_ANNOTATION: "inference", JOB_ANNOTATION: "chat"}),
+            ),
+            pod("sel", "n1", 2, json!({WORKLOAD_ANNOTATION: "inference"})),
+            pod("other", "n1", 2, json!({WORKLOAD_ANNOTATION: "training"})),
+        ],
+    );
+    assert_eq!(
+        pod_facts(&t, "chat-0").profile,
+        Some(ProfileSource::ForJob("chat-learned".into()))
+    );
+    assert_eq!(
+        pod_facts(&t, "sel").profile,
+        Some(ProfileSource::Selected("by-selector".into()))
+    );
+    assert_eq!(
+        t.profile_pods[&("ml".to_owned(), "chat-learned".to_owned())],
+        1
+    );
+    // Only the job on a default curve is one the operator may make a profile for.
+    assert_eq!(
+        t.unprofiled.keys().collect::<Vec<_>>(),
+        vec![&"ml/other".to_owned()]
+    );
+    let other = &t.unprofiled["ml/other"];
+    assert_eq!(
+        (
+            other.namespace.as_str(),
+            other.job.as_str(),
+            other.model.name
+        ),
+        ("ml", "other", "H100-SXM")
+    );
+    assert_eq!(other.kind, model::WorkloadKind::Training);
+}
