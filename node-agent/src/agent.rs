@@ -723,6 +723,7 @@ pub async fn run_with_boot_id_file(
                 let mut report = runner.power.observe(now, &readings, period);
                 if let Some(report) = &mut report {
                     (report.work_windows, report.work_windows_rejected) = runner.work.take();
+                    runner.telemetry.observe_work_windows(&report.work_windows, &report.work_windows_rejected);
                 }
                 // NB: in the background, so that a pod's slow endpoint never holds the loop (and
                 // its fencing); the round comes back below with these readings.
@@ -732,7 +733,10 @@ pub async fn run_with_boot_id_file(
                 }
                 runner.feed(Event::Tick, &mut session).await?;
             }
-            Some(round) = runner.work.finished() => runner.work.observe(round),
+            Some(round) = runner.work.finished() => {
+                let outcomes = runner.work.observe(round);
+                runner.telemetry.observe_work_scrapes(&outcomes);
+            }
             _ = pod_refresh.tick(), if runner.options.pod_resources_socket.is_some() => {
                 if let Some(socket) = runner.options.pod_resources_socket.clone() {
                     runner.refresh_pods(&socket, &mut session).await;

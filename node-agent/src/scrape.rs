@@ -126,16 +126,6 @@ pub struct Scraped {
     problems: Vec<Option<WorkCounterError>>,
 }
 
-/// A fixed name for what went wrong with a pod's counter, to log changes rather than every scrape.
-fn category(error: &WorkCounterError) -> &'static str {
-    match error {
-        WorkCounterError::Scrape { .. } => "scrape",
-        WorkCounterError::Syntax(_) => "syntax",
-        WorkCounterError::Missing { .. } => "missing",
-        WorkCounterError::BadValue { .. } => "bad_value",
-    }
-}
-
 /// The node's work counters and their windows between two power reports.
 pub struct WorkScrapes {
     scraper: Scraper,
@@ -225,14 +215,20 @@ impl WorkScrapes {
     }
 
     /// Takes a finished round into the windows, logging the pods whose counter starts to fail (or
-    /// fails differently) and those whose counter reads again.
-    pub fn observe(&mut self, round: Scraped) {
+    /// fails differently) and those whose counter reads again. Returns each scrape's outcome: `ok`,
+    /// or the category of what went wrong ([`WorkCounterError::category`]).
+    pub fn observe(&mut self, round: Scraped) -> Vec<&'static str> {
         self.in_flight = false;
         // A round of counters replaced since it started would bring back the windows of pods
         // `follow` just forgot.
         if !Arc::ptr_eq(&round.counters, &self.counters) {
-            return;
+            return Vec::new();
         }
+        let outcomes = round
+            .problems
+            .iter()
+            .map(|p| p.as_ref().map_or("ok", WorkCounterError::category))
+            .collect();
         for (counter, problem) in round.counters.iter().zip(&round.problems) {
             match problem {
                 None => {
@@ -241,7 +237,7 @@ impl WorkScrapes {
                     }
                 }
                 Some(error) => {
-                    let kind = category(error);
+                    let kind = error.category();
                     if self.failing.insert(counter.pod.clone(), kind) != Some(kind) {
                         tracing::warn!(pod = %counter.pod, url = %counter.url, metric = %counter.metric, %error, "cannot read the pod's work counter; its windows are discarded until it reads again (logged again only when the failure changes)");
                     }
@@ -252,6 +248,7 @@ impl WorkScrapes {
             round.counters.iter().zip(round.answers).collect();
         self.meter
             .observe_scrapes(&scrapes, &round.readings, round.now);
+        outcomes
     }
 
     /// The windows completed and discarded since the last call, for the power report.

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kilowatt_agent_core::gpu::GpuBackend;
 use kilowatt_agent_core::gpu::simulated::SimulatedGpus;
+use kilowatt_agent_core::telemetry::Telemetry;
 use kilowatt_agent_core::work::{WARM_UP, WINDOW, WindowTiming, WorkCounterError};
 use kilowatt_crds::plan::WorkCounter;
 use kilowatt_node_agent::scrape::{MAX_ANSWER_BYTES, SCRAPE_TIMEOUT, Scraper, WorkScrapes};
@@ -157,12 +158,13 @@ fn counter(pod: &str, url: String, gpus: Vec<u32>) -> WorkCounter {
 }
 
 /// One sample at `seconds`, as the agent's loop takes it: the GPUs advanced and read, a round of
-/// scrapes started with the readings, and the round taken back once it finished.
+/// scrapes started with the readings, and the round taken back once it finished. Returns each
+/// scrape's outcome.
 async fn sample(
     work: &mut WorkScrapes,
     gpus: &mut SimulatedGpus,
     seconds: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<&'static str>> {
     let now = Duration::from_secs(seconds);
     gpus.advance(now);
     let readings = (0..4).map(|i| gpus.read(i)).collect();
@@ -171,8 +173,7 @@ async fn sample(
         .await
         .context("the round of scrapes did not finish")?
         .context("the rounds' channel closed")?;
-    work.observe(round);
-    Ok(())
+    Ok(work.observe(round))
 }
 
 fn node() -> anyhow::Result<SimulatedGpus> {
@@ -260,13 +261,14 @@ async fn an_endpoint_that_fails_or_closes_and_a_counter_that_goes_back_discard_t
         waiting: 1.0,
         broken: false,
     };
+    let telemetry = Telemetry::new()?;
     // Every window is open (past the warm-up) when things go wrong at 21 s.
     for s in 0..=20 {
         let t = s as f64;
         endpoints.set("chat-0", metrics(100.0 * t));
         closing.set("chat-1", metrics(100.0 * t));
         endpoints.set("chat-2", metrics(5000.0 + 100.0 * t));
-        sample(&mut work, &mut gpus, s).await?;
+        telemetry.observe_work_scrapes(&sample(&mut work, &mut gpus, s).await?);
     }
     endpoints.set(
         "chat-0",
@@ -279,13 +281,40 @@ async fn an_endpoint_that_fails_or_closes_and_a_counter_that_goes_back_discard_t
     // The engine restarted in the same pod: its counter starts again.
     endpoints.set("chat-2", metrics(7.0));
     for s in 21..=25 {
-        sample(&mut work, &mut gpus, s).await?;
+        telemetry.observe_work_scrapes(&sample(&mut work, &mut gpus, s).await?);
     }
     let (windows, rejected) = work.take();
     assert!(windows.is_empty(), "{windows:?}");
     assert_eq!(
         rejected,
         BTreeMap::from([("counterReset".into(), 1), ("scrapeFailed".into(), 2)])
+    );
+    // The agent's metrics count each scrape and window by outcome.
+    telemetry.observe_work_windows(&windows, &rejected);
+    let text = telemetry.render()?;
+    let value = |series: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .with_context(|| format!("{series} in {text}"))
+    };
+    // 3 pods × 21 good samples, then only the restarted engine's 5.
+    assert_eq!(
+        value("kilowatt_agent_work_scrapes_total{outcome=\"ok\"}")?,
+        68.0
+    );
+    // The failing endpoint answers 500 and the closed one does not answer: both are `scrape`.
+    assert_eq!(
+        value("kilowatt_agent_work_scrapes_total{outcome=\"scrape\"}")?,
+        10.0
+    );
+    assert_eq!(
+        value("kilowatt_agent_work_windows_total{outcome=\"scrapeFailed\"}")?,
+        2.0
+    );
+    assert_eq!(
+        value("kilowatt_agent_work_windows_total{outcome=\"reported\"}")?,
+        0.0
     );
     endpoints.stop().await
 }

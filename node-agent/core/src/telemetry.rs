@@ -1,7 +1,8 @@
 //! The agent's Prometheus metrics — per GPU power, energy, limit, clock, utilization and throttling;
 //! per pod power and energy (a GPU's share split evenly among the pods holding it); the plan revision
-//! enforced; drift, clamp and fence counters; GPU, etcd and kubelet errors by kind. Values live in
-//! memory; the agent process serves them (`kilowatt-agent`'s `http` module), simulate merges them.
+//! enforced; drift, clamp and fence counters; GPU, etcd and kubelet errors by kind; work-counter
+//! scrapes and windows by outcome. Values live in memory; the agent process serves them
+//! (`kilowatt-agent`'s `http` module), simulate merges them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use prometheus::{
 use crate::driver::PodName;
 use crate::gpu::{GpuError, GpuInfo, GpuReading};
 use crate::protocol::{Agent, Counters, Mode};
+use crate::work::{Rejected, WorkCounterError};
+use kilowatt_crds::plan::WorkWindow;
 
 /// The previous sample, per GPU, and the protocol counters last exported.
 #[derive(Default)]
@@ -50,6 +53,8 @@ pub struct Telemetry {
     drifts: IntCounter,
     clamps: IntCounter,
     fences: IntCounter,
+    work_scrapes: IntCounterVec,
+    work_windows: IntCounterVec,
     /// What was exported last, to export increments and clear reasons that went away.
     last: Arc<Mutex<Last>>,
     /// When the agent's main loop last went round (the process passes its clock in), for `/healthz`.
@@ -122,7 +127,23 @@ impl Telemetry {
             ),
             &["kind"],
         )?;
+        let work_scrapes = IntCounterVec::new(
+            Opts::new(
+                "kilowatt_agent_work_scrapes_total",
+                "Scrapes of pods' work counters, by outcome: ok, or scrape (no answer), syntax (not the text format), missing (no such series), bad_value (not a finite number at least 0)",
+            ),
+            &["outcome"],
+        )?;
+        let work_windows = IntCounterVec::new(
+            Opts::new(
+                "kilowatt_agent_work_windows_total",
+                "Work-counter windows the agent cut, by outcome: reported (sent to the operator), or why it discarded one (limitChanged, counterReset, podRestarted, scrapeFailed, mixedLimits)",
+            ),
+            &["outcome"],
+        )?;
         let telemetry = Telemetry {
+            work_scrapes,
+            work_windows,
             gpu_power_watts: per_gpu("kilowatt_gpu_power_watts", "Power a GPU draws")?,
             gpu_power_limit_watts: per_gpu(
                 "kilowatt_gpu_power_limit_watts",
@@ -184,6 +205,8 @@ impl Telemetry {
             Box::new(telemetry.drifts.clone()),
             Box::new(telemetry.clamps.clone()),
             Box::new(telemetry.fences.clone()),
+            Box::new(telemetry.work_scrapes.clone()),
+            Box::new(telemetry.work_windows.clone()),
         ] {
             telemetry.registry.register(collector)?;
         }
@@ -194,6 +217,12 @@ impl Telemetry {
         }
         for kind in POD_RESOURCES_ERROR_KINDS {
             telemetry.pod_resources_errors.with_label_values(&[kind]);
+        }
+        for outcome in std::iter::once("ok").chain(WorkCounterError::CATEGORIES) {
+            telemetry.work_scrapes.with_label_values(&[outcome]);
+        }
+        for outcome in std::iter::once("reported").chain(Rejected::ALL.map(Rejected::name)) {
+            telemetry.work_windows.with_label_values(&[outcome]);
         }
         Ok(telemetry)
     }
@@ -334,6 +363,25 @@ impl Telemetry {
             let _ = self.pod_energy_joules.remove_label_values(&labels);
         }
         last.pods = present;
+    }
+
+    /// Counts a round of work-counter scrapes by outcome (`ok`, or a [`WorkCounterError::category`]).
+    pub fn observe_work_scrapes(&self, outcomes: &[&str]) {
+        for outcome in outcomes {
+            self.work_scrapes.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// Counts the windows of one power report: those it carries, and those discarded by reason.
+    pub fn observe_work_windows(&self, reported: &[WorkWindow], rejected: &BTreeMap<String, u32>) {
+        self.work_windows
+            .with_label_values(&["reported"])
+            .inc_by(reported.len() as u64);
+        for (reason, count) in rejected {
+            self.work_windows
+                .with_label_values(&[reason])
+                .inc_by(u64::from(*count));
+        }
     }
 
     /// Every metric family, for merging with other agents' (`kilowatt simulate`).

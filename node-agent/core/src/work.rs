@@ -45,6 +45,21 @@ pub enum WorkCounterError {
     Scrape { url: String, message: String },
 }
 
+impl WorkCounterError {
+    /// Every [`WorkCounterError::category`].
+    pub const CATEGORIES: [&'static str; 4] = ["scrape", "syntax", "missing", "bad_value"];
+
+    /// A fixed name for what went wrong: a metric label, and what the agent logs changes of.
+    pub fn category(&self) -> &'static str {
+        match self {
+            WorkCounterError::Scrape { .. } => "scrape",
+            WorkCounterError::Syntax(_) => "syntax",
+            WorkCounterError::Missing { .. } => "missing",
+            WorkCounterError::BadValue { .. } => "bad_value",
+        }
+    }
+}
+
 /// Reads the counter (and waiting gauge) that `counter` names from an endpoint's answer.
 pub fn read_sample(text: &str, counter: &WorkCounter) -> Result<WorkSample, WorkCounterError> {
     // NB: the parser wants the last line ended, as every exporter ends it; a missing final newline
@@ -168,6 +183,15 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    /// Every reason, in the order of [`Rejected`].
+    pub const ALL: [Rejected; 5] = [
+        Rejected::LimitChanged,
+        Rejected::CounterReset,
+        Rejected::PodRestarted,
+        Rejected::ScrapeFailed,
+        Rejected::MixedLimits,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Rejected::LimitChanged => "limitChanged",

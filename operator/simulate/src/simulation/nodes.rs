@@ -260,6 +260,12 @@ impl Simulation {
                 let (readings, report) = node.agent.sample(now, defaults::REPORT_PERIOD, &scrapes);
                 if let Some(telemetry) = &node.telemetry {
                     telemetry.observe_gpus(node.agent.gpus(), &readings, &node.pods_by_uuid);
+                    if let Some(report) = &report {
+                        telemetry.observe_work_windows(
+                            &report.work_windows,
+                            &report.work_windows_rejected,
+                        );
+                    }
                 }
                 if let Some(report) = report.filter(|_| !partitioned) {
                     store.report_power(name, &report);
