@@ -278,7 +278,7 @@ impl LearnedCurve {
 }
 
 /// `points` (sorted by power) at `watts`, linearly between points and flat beyond the ends.
-fn interpolate(points: &[ProfilePoint], watts: f64) -> f64 {
+pub(crate) fn interpolate(points: &[ProfilePoint], watts: f64) -> f64 {
     let Some(first) = points.first() else {
         return 0.0;
     };
@@ -417,7 +417,11 @@ pub fn plan_on_learned(
     let mut capped_gpus: BTreeMap<&str, f64> = BTreeMap::new();
     for workload in &mut translation.problem.workloads {
         if let Some(curve) = learner.curve(&workload.name) {
-            workload.profile = curve.merged(&workload.profile);
+            let merged = curve.merged(&workload.profile);
+            let declared = std::mem::replace(&mut workload.profile, merged);
+            translation
+                .declared_profiles
+                .insert(workload.name.clone(), declared);
         }
         if let Some(cap) = exploring.get(&workload.name) {
             for gpu in &workload.gpus {

@@ -220,6 +220,9 @@ pub struct Translation {
     /// report does not list yet (the agent asks the kubelet every 10 s): placed on free slots in the
     /// meantime, and planned again when the report arrives.
     pub awaiting_gpu_report: Vec<String>,
+    /// The curves `plan_on_learned` replaced in `problem` with merged ones, as their profiles declare
+    /// them, by workload: the page draws them next to what was measured.
+    pub declared_profiles: BTreeMap<String, Vec<model::ProfilePoint>>,
 }
 
 impl Translation {
@@ -233,6 +236,16 @@ impl Translation {
                 (name.clone(), enforced)
             })
             .collect()
+    }
+
+    /// The curve `workload`'s profile declares (or the default it fell back to), before any learning.
+    pub fn declared_profile<'a>(
+        &'a self,
+        workload: &'a model::Workload,
+    ) -> &'a [model::ProfilePoint] {
+        self.declared_profiles
+            .get(&workload.name)
+            .map_or(&workload.profile, Vec::as_slice)
     }
 
     /// Each budget's spec `capWatts`, by name.
@@ -322,6 +335,7 @@ pub fn translate(cluster: Cluster<'_>, now: Timestamp) -> Translation {
         unprofiled,
         next_transition,
         awaiting_gpu_report,
+        declared_profiles: BTreeMap::new(),
     }
 }
 
