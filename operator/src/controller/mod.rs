@@ -32,7 +32,7 @@ use crate::controller::leader::{Elector, LeaseTiming};
 use crate::controller::timing::{LoopTimers, PassOutcome, Timing};
 use crate::http::agent_credentials::{CredentialIssuer, ServiceAccountRef};
 use crate::http::metrics::Metrics;
-use crate::http::web::{Feed, PassRecord};
+use crate::http::web::{self, Feed, PassRecord};
 use crate::http::{AppState, Health, WhatIfGate, router, serve_https};
 use crate::measure::{PromqlSource, QueriedPod, QueryMeter};
 use crate::plan::learning::job_profiles::job_profiles;
@@ -693,6 +693,10 @@ impl Reconciler {
             solve_seconds: outcome.solve_seconds,
             now,
         });
+        self.feed.set_curves(web::curve_views(
+            &outcome.translation,
+            Some(&self.learning.learner),
+        ));
 
         self.write_budget_statuses(
             &outcome.translation,

@@ -28,7 +28,7 @@ use kilowatt_operator::controller::timing::{
     self, DEFAULT_ACK_TIMEOUT, LoopTimers, PassOutcome, Timing,
 };
 use kilowatt_operator::http::metrics::Metrics;
-use kilowatt_operator::http::web::{Feed, PassRecord, RunView, SimulationView};
+use kilowatt_operator::http::web::{self, Feed, PassRecord, RunView, SimulationView};
 use kilowatt_operator::plan::pass::{self, PassInputs};
 use kilowatt_operator::plan::published::{KeyLayout, PublishedPlan};
 use kilowatt_operator::plan::schedule::DEFAULT_WINDOW_LEAD;
@@ -208,6 +208,8 @@ impl Simulation {
         settings: Settings,
         feed: Arc<Feed>,
     ) -> Result<Simulation, SimulateError> {
+        // The live chart then spans the whole run, however often the run records.
+        feed.space_history(settings.duration_seconds / web::HISTORY_KEPT as f64);
         let prepared = Arc::new(prepared);
         let curves: Vec<Curve> = prepared
             .workloads
@@ -832,6 +834,33 @@ workloads:
         assert!(
             reasons.iter().any(|r| r.contains("window dip opened")),
             "{reasons:?}"
+        );
+        let caps: Vec<f64> = overview
+            .history
+            .iter()
+            .map(|s| {
+                assert_eq!(s.budgets.len(), 1, "the root only: {s:?}");
+                s.budgets[0].cap_watts
+            })
+            .collect();
+        assert!(
+            caps.contains(&9000.0) && caps.contains(&6000.0),
+            "the history holds the dip: {caps:?}"
+        );
+        assert!(
+            overview
+                .history
+                .iter()
+                .any(|s| s.budgets[0].measured_watts.is_some()),
+            "and measured watts"
+        );
+        assert!(
+            overview
+                .workloads
+                .iter()
+                .all(|w| w.curve.as_ref().is_some_and(|c| !c.declared.is_empty())),
+            "every row has its declared curve: {:?}",
+            overview.workloads
         );
         let simulation_view = overview.simulation.expect("simulation progress");
         assert!(simulation_view.finished);

@@ -198,6 +198,10 @@ impl Simulation {
                 solve_seconds: outcome.solve_seconds,
                 now,
             });
+            self.feed.set_curves(web::curve_views(
+                &outcome.translation,
+                operator.learning.as_ref().map(|l| &l.state.learner),
+            ));
         }
     }
 }
