@@ -1,6 +1,7 @@
 //! The live page in a real browser: `kilowatt simulate` serves it on loopback. Debian's Chromium,
 //! headless and driven by Debian's chromedriver over WebDriver, loads it and waits for data. The test
-//! then checks the DOM as the simulation moves on and takes a screenshot.
+//! then checks the DOM as the simulation moves on, checks that the curve charts and the live chart draw
+//! what the overview holds, and takes a screenshot.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -121,6 +122,43 @@ async fn script(port: u16, session: &str, script: &str) -> Value {
     )
     .await
 }
+
+/// Counts, in the page, what the charts draw and what `GET /api/v1/overview` says they should: per
+/// workload its learned markers and lower-bound markers, and whether its declared line and limit mark
+/// are there; the live chart's points per line. NB: a synchronous request, so that both sides are read
+/// in one script.
+const CHARTS_AGAINST_THE_API: &str = r##"
+const request = new XMLHttpRequest();
+request.open("GET", "api/v1/overview", false);
+request.send();
+const overview = JSON.parse(request.responseText);
+const pointsOf = series => {
+  const line = document.querySelector(`#history polyline[data-series="${series}"]`);
+  return line ? line.getAttribute("points").trim().split(/\s+/).filter(Boolean).length : 0;
+};
+const drawnRows = Array.from(document.querySelectorAll("#workloads tr")).map(row => {
+  const chart = row.querySelector("svg.curve");
+  return [row.dataset.workload,
+    chart ? chart.querySelectorAll("circle.learned").length : 0,
+    chart ? chart.querySelectorAll("circle.learned.lower-bound").length : 0,
+    !!chart && chart.querySelector("polyline.declared").getAttribute("points").trim() !== ""
+      && !!chart.querySelector("line.limit-mark")];
+});
+const apiRows = overview.workloads.map(w => [w.name,
+  w.curve ? w.curve.learned.length : 0,
+  w.curve ? w.curve.learned.filter(p => p.lowerBound).length : 0,
+  !!w.curve && w.curve.declared.length > 0]);
+const measured = overview.history.filter(s => s.budgets.length > 0
+  && s.budgets.every(b => b.measuredWatts !== null)).length;
+return {
+  drawn: { workloads: drawnRows,
+           history: { cap: pointsOf("cap"), allocated: pointsOf("allocated"),
+                      measured: pointsOf("measured"), throughput: pointsOf("throughput") } },
+  api: { workloads: apiRows,
+         history: { cap: overview.history.length, allocated: overview.history.length,
+                    measured, throughput: overview.history.length } },
+};
+"##;
 
 #[tokio::test]
 async fn the_live_page_shows_the_budget_tree_workloads_and_changes_as_the_simulation_runs() {
@@ -271,6 +309,62 @@ async fn the_live_page_shows_the_budget_tree_workloads_and_changes_as_the_simula
     assert_eq!(runs.len(), 5, "{runs:?}");
     assert_eq!(runs[0], json!(["kilowatt", "0"]), "no tick over a cap");
     assert_eq!(runs[4], json!(["oracle", "0"]), "no tick over a cap");
+
+    // The charts, once the run is over and the data stands still: what the DOM draws against what the
+    // API holds, read by the page itself in one script so both are the same instant's.
+    eventually(
+        "the simulation finishes",
+        Duration::from_secs(60),
+        || async {
+            let clock = script(
+                port,
+                &session,
+                "return document.getElementById('clock').textContent",
+            )
+            .await;
+            let text = clock.as_str().unwrap_or_default().to_owned();
+            text.contains("(finished)").then_some(()).ok_or(text)
+        },
+    )
+    .await;
+    let drawn = eventually(
+        "the charts draw the overview",
+        Duration::from_secs(10),
+        || async {
+            let drawn = script(port, &session, CHARTS_AGAINST_THE_API).await;
+            (drawn["drawn"] == drawn["api"])
+                .then(|| drawn.clone())
+                .ok_or(format!("{drawn}"))
+        },
+    )
+    .await;
+    let api = &drawn["api"];
+    let samples = api["history"]["cap"].as_u64().unwrap_or_default();
+    assert!(samples > 10, "the live chart has a line of samples: {api}");
+    assert_eq!(
+        api["history"]["throughput"].as_u64(),
+        Some(samples),
+        "{api}"
+    );
+    assert!(
+        api["history"]["measured"].as_u64().is_some_and(|m| m > 0),
+        "measured watts are drawn: {api}"
+    );
+    let learned: u64 = api["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .map(|w| w[1].as_u64().unwrap_or_default())
+        .sum();
+    assert!(learned > 0, "some curve was learned and drawn: {api}");
+    assert!(
+        api["workloads"]
+            .as_array()
+            .expect("workloads")
+            .iter()
+            .all(|w| w[3] == json!(true)),
+        "every workload row draws its declared curve and limit: {api}"
+    );
 
     let png = webdriver(port, "GET", &format!("/session/{session}/screenshot"), None).await;
     let png = base64::engine::general_purpose::STANDARD
