@@ -55,6 +55,93 @@ pub struct PowerBudgetSpec {
     /// Efficiency policy: absent, the plan gets the most throughput the caps allow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efficiency: Option<EfficiencyPolicy>,
+    /// Signals from outside that steer the efficiency policy over time; they only ever raise the
+    /// `maxSlowdown` planned with (less power), never a cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<BudgetSignals>,
+}
+
+/// Outside signals of a budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetSignals {
+    /// A carbon-intensity forecast polled over HTTP, mapped to `maxSlowdown` by bands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carbon_forecast: Option<CarbonForecast>,
+}
+
+/// `CarbonForecast.pollSeconds`' default.
+pub const DEFAULT_FORECAST_POLL_SECONDS: u32 = 300;
+/// `CarbonForecast.staleAfterSeconds`' default.
+pub const DEFAULT_FORECAST_STALE_AFTER_SECONDS: u32 = 3600;
+
+/// A carbon-intensity forecast source and the slowdown each intensity buys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.staleAfterSeconds) ? self.staleAfterSeconds : 3600) >= (has(self.pollSeconds) ? self.pollSeconds : 300)").message("staleAfterSeconds must be at least pollSeconds"))]
+#[serde(rename_all = "camelCase")]
+pub struct CarbonForecast {
+    /// The forecast's `http://` or `https://` URL, query included (e.g.
+    /// `https://api.watttime.org/v3/forecast?region=CAISO_NORTH&signal_type=co2_moer`).
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must start with http:// or https://"))]
+    pub url: String,
+    /// The response's format.
+    pub format: ForecastFormat,
+    /// Seconds between fetches (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub poll_seconds: Option<u32>,
+    /// How long the last good forecast is planned on after it was fetched, while the source fails
+    /// (default 3600); past it the budget falls back to `spec.efficiency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub stale_after_seconds: Option<u32>,
+    /// A key of a Secret in the operator's namespace holding the API token: sent as
+    /// `Authorization: Bearer` to WattTime and as the `auth-token` header to Electricity Maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Sorted by `aboveGramsPerKWh`, with `maxSlowdown` not decreasing: while the forecast
+    /// intensity is above a band's threshold, that band's `maxSlowdown` may be planned with.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.map(b, b.aboveGramsPerKWh).isSorted()").message("bands must be sorted by aboveGramsPerKWh"))]
+    #[x_kube(validation = Rule::new("self.map(b, b.maxSlowdown).isSorted()").message("a higher band must not have a smaller maxSlowdown"))]
+    pub bands: Vec<SlowdownBand>,
+}
+
+/// The format of a forecast response: `WattTime` (v3 `/v3/forecast`: `data[{point_time, value}]`
+/// in `meta.units` `lbs_co2_per_mwh`, `meta.generated_at`) or `ElectricityMaps` (v3
+/// `/v3/carbon-intensity/forecast`: `forecast[{datetime, carbonIntensity}]` in gCO2eq/kWh,
+/// `updatedAt`).
+// NB: no doc comments on the variants: schemars would make them a `oneOf`, which is not a
+// structural schema.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForecastFormat {
+    WattTime,
+    ElectricityMaps,
+}
+
+/// One key of a Secret in the operator's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// An intensity threshold and the slowdown it buys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlowdownBand {
+    /// gCO2eq/kWh; the band applies while the forecast is strictly above it.
+    #[serde(rename = "aboveGramsPerKWh")]
+    #[schemars(range(min = 0.0, max = 100000.0))]
+    pub above_grams_per_kwh: f64,
+    /// A fraction in [0, 1), as `efficiency.maxSlowdown`.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    #[x_kube(validation = Rule::new("self < 1.0").message("maxSlowdown must be below 1"))]
+    pub max_slowdown: f64,
 }
 
 /// How much throughput the workloads under a budget may give up for less GPU power.
@@ -130,13 +217,17 @@ pub struct PowerBudgetStatus {
     /// With `spec.efficiency`: what the policy saved and cost against the max-throughput plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub efficiency: Option<EfficiencyStatus>,
+    /// With `spec.signals.carbonForecast`: the forecast in force and the slowdown it set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<SignalsStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_plan_revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_solve_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Infeasible`, `Conflict`, `Degraded`, `CapEnforced`.
+    /// `Ready`, `Infeasible`, `Conflict`, `Degraded`, `CapEnforced`, and `SignalsAvailable` with
+    /// `spec.signals`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -153,6 +244,32 @@ pub struct EfficiencyStatus {
     /// The share of the max-throughput plan's weighted normalized throughput under this budget that
     /// the plan in force gives up: 0 to `maxSlowdown`.
     pub throughput_cost: f64,
+}
+
+/// A budget's carbon forecast in force.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalsStatus {
+    /// The forecast's intensity now (gCO2eq/kWh); absent while no current forecast is in force.
+    #[serde(
+        rename = "carbonIntensityGramsPerKWh",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub carbon_intensity_grams_per_kwh: Option<f64>,
+    /// The `maxSlowdown` of the band that intensity is in; absent below every band.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band_max_slowdown: Option<f64>,
+    /// The `maxSlowdown` in force: the larger of the band's and `spec.efficiency.maxSlowdown`;
+    /// absent when neither applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slowdown: Option<f64>,
+    /// The forecast's own `generated_at` / `updatedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast_generated_at: Option<Time>,
+    /// When the operator last fetched a good forecast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast_fetched_at: Option<Time>,
 }
 
 /// A workload's measured throughput against its power limit (or locked SM clock).

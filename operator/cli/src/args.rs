@@ -231,7 +231,8 @@ pub struct OperatorArgs {
     /// This replica's name in the leader Lease and in Events; defaults to $POD_NAME, else $HOSTNAME.
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
-    /// Namespace of the leader-election Lease.
+    /// Namespace of the leader-election Lease, and of the Secrets holding carbon-forecast tokens
+    /// (`spec.signals.carbonForecast.tokenSecretRef`).
     #[arg(
         long,
         env = "POD_NAMESPACE",

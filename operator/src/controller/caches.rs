@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::http::metrics::Metrics;
 use crate::plan::rollout::Machine;
 use crate::plan::translate::{Cluster, NodeHold, Translation, translate};
+use crate::signals::{self, ForecastBoard};
 
 /// Read handles on the caches.
 #[derive(Clone)]
@@ -30,10 +31,13 @@ pub struct Caches {
     pub pods: Store<Pod>,
     /// How long before a schedule window opens its cap is planned.
     pub window_lead: std::time::Duration,
+    /// What the forecast poller knows of budgets' carbon forecasts.
+    pub forecasts: ForecastBoard,
 }
 
 impl Caches {
-    /// The cluster as cached now, with the agents' GPU inventories, translated at `now`.
+    /// The cluster as cached now, with the agents' GPU inventories and the budgets' carbon forecasts,
+    /// translated at `now`.
     pub fn translate(
         &self,
         now: Timestamp,
@@ -46,7 +50,7 @@ impl Caches {
             self.nodes.state(),
             self.pods.state(),
         );
-        translate(
+        let mut translation = translate(
             Cluster {
                 budgets: &budgets,
                 profiles: &profiles,
@@ -57,7 +61,9 @@ impl Caches {
                 window_lead: self.window_lead,
             },
             now,
-        )
+        );
+        signals::apply(&mut translation, &budgets, &self.forecasts.snapshot(), now);
+        translation
     }
 
     /// What the Node says about `node`'s machine: up unless the Node is gone or its Ready condition
@@ -142,6 +148,7 @@ pub fn start(
     let bound = watcher::Config::default().fields("spec.nodeName!=");
     Caches {
         window_lead,
+        forecasts: ForecastBoard::default(),
         budgets: watch(
             Api::all(client.clone()),
             watcher::Config::default(),

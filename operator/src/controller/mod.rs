@@ -43,6 +43,7 @@ use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::reasons;
 use crate::plan::status::{EventNote, budget_events, budget_status};
 use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
+use crate::signals::Poller;
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use crate::store::{Loaded, PlanStore, StoreError};
 use kilowatt_agent_core::work::WindowTiming;
@@ -433,6 +434,17 @@ pub async fn start(
         LeaseTiming::from_duration(options.lease_duration),
     );
     let elector = tokio::spawn(elector.run(leader_tx, shutdown_rx.clone()));
+    tasks.spawn(
+        Poller {
+            client: client.clone(),
+            namespace: options.lease_namespace.clone(),
+            budgets: caches.budgets.clone(),
+            board: caches.forecasts.clone(),
+            changed: changed.clone(),
+            fetches: metrics.signal_fetches.clone(),
+        }
+        .run(leader_rx.clone()),
+    );
 
     let recorder = Recorder::new(
         client.clone(),
@@ -686,6 +698,8 @@ impl Reconciler {
             &outcome.possible,
             &outcome.translation.cap_enforced(),
         );
+        self.metrics
+            .observe_signals(&outcome.translation.budgets, now);
         self.feed.record(PassRecord {
             plan: in_force,
             spec_caps: &spec_caps,

@@ -79,6 +79,14 @@ pub struct Metrics {
     /// Budgets with `efficiency.maxSlowdown` only (see [`Metrics::observe_efficiency`]).
     pub budget_efficiency_saved_watts: GaugeVec,
     pub budget_efficiency_throughput_cost: GaugeVec,
+    /// Budgets with a current carbon forecast only (see [`Metrics::observe_signals`]).
+    pub signal_carbon_intensity: GaugeVec,
+    /// Budgets with a carbon forecast fetched at least once.
+    pub signal_forecast_age_seconds: GaugeVec,
+    /// Budgets with `spec.signals.carbonForecast`: the `maxSlowdown` in force, 0 for none.
+    pub signal_max_slowdown: GaugeVec,
+    /// Forecast fetches by budget and outcome (`ok`, `unreachable`, `invalid`).
+    pub signal_fetches: IntCounterVec,
 }
 
 impl Metrics {
@@ -225,6 +233,25 @@ impl Metrics {
                 "kilowatt_budget_efficiency_throughput_cost",
                 "Share of the max-throughput plan's weighted normalized throughput under a PowerBudget with efficiency.maxSlowdown that the plan in force gives up (0..maxSlowdown)",
             )?,
+            signal_carbon_intensity: budget(
+                "kilowatt_signal_carbon_intensity_grams_per_kwh",
+                "Carbon intensity now in the current forecast of a PowerBudget's signals.carbonForecast (gCO2eq/kWh)",
+            )?,
+            signal_forecast_age_seconds: budget(
+                "kilowatt_signal_forecast_age_seconds",
+                "Seconds since a PowerBudget's last good carbon forecast was fetched",
+            )?,
+            signal_max_slowdown: budget(
+                "kilowatt_signal_max_slowdown",
+                "The maxSlowdown in force for a PowerBudget with signals.carbonForecast: the larger of its band's and spec.efficiency's, 0 for none",
+            )?,
+            signal_fetches: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_signal_fetches_total",
+                    "Carbon forecast fetches by budget and outcome (ok, unreachable, invalid)",
+                ),
+                &["budget", "outcome"],
+            )?,
             registry,
         };
         for collector in [
@@ -245,6 +272,7 @@ impl Metrics {
             Box::new(metrics.explore_steps.clone()),
             Box::new(metrics.explore_cap_watts.clone()),
             Box::new(metrics.job_profiles_created.clone()),
+            Box::new(metrics.signal_fetches.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;
@@ -350,6 +378,37 @@ impl Metrics {
             self.budget_efficiency_throughput_cost
                 .with_label_values(&label)
                 .set(efficiency.throughput_cost);
+        }
+    }
+
+    /// Sets the signal gauges from each budget's forecast reading at `now`; budgets without one are
+    /// dropped.
+    pub fn observe_signals(
+        &self,
+        budgets: &BTreeMap<String, crate::plan::translate::BudgetFacts>,
+        now: k8s_openapi::jiff::Timestamp,
+    ) {
+        self.signal_carbon_intensity.reset();
+        self.signal_forecast_age_seconds.reset();
+        self.signal_max_slowdown.reset();
+        for (name, reading) in budgets
+            .iter()
+            .filter_map(|(name, f)| Some((name, f.signals.as_ref()?)))
+        {
+            let label = [name.as_str()];
+            self.signal_max_slowdown
+                .with_label_values(&label)
+                .set(reading.max_slowdown.unwrap_or(0.0));
+            if let Some(grams) = reading.grams_per_kwh {
+                self.signal_carbon_intensity
+                    .with_label_values(&label)
+                    .set(grams);
+            }
+            if let Some(fetched) = reading.fetched_at {
+                self.signal_forecast_age_seconds
+                    .with_label_values(&label)
+                    .set(now.duration_since(fetched).as_secs_f64().max(0.0));
+            }
         }
     }
 

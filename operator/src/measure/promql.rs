@@ -80,7 +80,7 @@ impl std::fmt::Debug for PromqlSource {
 }
 
 /// rustls with ring for `https://` servers: the CAs in `ca` only, or the system's roots without one.
-fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, PromqlError> {
+pub(crate) fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, PromqlError> {
     if let Some(ca) = ca {
         return kilowatt_plumbing::tls::client_config(ca).map_err(PromqlError::Tls);
     }

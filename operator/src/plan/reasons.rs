@@ -14,6 +14,10 @@ pub const DEGRADED: &str = "Degraded";
 /// not lower at what they hold and every other GPU at its floor.
 pub const CAP_ENFORCED: &str = "CapEnforced";
 
+/// Condition type: the budget's carbon forecast (`spec.signals.carbonForecast`) is current and
+/// steers its `maxSlowdown`.
+pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
+
 /// `Ready` is true; also the event when a budget becomes ready.
 pub const PLANNED: &str = "Planned";
 /// `Ready` is false: no plan yet.
@@ -52,10 +56,26 @@ pub const UNKNOWN_GPU_MODEL: &str = "UnknownGpuModel";
 pub const INVALID_INVENTORY: &str = "InvalidInventory";
 /// Budget issue: a node has more GPUs than its agent reports; the unseen ones count at their maximum.
 pub const UNSEEN_GPUS: &str = "UnseenGpus";
+/// `SignalsAvailable` is true; also the event when it becomes true.
+pub const FORECAST_CURRENT: &str = "ForecastCurrent";
+/// `SignalsAvailable` is false: no fetch has finished yet.
+pub const FORECAST_PENDING: &str = "ForecastPending";
+/// `SignalsAvailable` is false: the last good forecast is older than `staleAfterSeconds` or ended.
+pub const FORECAST_STALE: &str = "ForecastStale";
+/// `SignalsAvailable` is false: nothing good fetched and the source does not answer.
+pub const FORECAST_UNREACHABLE: &str = "ForecastUnreachable";
+/// `SignalsAvailable` is false: nothing good fetched and the answers are not forecasts, or the spec
+/// is invalid.
+pub const FORECAST_INVALID: &str = "ForecastInvalid";
+/// The event when the `maxSlowdown` a forecast sets changes.
+pub const SIGNAL_SLOWDOWN_CHANGED: &str = "SignalSlowdownChanged";
+
 /// Budget issue: `capWatts` is above what the solver accepts; the solver's maximum is planned.
 pub const CAP_OUT_OF_RANGE: &str = "CapOutOfRange";
 /// Budget issue: `efficiency.maxSlowdown` is outside [0, 1); the budget is planned without the policy.
 pub const INVALID_EFFICIENCY: &str = "InvalidEfficiency";
+/// Budget issue: `signals.carbonForecast` is invalid; the budget is planned without the forecast.
+pub const INVALID_SIGNALS: &str = "InvalidSignals";
 /// Budget issue or pod warning: an annotation does not parse.
 pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";
 

@@ -148,6 +148,7 @@ mod tests {
             schedule,
             safety_margin_watts: None,
             efficiency: None,
+            signals: None,
         }
     }
 

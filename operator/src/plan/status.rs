@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kilowatt_crds::{EfficiencyStatus, PowerBudgetStatus};
+use kilowatt_crds::{EfficiencyStatus, PowerBudgetStatus, SignalsStatus};
 
 use crate::plan::published::PublishedPlan;
 use crate::plan::reasons;
 use crate::plan::rollout::AgentView;
 use crate::plan::translate::BudgetFacts;
+use crate::signals::Availability;
+use k8s_openapi::jiff::Timestamp;
 
 /// An Event to record on a PowerBudget or Pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +220,28 @@ pub fn budget_status(
         ),
     };
 
+    let signals_condition = facts.signals.as_ref().map(|reading| {
+        condition(
+            reasons::SIGNALS_AVAILABLE,
+            reading.availability == Availability::Current,
+            reading.availability.reason(),
+            reading.message.clone(),
+            generation,
+            old,
+            now,
+        )
+    });
+    let time = |t: Timestamp| Time(Timestamp::from_second(t.as_second()).unwrap_or(t));
+    let signals = facts.signals.as_ref().map(|reading| SignalsStatus {
+        carbon_intensity_grams_per_kwh: reading
+            .grams_per_kwh
+            .map(|g| (g * 1000.0).round() / 1000.0),
+        band_max_slowdown: reading.band_slowdown,
+        max_slowdown: reading.max_slowdown,
+        forecast_generated_at: reading.generated_at.map(time),
+        forecast_fetched_at: reading.fetched_at.map(time),
+    });
+
     PowerBudgetStatus {
         effective_cap_watts: Some(milliwatt_precision(facts.effective.cap_watts)),
         allocated_watts: summary.map(|s| milliwatt_precision(s.allocated_watts)),
@@ -234,16 +258,20 @@ pub fn budget_status(
                 saved_watts: milliwatt_precision(e.saved_watts),
                 throughput_cost: (e.throughput_cost * 1e6).round() / 1e6,
             }),
+        signals,
         last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
         last_solve_time: solve_time.cloned(),
         observed_generation: generation,
-        conditions: vec![
+        conditions: [
             ready_condition,
             infeasible_condition,
             conflict_condition,
             degraded_condition,
             cap_enforced_condition,
-        ],
+        ]
+        .into_iter()
+        .chain(signals_condition)
+        .collect(),
     }
 }
 
@@ -307,6 +335,14 @@ pub fn budget_events(
             (reasons::CAP_ENFORCED, true) if before.is_none() => None,
             (reasons::CAP_ENFORCED, true) => Some((false, reasons::ABSORBED.to_owned())),
             (reasons::CAP_ENFORCED, false) => Some((true, reasons::NODES_NOT_LOWERING.to_owned())),
+            (reasons::SIGNALS_AVAILABLE, true) => Some((false, new.reason.clone())),
+            // A budget waits for its first fetch: not news until it had a forecast.
+            (reasons::SIGNALS_AVAILABLE, false)
+                if before.is_none_or(|b| b.reason == reasons::FORECAST_PENDING) =>
+            {
+                None
+            }
+            (reasons::SIGNALS_AVAILABLE, false) => Some((true, new.reason.clone())),
             // A fresh budget starts with these false; only a recovery from true is news.
             (_, false) if before.is_none() => None,
             (reasons::INFEASIBLE, false) => Some((false, reasons::FEASIBLE.to_owned())),
@@ -341,6 +377,27 @@ pub fn budget_events(
             });
         }
     }
+    let old_slowdown = previous
+        .and_then(|p| p.signals.as_ref())
+        .map(|s| s.max_slowdown);
+    let new_slowdown = next.signals.as_ref().map(|s| s.max_slowdown);
+    if let (Some(old), Some(new)) = (old_slowdown, new_slowdown)
+        && old != new
+    {
+        let words = |s: Option<f64>| s.map_or("none".to_owned(), |s| s.to_string());
+        let intensity = next
+            .signals
+            .as_ref()
+            .and_then(|s| s.carbon_intensity_grams_per_kwh)
+            .map_or("no current forecast".to_owned(), |g| {
+                format!("{g:.0} gCO2eq/kWh")
+            });
+        events.push(EventNote {
+            warning: false,
+            reason: reasons::SIGNAL_SLOWDOWN_CHANGED.to_owned(),
+            note: format!("maxSlowdown {} → {} ({intensity})", words(old), words(new)),
+        });
+    }
     events
 }
 
@@ -350,6 +407,7 @@ mod tests {
     use crate::plan::published::BudgetSummary;
     use crate::plan::schedule::EffectiveCap;
     use crate::plan::translate::BudgetIssue;
+    use crate::signals::SignalReading;
 
     fn facts() -> BudgetFacts {
         BudgetFacts {
@@ -371,6 +429,7 @@ mod tests {
             gpus: 16,
             conflicts: Vec::new(),
             issues: Vec::new(),
+            signals: None,
         }
     }
 
@@ -415,6 +474,98 @@ mod tests {
             .iter()
             .find(|c| c.type_ == type_)
             .expect("condition")
+    }
+
+    fn reading(availability: Availability, max_slowdown: Option<f64>) -> SignalReading {
+        let current = availability == Availability::Current;
+        SignalReading {
+            availability,
+            message: format!("{availability:?}"),
+            grams_per_kwh: current.then_some(512.4),
+            band_slowdown: current.then_some(0.1),
+            max_slowdown,
+            generated_at: Some("2026-11-28T11:58:00Z".parse().expect("time")),
+            fetched_at: Some("2026-11-28T11:59:00.5Z".parse().expect("time")),
+            next_change: None,
+        }
+    }
+
+    #[test]
+    fn a_forecast_shows_as_signals_available_and_its_changes_as_events() {
+        let t0 = time("2026-11-28T12:00:00Z");
+        let status_with = |reading: Option<SignalReading>, previous: Option<&PowerBudgetStatus>| {
+            let facts = BudgetFacts {
+                signals: reading,
+                ..facts()
+            };
+            budget_status(
+                "rack",
+                &facts,
+                Some(&plan(false)),
+                Some(&t0),
+                None,
+                None,
+                previous,
+                &t0,
+            )
+        };
+        let plain = status_with(None, None);
+        assert!(plain.signals.is_none());
+        assert!(
+            plain
+                .conditions
+                .iter()
+                .all(|c| c.type_ != reasons::SIGNALS_AVAILABLE)
+        );
+        let pending = status_with(Some(reading(Availability::Pending, Some(0.02))), None);
+        assert_eq!(find_condition(&pending, "SignalsAvailable").status, "False");
+        assert_eq!(
+            find_condition(&pending, "SignalsAvailable").reason,
+            "ForecastPending"
+        );
+        assert!(
+            budget_events(None, &pending, &[])
+                .iter()
+                .all(|e| e.reason == reasons::PLANNED),
+            "waiting for the first fetch is not news"
+        );
+        let current = status_with(
+            Some(reading(Availability::Current, Some(0.1))),
+            Some(&pending),
+        );
+        let signals = current.signals.clone().expect("signals");
+        assert_eq!(signals.carbon_intensity_grams_per_kwh, Some(512.4));
+        assert_eq!(signals.max_slowdown, Some(0.1));
+        assert_eq!(
+            signals.forecast_fetched_at,
+            Some(time("2026-11-28T11:59:00Z")),
+            "whole seconds, as the API server keeps them"
+        );
+        let events = budget_events(Some(&pending), &current, &[]);
+        let reasons_of = |events: &[EventNote]| {
+            events
+                .iter()
+                .map(|e| (e.warning, e.reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            reasons_of(&events),
+            [
+                (false, "ForecastCurrent".to_owned()),
+                (false, "SignalSlowdownChanged".to_owned())
+            ]
+        );
+        let stale = status_with(
+            Some(reading(Availability::Stale, Some(0.02))),
+            Some(&current),
+        );
+        assert_eq!(
+            reasons_of(&budget_events(Some(&current), &stale, &[])),
+            [
+                (true, "ForecastStale".to_owned()),
+                (false, "SignalSlowdownChanged".to_owned())
+            ]
+        );
     }
 
     #[test]

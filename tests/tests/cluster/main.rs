@@ -15,5 +15,6 @@ mod operator;
 mod promql;
 mod rollout;
 mod scale;
+mod signals;
 mod store;
 mod web;

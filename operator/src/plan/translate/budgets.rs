@@ -101,6 +101,7 @@ pub(super) fn budget_forest(
                 gpus: 0,
                 conflicts: Vec::new(),
                 issues,
+                signals: None,
             },
         );
     }

@@ -118,6 +118,9 @@ pub struct BudgetFacts {
     /// One message per node that this budget shares with an unrelated budget.
     pub conflicts: Vec<String>,
     pub issues: Vec<BudgetIssue>,
+    /// With `spec.signals.carbonForecast`, once [`crate::signals::apply`] ran: the forecast in force;
+    /// `max_slowdown` is then the one it sets.
+    pub signals: Option<crate::signals::SignalReading>,
 }
 
 /// One GPU slot of a node in the plan.
