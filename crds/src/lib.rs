@@ -68,6 +68,85 @@ pub struct BudgetSignals {
     /// A carbon-intensity forecast polled over HTTP, mapped to `maxSlowdown` by bands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carbon_forecast: Option<CarbonForecast>,
+    /// An OpenADR 3.1 demand-response program the budget takes part in as a VEN: its events become
+    /// cap windows and slowdown bands, and the budget's measured power is reported back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openadr: Option<OpenAdrProgram>,
+}
+
+/// `OpenAdrProgram.pollSeconds`' default.
+pub const DEFAULT_OPENADR_POLL_SECONDS: u32 = 30;
+/// `OpenAdrProgram.reportSeconds`' default.
+pub const DEFAULT_OPENADR_REPORT_SECONDS: u32 = 60;
+
+/// A program on an OpenADR 3.1 VTN, and what its events mean for this budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAdrProgram {
+    /// The base URL of the VTN's OpenADR 3.1 REST API (`http://` or `https://`), e.g.
+    /// `https://vtn.example.com/openadr3/3.1.0/`; `programs`, `events` and `reports` are resolved
+    /// against it.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("vtnUrl must start with http:// or https://"))]
+    pub vtn_url: String,
+    /// The OAuth 2 token endpoint (client-credentials grant); default `/auth/token` on the VTN's
+    /// host, where the OpenLEADR VTN serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub token_url: Option<String>,
+    /// The program's `programName` at the VTN.
+    #[schemars(length(min = 1, max = 128))]
+    pub program_name: String,
+    /// The name reports are sent under (`clientName`), usually the VEN's name at enrollment.
+    #[schemars(length(min = 1, max = 128))]
+    pub ven_name: String,
+    /// A Secret in the operator's namespace with the VEN's OAuth client credentials under the keys
+    /// `clientID` and `clientSecret`.
+    pub credentials_secret: String,
+    /// Seconds between polls of the program's events (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub poll_seconds: Option<u32>,
+    /// Seconds between `USAGE` reports of the budget's measured power during an event (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub report_seconds: Option<u32>,
+    /// The cap each `SIMPLE` level stands for; a level not listed caps nothing (and is named in
+    /// status).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub simple_levels: Vec<SimpleLevel>,
+    /// `GHG` event values (g/kWh) mapped to `maxSlowdown`, as `carbonForecast.bands`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ghg_bands: Vec<SlowdownBand>,
+    /// `PRICE` event values mapped to `maxSlowdown`: while the price is above a band's threshold,
+    /// its `maxSlowdown` may be planned with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub price_bands: Vec<PriceBand>,
+}
+
+/// What a `SIMPLE` event level means.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SimpleLevel {
+    /// The level (OpenADR's SIMPLE levels are 0 to 3).
+    pub level: i64,
+    #[schemars(range(min = 0.0, max = 1e10))]
+    pub cap_watts: f64,
+}
+
+/// A price threshold and the slowdown it buys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceBand {
+    /// In the event's currency per unit; the band applies while the price is strictly above it.
+    pub above_price: f64,
+    /// A fraction in [0, 1), as `efficiency.maxSlowdown`.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    #[x_kube(validation = Rule::new("self < 1.0").message("maxSlowdown must be below 1"))]
+    pub max_slowdown: f64,
 }
 
 /// `CarbonForecast.pollSeconds`' default.
@@ -220,6 +299,9 @@ pub struct PowerBudgetStatus {
     /// With `spec.signals.carbonForecast`: the forecast in force and the slowdown it set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<SignalsStatus>,
+    /// With `spec.signals.openadr`: the program's events in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand_response: Option<DemandResponseStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_plan_revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +326,47 @@ pub struct EfficiencyStatus {
     /// The share of the max-throughput plan's weighted normalized throughput under this budget that
     /// the plan in force gives up: 0 to `maxSlowdown`.
     pub throughput_cost: f64,
+}
+
+/// A budget's OpenADR program as the operator last heard it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemandResponseStatus {
+    /// The program's events that cap or steer this budget now or later, as last heard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<DemandResponseEvent>,
+    /// The largest `maxSlowdown` a `GHG` or `PRICE` event asks for now; absent when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slowdown: Option<f64>,
+    /// When the VTN last answered a poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_poll_time: Option<Time>,
+    /// When the last `USAGE` report was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_time: Option<Time>,
+}
+
+/// One interval of an OpenADR event, as it applies to the budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemandResponseEvent {
+    /// The schedule window it became: `openadr/<event name or id>/<interval id>`.
+    pub window: String,
+    /// `IMPORT_CAPACITY_LIMIT`, `SIMPLE`, `GHG` or `PRICE`.
+    #[serde(rename = "type")]
+    pub payload_type: String,
+    /// The cap it sets, for capacity limits and mapped `SIMPLE` levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_watts: Option<f64>,
+    /// The `maxSlowdown` it asks for, for `GHG` and `PRICE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slowdown: Option<f64>,
+    /// The value the VTN sent.
+    pub value: f64,
+    pub start: Time,
+    /// Absent: until the VTN ends the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
 }
 
 /// A budget's carbon forecast in force.

@@ -15,6 +15,7 @@ pub mod processes;
 pub mod prometheus;
 pub mod proxy;
 pub mod sampler;
+pub mod vtn;
 pub mod waits;
 
 pub use agents::*;

@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 use crate::http::metrics::Metrics;
 use crate::plan::rollout::Machine;
 use crate::plan::translate::{Cluster, NodeHold, Translation, translate};
-use crate::signals::{self, ForecastBoard};
+use crate::signals::vtn::ProgramBoard;
+use crate::signals::{self, ForecastBoard, openadr};
 
 /// Read handles on the caches.
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct Caches {
     pub window_lead: std::time::Duration,
     /// What the forecast poller knows of budgets' carbon forecasts.
     pub forecasts: ForecastBoard,
+    /// What the VEN heard of budgets' OpenADR programs.
+    pub programs: ProgramBoard,
 }
 
 impl Caches {
@@ -50,9 +53,12 @@ impl Caches {
             self.nodes.state(),
             self.pods.state(),
         );
+        let programs = self.programs.snapshot();
+        // Known events' caps join the budgets' schedules before translation, where schedules apply.
+        let scheduled = openadr::with_event_windows(&budgets, &programs);
         let mut translation = translate(
             Cluster {
-                budgets: &budgets,
+                budgets: &scheduled,
                 profiles: &profiles,
                 nodes: &nodes,
                 pods: &pods,
@@ -63,6 +69,7 @@ impl Caches {
             now,
         );
         signals::apply(&mut translation, &budgets, &self.forecasts.snapshot(), now);
+        openadr::apply(&mut translation, &budgets, &programs, now);
         translation
     }
 
@@ -149,6 +156,7 @@ pub fn start(
     Caches {
         window_lead,
         forecasts: ForecastBoard::default(),
+        programs: ProgramBoard::default(),
         budgets: watch(
             Api::all(client.clone()),
             watcher::Config::default(),

@@ -44,6 +44,7 @@ use crate::plan::reasons;
 use crate::plan::status::{EventNote, budget_events, budget_status};
 use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
 use crate::signals::Poller;
+use crate::signals::vtn::Ven;
 use crate::store::etcd::{EtcdCredentials, EtcdPlanStore};
 use crate::store::{Loaded, PlanStore, StoreError};
 use kilowatt_agent_core::work::WindowTiming;
@@ -442,6 +443,17 @@ pub async fn start(
             board: caches.forecasts.clone(),
             changed: changed.clone(),
             fetches: metrics.signal_fetches.clone(),
+        }
+        .run(leader_rx.clone()),
+    );
+    tasks.spawn(
+        Ven {
+            client: client.clone(),
+            namespace: options.lease_namespace.clone(),
+            budgets: caches.budgets.clone(),
+            board: caches.programs.clone(),
+            changed: changed.clone(),
+            requests: metrics.openadr_requests.clone(),
         }
         .run(leader_rx.clone()),
     );

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub signal_max_slowdown: GaugeVec,
     /// Forecast fetches by budget and outcome (`ok`, `unreachable`, `invalid`).
     pub signal_fetches: IntCounterVec,
+    pub openadr_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -252,6 +253,13 @@ impl Metrics {
                 ),
                 &["budget", "outcome"],
             )?,
+            openadr_requests: IntCounterVec::new(
+                Opts::new(
+                    "kilowatt_openadr_requests_total",
+                    "Requests to a PowerBudget's OpenADR VTN by budget, request (poll, report) and outcome (ok, failed)",
+                ),
+                &["budget", "request", "outcome"],
+            )?,
             registry,
         };
         for collector in [
@@ -273,6 +281,7 @@ impl Metrics {
             Box::new(metrics.explore_cap_watts.clone()),
             Box::new(metrics.job_profiles_created.clone()),
             Box::new(metrics.signal_fetches.clone()),
+            Box::new(metrics.openadr_requests.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             metrics.registry.register(collector)?;

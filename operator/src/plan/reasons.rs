@@ -17,6 +17,8 @@ pub const CAP_ENFORCED: &str = "CapEnforced";
 /// Condition type: the budget's carbon forecast (`spec.signals.carbonForecast`) is current and
 /// steers its `maxSlowdown`.
 pub const SIGNALS_AVAILABLE: &str = "SignalsAvailable";
+/// Condition type: the VTN of the budget's OpenADR program (`spec.signals.openadr`) answers.
+pub const DEMAND_RESPONSE_CONNECTED: &str = "DemandResponseConnected";
 
 /// `Ready` is true; also the event when a budget becomes ready.
 pub const PLANNED: &str = "Planned";
@@ -67,6 +69,14 @@ pub const FORECAST_UNREACHABLE: &str = "ForecastUnreachable";
 /// `SignalsAvailable` is false: nothing good fetched and the answers are not forecasts, or the spec
 /// is invalid.
 pub const FORECAST_INVALID: &str = "ForecastInvalid";
+/// `DemandResponseConnected` is true: the VTN answered the last poll; also the event.
+pub const VTN_CURRENT: &str = "VtnAnswering";
+/// `DemandResponseConnected` is false: no poll has finished yet.
+pub const VTN_PENDING: &str = "VtnPending";
+/// `DemandResponseConnected` is false: the last poll failed; the events heard before stay in force.
+pub const VTN_UNREACHABLE: &str = "VtnUnreachable";
+/// `DemandResponseConnected` is false: `signals.openadr` is invalid.
+pub const OPENADR_INVALID: &str = "OpenAdrInvalid";
 /// The event when the `maxSlowdown` a forecast sets changes.
 pub const SIGNAL_SLOWDOWN_CHANGED: &str = "SignalSlowdownChanged";
 
@@ -74,7 +84,8 @@ pub const SIGNAL_SLOWDOWN_CHANGED: &str = "SignalSlowdownChanged";
 pub const CAP_OUT_OF_RANGE: &str = "CapOutOfRange";
 /// Budget issue: `efficiency.maxSlowdown` is outside [0, 1); the budget is planned without the policy.
 pub const INVALID_EFFICIENCY: &str = "InvalidEfficiency";
-/// Budget issue: `signals.carbonForecast` is invalid; the budget is planned without the forecast.
+/// Budget issue: `signals.carbonForecast` or `signals.openadr` is invalid; the budget is planned
+/// without it.
 pub const INVALID_SIGNALS: &str = "InvalidSignals";
 /// Budget issue or pod warning: an annotation does not parse.
 pub const MALFORMED_ANNOTATION: &str = "MalformedAnnotation";

@@ -11,6 +11,7 @@ use crate::plan::reasons;
 use crate::plan::rollout::AgentView;
 use crate::plan::translate::BudgetFacts;
 use crate::signals::Availability;
+use crate::signals::openadr::Connection;
 use k8s_openapi::jiff::Timestamp;
 
 /// An Event to record on a PowerBudget or Pod.
@@ -231,6 +232,17 @@ pub fn budget_status(
             now,
         )
     });
+    let demand_response_condition = facts.demand_response.as_ref().map(|reading| {
+        condition(
+            reasons::DEMAND_RESPONSE_CONNECTED,
+            reading.connection == Connection::Current,
+            reading.connection.reason(),
+            reading.message.clone(),
+            generation,
+            old,
+            now,
+        )
+    });
     let time = |t: Timestamp| Time(Timestamp::from_second(t.as_second()).unwrap_or(t));
     let signals = facts.signals.as_ref().map(|reading| SignalsStatus {
         carbon_intensity_grams_per_kwh: reading
@@ -259,6 +271,7 @@ pub fn budget_status(
                 throughput_cost: (e.throughput_cost * 1e6).round() / 1e6,
             }),
         signals,
+        demand_response: facts.demand_response.as_ref().map(|r| r.status.clone()),
         last_plan_revision: plan.and_then(|p| i64::try_from(p.revision).ok()),
         last_solve_time: solve_time.cloned(),
         observed_generation: generation,
@@ -271,6 +284,7 @@ pub fn budget_status(
         ]
         .into_iter()
         .chain(signals_condition)
+        .chain(demand_response_condition)
         .collect(),
     }
 }
@@ -343,6 +357,13 @@ pub fn budget_events(
                 None
             }
             (reasons::SIGNALS_AVAILABLE, false) => Some((true, new.reason.clone())),
+            (reasons::DEMAND_RESPONSE_CONNECTED, true) => Some((false, new.reason.clone())),
+            (reasons::DEMAND_RESPONSE_CONNECTED, false)
+                if before.is_none_or(|b| b.reason == reasons::VTN_PENDING) =>
+            {
+                None
+            }
+            (reasons::DEMAND_RESPONSE_CONNECTED, false) => Some((true, new.reason.clone())),
             // A fresh budget starts with these false; only a recovery from true is news.
             (_, false) if before.is_none() => None,
             (reasons::INFEASIBLE, false) => Some((false, reasons::FEASIBLE.to_owned())),
@@ -430,6 +451,7 @@ mod tests {
             conflicts: Vec::new(),
             issues: Vec::new(),
             signals: None,
+            demand_response: None,
         }
     }
 

@@ -102,6 +102,7 @@ pub(super) fn budget_forest(
                 conflicts: Vec::new(),
                 issues,
                 signals: None,
+                demand_response: None,
             },
         );
     }

@@ -121,6 +121,9 @@ pub struct BudgetFacts {
     /// With `spec.signals.carbonForecast`, once [`crate::signals::apply`] ran: the forecast in force;
     /// `max_slowdown` is then the one it sets.
     pub signals: Option<crate::signals::SignalReading>,
+    /// With `spec.signals.openadr`, once [`crate::signals::openadr::apply`] ran: its program's
+    /// events and whether the VTN answers.
+    pub demand_response: Option<crate::signals::openadr::ProgramReading>,
 }
 
 /// One GPU slot of a node in the plan.
