@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kilowatt_crds::PowerBudget;
+use kilowatt_crds::{PowerBudget, PowerBudgetStatus};
 use kilowatt_operator::controller::{self, OperatorOptions, RunningOperator};
 use kilowatt_operator::plan::published::{KeyLayout, NodePlan, PublishedPlan};
 use kilowatt_operator::store::PlanStore;
@@ -316,4 +316,27 @@ pub async fn lease_holder(admin: &Client) -> Option<String> {
         .flatten()
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
+}
+
+/// Budget `name`'s status now; `None` when it has none or cannot be read.
+pub async fn status_of_budget(admin: &Client, name: &str) -> Option<PowerBudgetStatus> {
+    let budgets: Api<PowerBudget> = Api::all(admin.clone());
+    budgets.get(name).await.ok()?.status
+}
+
+/// Waits up to `timeout` until `check` accepts budget `name`'s status, and returns it.
+pub async fn budget_status_where(
+    admin: &Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&PowerBudgetStatus) -> bool,
+) -> PowerBudgetStatus {
+    eventually(what, timeout, || async {
+        match status_of_budget(admin, name).await {
+            Some(status) if check(&status) => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }

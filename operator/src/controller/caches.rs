@@ -20,8 +20,7 @@ use tokio::task::JoinSet;
 use crate::http::metrics::Metrics;
 use crate::plan::rollout::Machine;
 use crate::plan::translate::{Cluster, NodeHold, Translation, translate};
-use crate::signals::vtn::ProgramBoard;
-use crate::signals::{self, ForecastBoard, openadr};
+use crate::signals::{self, ForecastBoard, ProgramBoard, openadr};
 
 /// Read handles on the caches.
 #[derive(Clone)]

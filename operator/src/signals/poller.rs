@@ -5,20 +5,20 @@
 //! Kubernetes IO (the token Secret).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::{ForecastFormat, PowerBudget, SecretKeyRef};
 use kilowatt_plumbing::errors::error_chain;
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use prometheus::IntCounterVec;
 use tokio::sync::{Notify, watch};
 
 use super::forecast::{self, ForecastError};
 use super::policy::{FetchFailure, ForecastPolicy, SourceState};
+use super::{ForecastBoard, SecretError, http_client, read_secret, secret_key};
 
 /// The most one fetch may take, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,44 +27,11 @@ const MAX_BODY_BYTES: usize = 4 << 20;
 /// How often the poller looks for fetches that are due.
 const TICK: Duration = Duration::from_millis(500);
 
-/// What the poller knows of every budget's source, by budget name; the pass reads a snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct ForecastBoard(Arc<Mutex<BTreeMap<String, SourceState>>>);
-
-impl ForecastBoard {
-    /// A copy of every source's state now.
-    pub fn snapshot(&self) -> BTreeMap<String, SourceState> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update<T>(&self, change: impl FnOnce(&mut BTreeMap<String, SourceState>) -> T) -> T {
-        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
 /// Why a fetch gave no forecast.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("the TLS configuration for forecasts")]
-    Tls(#[source] crate::measure::PromqlError),
-    #[error("the HTTP client for forecasts")]
-    Client(#[source] reqwest::Error),
-    #[error("reading the token Secret {namespace}/{name}")]
-    Secret {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("the token Secret {namespace}/{name} has no key {key:?}")]
-    SecretKey {
-        namespace: String,
-        name: String,
-        key: String,
-    },
+    #[error("the token Secret")]
+    Token(#[source] SecretError),
     #[error("fetching {url}")]
     Request {
         url: String,
@@ -99,19 +66,6 @@ impl FetchError {
             FetchFailure::Unreachable => "unreachable",
         }
     }
-}
-
-/// The HTTP client of every forecast source: the system's CA roots, no proxies (as the Prometheus
-/// client), [`FETCH_TIMEOUT`].
-pub fn http_client() -> Result<reqwest::Client, FetchError> {
-    let tls = crate::measure::promql::tls_config(None).map_err(FetchError::Tls)?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(FETCH_TIMEOUT)
-        .connect_timeout(FETCH_TIMEOUT)
-        .no_proxy()
-        .build()
-        .map_err(FetchError::Client)
 }
 
 /// Fetches and parses one forecast, sending `token` as `format`'s source expects it.
@@ -168,25 +122,10 @@ async fn token(
     namespace: &str,
     reference: &SecretKeyRef,
 ) -> Result<String, FetchError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets
-        .get(&reference.name)
+    let secret = read_secret(client, namespace, &reference.name)
         .await
-        .map_err(|source| FetchError::Secret {
-            namespace: namespace.to_owned(),
-            name: reference.name.clone(),
-            source,
-        })?;
-    secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .map(|bytes| String::from_utf8_lossy(&bytes.0).trim().to_owned())
-        .ok_or_else(|| FetchError::SecretKey {
-            namespace: namespace.to_owned(),
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-        })
+        .map_err(FetchError::Token)?;
+    secret_key(&secret, &reference.key).map_err(FetchError::Token)
 }
 
 /// The `outcome` values of `kilowatt_signal_fetches_total`.
@@ -208,7 +147,7 @@ impl Poller {
     /// Polls while `leader` says this replica leads; runs until aborted. The fetches due at one
     /// tick run concurrently, and the next tick waits for them (at most [`FETCH_TIMEOUT`]).
     pub async fn run(self, leader: watch::Receiver<bool>) {
-        let http = match http_client() {
+        let http = match http_client(FETCH_TIMEOUT) {
             Ok(http) => http,
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "no HTTP client for carbon forecasts; budgets' signals are not polled");

@@ -5,15 +5,14 @@
 //! `reportSeconds`. Does network and Kubernetes IO (the credentials Secret).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::PowerBudget;
 use kilowatt_plumbing::errors::error_chain;
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use openleadr_wire::Unit;
 use openleadr_wire::event::Event;
 use openleadr_wire::interval::{Interval, IntervalPeriod};
@@ -26,6 +25,7 @@ use prometheus::IntCounterVec;
 use tokio::sync::{Notify, watch};
 
 use super::openadr::{ProgramPolicy, ProgramState, effects};
+use super::{ProgramBoard, SecretError, http_client, read_secret, secret_key};
 
 /// The most one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,44 +36,11 @@ const PAGE: usize = 50;
 /// The most pages of events read per poll.
 const MAX_PAGES: usize = 20;
 
-/// What the VEN knows of every budget's program, by budget name; the pass reads a snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct ProgramBoard(Arc<Mutex<BTreeMap<String, ProgramState>>>);
-
-impl ProgramBoard {
-    /// A copy of every program's state now.
-    pub fn snapshot(&self) -> BTreeMap<String, ProgramState> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update<T>(&self, change: impl FnOnce(&mut BTreeMap<String, ProgramState>) -> T) -> T {
-        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
 /// Why a request to the VTN failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VtnError {
-    #[error("the TLS configuration for OpenADR")]
-    Tls(#[source] crate::measure::PromqlError),
-    #[error("the HTTP client for OpenADR")]
-    Client(#[source] reqwest::Error),
-    #[error("reading the credentials Secret {namespace}/{name}")]
-    Secret {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("the credentials Secret {namespace}/{name} has no key {key:?}")]
-    SecretKey {
-        namespace: String,
-        name: String,
-        key: &'static str,
-    },
+    #[error("the VEN's credentials Secret")]
+    Credentials(#[source] SecretError),
     #[error("{what} at {url}")]
     Request {
         what: &'static str,
@@ -129,7 +96,7 @@ struct Due {
 impl Ven {
     /// Polls and reports while `leader` says this replica leads; runs until aborted.
     pub async fn run(self, leader: watch::Receiver<bool>) {
-        let http = match http_client() {
+        let http = match http_client(REQUEST_TIMEOUT) {
             Ok(http) => http,
             Err(error) => {
                 tracing::error!(error = %error_chain(&error), "no HTTP client for OpenADR; budgets' programs are not followed");
@@ -274,24 +241,10 @@ impl Ven {
     }
 
     async fn credentials(&self, name: &str) -> Result<(String, String), VtnError> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let secret = secrets.get(name).await.map_err(|source| VtnError::Secret {
-            namespace: self.namespace.clone(),
-            name: name.to_owned(),
-            source,
-        })?;
-        let key = |key: &'static str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .map(|bytes| String::from_utf8_lossy(&bytes.0).trim().to_owned())
-                .ok_or_else(|| VtnError::SecretKey {
-                    namespace: self.namespace.clone(),
-                    name: name.to_owned(),
-                    key,
-                })
-        };
+        let secret = read_secret(&self.client, &self.namespace, name)
+            .await
+            .map_err(VtnError::Credentials)?;
+        let key = |key| secret_key(&secret, key).map_err(VtnError::Credentials);
         Ok((key("clientID")?, key("clientSecret")?))
     }
 
@@ -329,19 +282,6 @@ impl Ven {
             }
         });
     }
-}
-
-/// The HTTP client of every VTN: the system's CA roots over rustls with ring (as the Prometheus
-/// client), no proxies, [`REQUEST_TIMEOUT`].
-pub fn http_client() -> Result<reqwest::Client, VtnError> {
-    let tls = crate::measure::promql::tls_config(None).map_err(VtnError::Tls)?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT)
-        .no_proxy()
-        .build()
-        .map_err(VtnError::Client)
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(

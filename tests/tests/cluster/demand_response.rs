@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kilowatt_crds::{PowerBudget, PowerBudgetStatus};
+use kilowatt_crds::PowerBudgetStatus;
 use kilowatt_tests::vtn::Vtn;
 use kilowatt_tests::*;
 use kube::Client;
@@ -21,8 +21,7 @@ const LIMIT_KW: f64 = 4.0;
 const PROGRAM: &str = "kilowatt-peak";
 
 async fn status(admin: &Client) -> Option<PowerBudgetStatus> {
-    let budgets: Api<PowerBudget> = Api::all(admin.clone());
-    budgets.get("facility").await.ok()?.status
+    status_of_budget(admin, "facility").await
 }
 
 async fn status_where(
@@ -30,13 +29,7 @@ async fn status_where(
     what: &str,
     check: impl Fn(&PowerBudgetStatus) -> bool,
 ) -> PowerBudgetStatus {
-    eventually(what, Duration::from_secs(30), || async {
-        match status(admin).await {
-            Some(status) if check(&status) => Ok(status),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
+    budget_status_where(admin, "facility", what, Duration::from_secs(30), check).await
 }
 
 fn connected(status: &PowerBudgetStatus) -> (String, String) {

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kilowatt_crds::{PowerBudget, PowerBudgetStatus};
+use kilowatt_crds::PowerBudgetStatus;
 use kilowatt_tests::*;
 use kube::Client;
 use kube::api::Api;
@@ -85,23 +85,12 @@ fn watttime_forecast(lbs: f64) -> String {
     .to_string()
 }
 
-async fn status(admin: &Client) -> Option<PowerBudgetStatus> {
-    let budgets: Api<PowerBudget> = Api::all(admin.clone());
-    budgets.get("facility").await.ok()?.status
-}
-
 async fn status_where(
     admin: &Client,
     what: &str,
     check: impl Fn(&PowerBudgetStatus) -> bool,
 ) -> PowerBudgetStatus {
-    eventually(what, Duration::from_secs(20), || async {
-        match status(admin).await {
-            Some(status) if check(&status) => Ok(status),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
+    budget_status_where(admin, "facility", what, Duration::from_secs(20), check).await
 }
 
 fn signals_condition(status: &PowerBudgetStatus) -> (String, String) {
