@@ -41,7 +41,7 @@ use crate::plan::learning::{self, Learning};
 use crate::plan::pass::{self, PassError, PassInputs};
 use crate::plan::published::{KeyLayout, PublishedPlan};
 use crate::plan::reasons;
-use crate::plan::status::{EventNote, budget_events, budget_status};
+use crate::plan::status::{EventNote, budget_events, budget_status, kube_time};
 use crate::plan::translate::{NodeHold, PodWarning, ProfileSource, Translation};
 use crate::signals::Poller;
 use crate::signals::vtn::Ven;
@@ -1005,12 +1005,6 @@ where
         name: name.to_owned(),
         source,
     })
-}
-
-/// `t` as Kubernetes stores a `metav1.Time`: whole seconds. A status holding sub-second times would
-/// never equal the one read back, and every pass would patch it again.
-fn kube_time(t: Timestamp) -> Time {
-    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 #[cfg(test)]

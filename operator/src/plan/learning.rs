@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kilowatt_crds::plan::{PowerReport, WorkWindow};
 use kilowatt_crds::{MeasuredCurve, MeasuredPoint};
@@ -18,6 +17,7 @@ use kilowatt_solver::model::ProfilePoint;
 use kube::ResourceExt;
 
 use crate::plan::published::PublishedPlan;
+use crate::plan::status::kube_time;
 use crate::plan::translate::Translation;
 
 /// `"true"`: the operator may sweep the workload's limit downward to measure its curve.
@@ -159,10 +159,7 @@ impl LearnedCurve {
                     windows: p.windows,
                     spread: round_to(p.spread, 1e-6),
                     lower_bound: (p.lower_bound_windows > 0).then(|| round_to(p.lower_bound, 1e-6)),
-                    last_measured: Time(
-                        Timestamp::from_second(p.last_measured.as_second())
-                            .unwrap_or(p.last_measured),
-                    ),
+                    last_measured: kube_time(p.last_measured),
                 })
                 .collect(),
         }

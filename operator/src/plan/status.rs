@@ -48,6 +48,12 @@ pub(crate) fn condition(
     }
 }
 
+/// `t` as Kubernetes stores a `metav1.Time`: whole seconds. A status holding sub-second times would
+/// never equal the one read back, and every pass would patch it again.
+pub(crate) fn kube_time(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
 /// The status of budget `name` after a pass. `plan` is the plan in force (`None` before the first
 /// publish); `solve_time` is when that plan was solved; `measured_watts` what the agents under the
 /// budget last reported (see [`measured_per_budget`]); `possible_watts` the most the limits under it
@@ -69,9 +75,13 @@ pub fn budget_status(
     let infeasible = plan.is_some_and(|p| p.infeasible_budgets.iter().any(|b| b == name));
     let conflicted = !facts.conflicts.is_empty();
 
+    // Every condition of this pass has the same generation, previous conditions and time.
+    let condition_now = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(type_, status, reason, message, generation, old, now)
+    };
     let infeasible_condition = if infeasible {
         let floors = summary.map_or(0.0, |s| s.allocated_watts);
-        condition(
+        condition_now(
             reasons::INFEASIBLE,
             true,
             reasons::FLOORS_EXCEED_CAP,
@@ -81,44 +91,32 @@ pub fn budget_status(
                  minimum limit. Raise the cap, lower the safety margin, or move nodes out",
                 facts.planning_cap_watts
             ),
-            generation,
-            old,
-            now,
         )
     } else {
-        condition(
+        condition_now(
             reasons::INFEASIBLE,
             false,
             reasons::FEASIBLE,
             "the minimum limits and overheads fit under the cap".to_owned(),
-            generation,
-            old,
-            now,
         )
     };
     let conflict_condition = if conflicted {
-        condition(
+        condition_now(
             reasons::CONFLICT,
             true,
             reasons::NODE_IN_UNRELATED_BUDGETS,
             facts.conflicts.join("; "),
-            generation,
-            old,
-            now,
         )
     } else {
-        condition(
+        condition_now(
             reasons::CONFLICT,
             false,
             reasons::NO_CONFLICT,
             "no node is shared with an unrelated budget".to_owned(),
-            generation,
-            old,
-            now,
         )
     };
     let degraded_condition = match facts.issues.first() {
-        Some(first) => condition(
+        Some(first) => condition_now(
             reasons::DEGRADED,
             true,
             first.reason,
@@ -128,25 +126,19 @@ pub fn budget_status(
                 .map(|i| i.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; "),
-            generation,
-            old,
-            now,
         ),
-        None => condition(
+        None => condition_now(
             reasons::DEGRADED,
             false,
             reasons::INPUTS_VALID,
             "parent, selector, GPU inventory and annotations are valid".to_owned(),
-            generation,
-            old,
-            now,
         ),
     };
     // Whether the cap can be brought about: nodes that do not lower at what they hold, every other
     // GPU at its floor.
     let cap = facts.effective.cap_watts;
     let cap_enforced_condition = if facts.floor_watts <= cap + 1e-6 {
-        condition(
+        condition_now(
             reasons::CAP_ENFORCED,
             true,
             reasons::ABSORBED,
@@ -158,12 +150,9 @@ pub fn budget_status(
                     facts.held.join("; ")
                 )
             },
-            generation,
-            old,
-            now,
         )
     } else {
-        condition(
+        condition_now(
             reasons::CAP_ENFORCED,
             false,
             reasons::NODES_NOT_LOWERING,
@@ -174,40 +163,28 @@ pub fn budget_status(
                 if facts.held.is_empty() { "" } else { ": " },
                 facts.held.join("; ")
             ),
-            generation,
-            old,
-            now,
         )
     };
     let ready_condition = match (summary, infeasible, conflicted) {
-        (None, _, _) => condition(
+        (None, _, _) => condition_now(
             reasons::READY,
             false,
             reasons::NOT_PLANNED,
             "no plan has been published for this budget yet".to_owned(),
-            generation,
-            old,
-            now,
         ),
-        (Some(_), true, _) => condition(
+        (Some(_), true, _) => condition_now(
             reasons::READY,
             false,
             reasons::INFEASIBLE,
             "the plan holds every GPU at its minimum limit (see Infeasible)".to_owned(),
-            generation,
-            old,
-            now,
         ),
-        (Some(_), false, true) => condition(
+        (Some(_), false, true) => condition_now(
             reasons::READY,
             false,
             reasons::CONFLICT,
             "some nodes are held at their minimum limits (see Conflict)".to_owned(),
-            generation,
-            old,
-            now,
         ),
-        (Some(s), false, false) => condition(
+        (Some(s), false, false) => condition_now(
             reasons::READY,
             true,
             reasons::PLANNED,
@@ -215,43 +192,33 @@ pub fn budget_status(
                 "{:.0} W of {:.0} W allocated across {} nodes and {} GPUs",
                 s.allocated_watts, s.effective_cap_watts, s.nodes, s.gpus
             ),
-            generation,
-            old,
-            now,
         ),
     };
 
     let signals_condition = facts.signals.as_ref().map(|reading| {
-        condition(
+        condition_now(
             reasons::SIGNALS_AVAILABLE,
             reading.availability == Availability::Current,
             reading.availability.reason(),
             reading.message.clone(),
-            generation,
-            old,
-            now,
         )
     });
     let demand_response_condition = facts.demand_response.as_ref().map(|reading| {
-        condition(
+        condition_now(
             reasons::DEMAND_RESPONSE_CONNECTED,
             reading.connection == Connection::Current,
             reading.connection.reason(),
             reading.message.clone(),
-            generation,
-            old,
-            now,
         )
     });
-    let time = |t: Timestamp| Time(Timestamp::from_second(t.as_second()).unwrap_or(t));
     let signals = facts.signals.as_ref().map(|reading| SignalsStatus {
         carbon_intensity_grams_per_kwh: reading
             .grams_per_kwh
             .map(|g| (g * 1000.0).round() / 1000.0),
         band_max_slowdown: reading.band_slowdown,
         max_slowdown: reading.max_slowdown,
-        forecast_generated_at: reading.generated_at.map(time),
-        forecast_fetched_at: reading.fetched_at.map(time),
+        forecast_generated_at: reading.generated_at.map(kube_time),
+        forecast_fetched_at: reading.fetched_at.map(kube_time),
     });
 
     PowerBudgetStatus {

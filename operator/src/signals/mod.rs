@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kilowatt_crds::{BudgetSignals, PowerBudget};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
 
 /// What a signal's background task knows of each budget's source, by budget name; the pass reads a
 /// snapshot.
@@ -58,6 +60,46 @@ impl<S: Clone> Board<S> {
 
     pub(crate) fn update<T>(&self, change: impl FnOnce(&mut BTreeMap<String, S>) -> T) -> T {
         change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The budgets that have the signal `kind` picks from their `spec.signals`, by name, with it.
+fn with_signal<'a, T: 'a>(
+    budgets: &'a [Arc<PowerBudget>],
+    kind: impl Fn(&'a BudgetSignals) -> Option<&'a T>,
+) -> impl Iterator<Item = (String, &'a T)> {
+    budgets.iter().filter_map(move |budget| {
+        let signal = kind(budget.spec.signals.as_ref()?)?;
+        Some((budget.name_any(), signal))
+    })
+}
+
+/// How often the background tasks look for polls and reports that are due.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The rounds of a background task: every [`TICK`], skipping those at which this replica does not
+/// lead (a follower must not poll a source or report to a VTN on the leader's behalf).
+pub(crate) struct LeaderTicks {
+    tick: tokio::time::Interval,
+    leader: watch::Receiver<bool>,
+}
+
+impl LeaderTicks {
+    pub(crate) fn new(leader: watch::Receiver<bool>) -> Self {
+        let mut tick = tokio::time::interval(TICK);
+        // A round that overran (fetches wait up to their timeout) is not made up for by a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        LeaderTicks { tick, leader }
+    }
+
+    /// Waits for the next tick at which this replica leads.
+    pub(crate) async fn next(&mut self) {
+        loop {
+            self.tick.tick().await;
+            if *self.leader.borrow() {
+                return;
+            }
+        }
     }
 }
 

@@ -21,7 +21,9 @@ use openleadr_wire::Unit;
 use openleadr_wire::event::{Event, EventType};
 use openleadr_wire::values_map::Value;
 
+use super::with_signal;
 use crate::plan::reasons;
+use crate::plan::status::kube_time;
 use crate::plan::translate::{BudgetIssue, Translation};
 
 /// An interval this long or longer (OpenADR writes `P9999Y`) lasts until the VTN ends the event.
@@ -409,10 +411,6 @@ pub struct ProgramReading {
     pub status: DemandResponseStatus,
 }
 
-fn time(t: Timestamp) -> Time {
-    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
-}
-
 /// Records each budget's program on its facts, raises its `maxSlowdown` to what an active `GHG` or
 /// `PRICE` event asks (never lowers it), and wakes the pass when such an event starts or ends. The
 /// cap windows were added before translation ([`with_event_windows`]).
@@ -422,16 +420,7 @@ pub fn apply(
     programs: &BTreeMap<String, ProgramState>,
     now: Timestamp,
 ) {
-    for budget in budgets {
-        let Some(spec) = budget
-            .spec
-            .signals
-            .as_ref()
-            .and_then(|s| s.openadr.as_ref())
-        else {
-            continue;
-        };
-        let name = budget.name_any();
+    for (name, spec) in with_signal(budgets, |s| s.openadr.as_ref()) {
         let Some(facts) = translation.budgets.get_mut(&name) else {
             continue;
         };
@@ -465,28 +454,14 @@ pub fn apply(
             .filter(|e| e.active(now))
             .filter_map(|e| e.max_slowdown)
             .reduce(f64::max);
-        if let Some(slowdown) = slowdown {
-            let raised = facts.max_slowdown.map_or(slowdown, |s| s.max(slowdown));
-            facts.max_slowdown = Some(raised);
-            if let Some(b) = translation
-                .problem
-                .budgets
-                .iter_mut()
-                .find(|b| b.name == name)
-            {
-                b.max_slowdown = Some(raised);
-            }
-        }
+        let raised =
+            slowdown.map(|slowdown| facts.max_slowdown.map_or(slowdown, |s| s.max(slowdown)));
         let next_change = effects
             .iter()
             .filter(|e| e.max_slowdown.is_some())
             .flat_map(|e| [Some(e.start), e.end])
             .flatten()
             .filter(|t| *t > now)
-            .min();
-        translation.next_transition = [translation.next_transition, next_change]
-            .into_iter()
-            .flatten()
             .min();
         let heard = events.map(|(_, at)| *at);
         let (connection, mut message) = match (state.and_then(|s| s.failure.clone()), heard) {
@@ -529,15 +504,19 @@ pub fn apply(
                         cap_watts: e.cap_watts,
                         max_slowdown: e.max_slowdown,
                         value: e.value,
-                        start: time(e.start),
-                        end: e.end.map(time),
+                        start: kube_time(e.start),
+                        end: e.end.map(kube_time),
                     })
                     .collect(),
                 max_slowdown: slowdown,
-                last_poll_time: heard.map(time),
-                last_report_time: state.and_then(|s| s.last_report).map(time),
+                last_poll_time: heard.map(kube_time),
+                last_report_time: state.and_then(|s| s.last_report).map(kube_time),
             },
         });
+        if raised.is_some() {
+            translation.set_max_slowdown(&name, raised);
+        }
+        translation.wake_at(next_change);
     }
 }
 

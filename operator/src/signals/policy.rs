@@ -11,9 +11,9 @@ use kilowatt_crds::{
     CarbonForecast, DEFAULT_FORECAST_POLL_SECONDS, DEFAULT_FORECAST_STALE_AFTER_SECONDS,
     ForecastFormat, PowerBudget, SecretKeyRef, SlowdownBand,
 };
-use kube::ResourceExt;
 
 use super::forecast::Forecast;
+use super::with_signal;
 use crate::plan::reasons;
 use crate::plan::translate::{BudgetIssue, Translation};
 
@@ -286,16 +286,7 @@ pub fn apply(
     sources: &BTreeMap<String, SourceState>,
     now: Timestamp,
 ) {
-    for budget in budgets {
-        let Some(spec) = budget
-            .spec
-            .signals
-            .as_ref()
-            .and_then(|s| s.carbon_forecast.as_ref())
-        else {
-            continue;
-        };
-        let name = budget.name_any();
+    for (name, spec) in with_signal(budgets, |s| s.carbon_forecast.as_ref()) {
         let Some(facts) = translation.budgets.get_mut(&name) else {
             continue;
         };
@@ -325,20 +316,10 @@ pub fn apply(
                 assess(&policy, state, facts.max_slowdown, now)
             }
         };
-        facts.max_slowdown = reading.max_slowdown;
-        if let Some(b) = translation
-            .problem
-            .budgets
-            .iter_mut()
-            .find(|b| b.name == name)
-        {
-            b.max_slowdown = reading.max_slowdown;
-        }
-        translation.next_transition = [translation.next_transition, reading.next_change]
-            .into_iter()
-            .flatten()
-            .min();
+        let (max_slowdown, next_change) = (reading.max_slowdown, reading.next_change);
         facts.signals = Some(reading);
+        translation.set_max_slowdown(&name, max_slowdown);
+        translation.wake_at(next_change);
     }
 }
 

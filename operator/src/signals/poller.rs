@@ -18,14 +18,12 @@ use tokio::sync::{Notify, watch};
 
 use super::forecast::{self, ForecastError};
 use super::policy::{FetchFailure, ForecastPolicy, SourceState};
-use super::{ForecastBoard, SecretError, http_client, read_secret, secret_key};
+use super::{ForecastBoard, LeaderTicks, SecretError, http_client, read_secret, secret_key};
 
 /// The most one fetch may take, connection included.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest forecast body read.
 const MAX_BODY_BYTES: usize = 4 << 20;
-/// How often the poller looks for fetches that are due.
-const TICK: Duration = Duration::from_millis(500);
 
 /// Why a fetch gave no forecast.
 #[derive(Debug, thiserror::Error)]
@@ -154,13 +152,9 @@ impl Poller {
                 return;
             }
         };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = LeaderTicks::new(leader);
         loop {
-            tick.tick().await;
-            if !*leader.borrow() {
-                continue;
-            }
+            ticks.next().await;
             let now = Timestamp::now();
             let due = self.due(now);
             if due.is_empty() {

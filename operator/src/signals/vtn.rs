@@ -25,12 +25,10 @@ use prometheus::IntCounterVec;
 use tokio::sync::{Notify, watch};
 
 use super::openadr::{ProgramPolicy, ProgramState, effects};
-use super::{ProgramBoard, SecretError, http_client, read_secret, secret_key};
+use super::{LeaderTicks, ProgramBoard, SecretError, http_client, read_secret, secret_key};
 
 /// The most one request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the poller looks for polls and reports that are due.
-const TICK: Duration = Duration::from_millis(500);
 /// Objects asked for per page (the OpenADR default limit is 50).
 const PAGE: usize = 50;
 /// The most pages of events read per poll.
@@ -103,13 +101,9 @@ impl Ven {
                 return;
             }
         };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = LeaderTicks::new(leader);
         loop {
-            tick.tick().await;
-            if !*leader.borrow() {
-                continue;
-            }
+            ticks.next().await;
             let due = self.due(Timestamp::now());
             if due.is_empty() {
                 continue;

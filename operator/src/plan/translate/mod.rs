@@ -232,6 +232,22 @@ pub struct Translation {
 }
 
 impl Translation {
+    /// Plans budget `name` with `max_slowdown` as its efficiency policy, in its facts and in the
+    /// solver's problem alike.
+    pub fn set_max_slowdown(&mut self, name: &str, max_slowdown: Option<f64>) {
+        if let Some(facts) = self.budgets.get_mut(name) {
+            facts.max_slowdown = max_slowdown;
+        }
+        if let Some(budget) = self.problem.budgets.iter_mut().find(|b| b.name == name) {
+            budget.max_slowdown = max_slowdown;
+        }
+    }
+
+    /// Makes the pass due again at `at` if that is sooner than the next transition known.
+    pub fn wake_at(&mut self, at: Option<Timestamp>) {
+        self.next_transition = [self.next_transition, at].into_iter().flatten().min();
+    }
+
     /// Whether each budget's cap can be enforced: nodes that do not lower at what they hold, unseen
     /// GPUs at their maximum, every other GPU at its floor, all under the effective cap.
     pub fn cap_enforced(&self) -> BTreeMap<String, bool> {
