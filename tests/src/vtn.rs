@@ -305,6 +305,19 @@ impl Vtn {
         event["id"].as_str().expect("event id").to_owned()
     }
 
+    /// Event JSON for [`Vtn::create_event`]: one interval, from `start` (RFC 3339) for `duration`
+    /// (ISO 8601), of an import capacity limit of `kw` kilowatts, targeted at the VEN.
+    pub fn capacity_limit_event(&self, name: &str, start: &str, duration: &str, kw: f64) -> Value {
+        json!({
+            "eventName": name,
+            "targets": [self.ven_name],
+            "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR",
+                                    "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}],
+            "intervalPeriod": {"start": start, "duration": duration},
+            "intervals": [{"id": 0, "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [kw]}]}],
+        })
+    }
+
     /// Deletes an event. NB: the VTN refuses (a foreign key) to delete one that has reports.
     pub async fn delete_event(&self, id: &str) {
         self.bl_call_without_body(Method::DELETE, &format!("events/{id}"))

@@ -105,15 +105,12 @@ async fn an_openadr_capacity_limit_lowers_the_cap_and_a_silent_vtn_never_raises_
         "event",
         vtn.create_event(
             &program,
-            json!({
-                "eventName": "evening-peak",
-                "targets": [vtn.ven_name],
-                "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR",
-                                        "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}],
-                "intervalPeriod": {"start": second(now - SignedDuration::from_secs(5)), "duration": "PT1H"},
-                "intervals": [{"id": 0,
-                               "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [LIMIT_KW]}]}],
-            }),
+            vtn.capacity_limit_event(
+                "evening-peak",
+                &second(now - SignedDuration::from_secs(5)),
+                "PT1H",
+                LIMIT_KW,
+            ),
         ),
     )
     .await;

@@ -23,24 +23,10 @@ async fn a_real_vtn_serves_a_programs_events_to_its_ven_and_takes_its_reports() 
 
     // The utility (BL): a program and, in it, one hour of an import capacity limit for our VEN.
     let program = within("program", vtn.create_program("kilowatt-capacity")).await;
-    let event = within(
-        "event",
-        vtn.create_event(
-            &program,
-            json!({
-                "eventName": "evening-peak",
-                "targets": [vtn.ven_name],
-                "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR",
-                                        "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}],
-                "intervalPeriod": {"start": start, "duration": "PT1H"},
-                "intervals": [{"id": 0,
-                               "payloads": [{"type": "IMPORT_CAPACITY_LIMIT", "values": [LIMIT_KW]}]}],
-                "reportDescriptors": [{"payloadType": "USAGE", "readingType": "DIRECT_READ",
-                                       "units": "KW"}],
-            }),
-        ),
-    )
-    .await;
+    let mut event = vtn.capacity_limit_event("evening-peak", &start, "PT1H", LIMIT_KW);
+    event["reportDescriptors"] =
+        json!([{"payloadType": "USAGE", "readingType": "DIRECT_READ", "units": "KW"}]);
+    let event = within("event", vtn.create_event(&program, event)).await;
 
     // The VEN: a token by the client-credentials grant (credentials in the form, as RFC 6749 allows).
     let form = format!(
@@ -65,16 +51,14 @@ async fn a_real_vtn_serves_a_programs_events_to_its_ven_and_takes_its_reports() 
     let ven_token = token["access_token"].as_str().expect("access_token");
 
     // The VEN lists its program's events and reads the limit; BL-only writes are refused.
-    let (status, events) = within(
-        "events",
-        vtn.request(
-            Method::GET,
-            &format!("events?programID={program}"),
-            ven_token,
-            None,
-        ),
-    )
-    .await;
+    let events_path = format!("events?programID={program}");
+    let ven_events = |what| {
+        within(
+            what,
+            vtn.request(Method::GET, &events_path, ven_token, None),
+        )
+    };
+    let (status, events) = ven_events("events").await;
     assert_eq!(status, StatusCode::OK, "{events}");
     let events = events.as_array().expect("event list");
     assert_eq!(events.len(), 1, "{events:?}");
@@ -147,16 +131,7 @@ async fn a_real_vtn_serves_a_programs_events_to_its_ven_and_takes_its_reports() 
     )
     .await;
     within("delete event", vtn.delete_event(&second)).await;
-    let (status, events) = within(
-        "events after delete",
-        vtn.request(
-            Method::GET,
-            &format!("events?programID={program}"),
-            ven_token,
-            None,
-        ),
-    )
-    .await;
+    let (status, events) = ven_events("events after delete").await;
     assert_eq!(status, StatusCode::OK);
     let ids: Vec<&Value> = events
         .as_array()
